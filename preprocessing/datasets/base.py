@@ -1,0 +1,108 @@
+"""What a dataset reader provides to the Beam job. One subclass per file in this folder.
+
+A reader is pure Python + NumPy (no Beam, no Keras). The Beam job calls:
+  1. `check_raw(data_dir)` — raises `RawDataMissing` naming the exact file(s) and folder
+     when the official raw files are absent (after trying a download where the network allows).
+  2. `list_sources(data_dir)` — the units of parallel reading (files, zip members, row ranges).
+  3. `read_source(source)` — yields `RawExample`s or `BadRecord`s (never raises on one bad
+     record: the job counts them, reports their paths, and applies --max_bad_fraction).
+  4. `split_of(example, seed)` — deterministic split name for an example.
+  5. `spec_template()` — the `DatasetSpec` without splits/counts/statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from preprocessing.spec import DatasetSpec
+
+
+class RawDataMissing(FileNotFoundError):
+    """The official raw files are not where they should be (and could not be downloaded)."""
+
+
+@dataclasses.dataclass
+class RawExample:
+    """One raw example, before normalization and tokenization.
+
+    `input` has the spec's `input_shape` and `input_dtype`; `label` matches `label_shape`.
+    `group` is what the split is decided on when examples must not leak across splits
+    (e.g. a PAMAP2 subject, a LibriSpeech speaker); it defaults to the id.
+    `split` may be fixed by the raw format itself (official train/test files).
+    """
+
+    id: str
+    input: np.ndarray
+    label: Any
+    split: str | None = None
+    group: str | None = None
+
+
+@dataclasses.dataclass
+class BadRecord:
+    """A record that could not be read or has the wrong shape/dtype; `path` names where."""
+
+    path: str
+    reason: str
+
+
+def hash_fraction(key: str, seed: int) -> float:
+    """A stable number in [0, 1) from a string key and a seed (same on every machine/run)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_by_fractions(key: str, seed: int, fractions: Sequence[tuple[str, float]]) -> str:
+    """Assigns `key` to the split whose cumulative fraction interval holds its hash."""
+    u = hash_fraction(key, seed)
+    total = 0.0
+    for name, frac in fractions:
+        total += frac
+        if u < total:
+            return name
+    return fractions[-1][0]
+
+
+class DatasetReader:
+    """Base class; see the module docstring for the contract."""
+
+    name: str = ""
+    # Split fractions used by the default `split_of` (by hash of `group or id`).
+    split_fractions: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    # None: per-channel statistics computed by the pipeline on the train split.
+    # Otherwise {"mean": [...], "std": [...]} fixed by DABS.
+    fixed_normalization: dict[str, list[float]] | None = None
+
+    def __init__(self, data_dir: str | None = None, **options: Any):
+        self.data_dir = data_dir
+        self.options = options
+
+    def spec_template(self) -> DatasetSpec:
+        raise NotImplementedError
+
+    def expected_files(self) -> list[str]:
+        """Human-readable list of the raw files this reader looks for under data_dir."""
+        return []
+
+    def check_raw(self) -> None:
+        """Raises RawDataMissing with the file to download and where to put it."""
+
+    def list_sources(self) -> list[Any]:
+        raise NotImplementedError
+
+    def read_source(self, source: Any) -> Iterator[RawExample | BadRecord]:
+        raise NotImplementedError
+
+    def split_of(self, example: RawExample, seed: int) -> str:
+        if example.split is not None:
+            return example.split
+        return split_by_fractions(example.group or example.id, seed, self.split_fractions)
+
+    def read_all(self) -> Iterable[RawExample | BadRecord]:
+        """Sequential reading, for tests and small local runs."""
+        for source in self.list_sources():
+            yield from self.read_source(source)

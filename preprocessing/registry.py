@@ -1,0 +1,42 @@
+"""Dataset name -> reader class, collected from every module in `preprocessing/datasets/`.
+
+Each dataset module defines `READERS = {"name": ReaderClass}`; nothing here needs editing
+when a dataset is added.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from preprocessing import datasets as _datasets_pkg
+from preprocessing.datasets.base import DatasetReader
+
+_READERS: dict[str, type[DatasetReader]] | None = None
+
+
+def _collect() -> dict[str, type[DatasetReader]]:
+    global _READERS
+    if _READERS is None:
+        found: dict[str, type[DatasetReader]] = {}
+        for info in sorted(pkgutil.iter_modules(_datasets_pkg.__path__), key=lambda m: m.name):
+            if info.name == "base" or info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{_datasets_pkg.__name__}.{info.name}")
+            for name, cls in getattr(module, "READERS", {}).items():
+                if name in found:
+                    raise RuntimeError(f"dataset {name!r} registered twice ({module.__name__})")
+                found[name] = cls
+        _READERS = found
+    return _READERS
+
+
+def names() -> list[str]:
+    return sorted(_collect())
+
+
+def get_reader(name: str, data_dir: str | None = None, **options) -> DatasetReader:
+    readers = _collect()
+    if name not in readers:
+        raise KeyError(f"--dataset={name!r} is not known; known datasets: {', '.join(sorted(readers))}")
+    return readers[name](data_dir=data_dir, **options)
