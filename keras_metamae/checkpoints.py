@@ -1,0 +1,125 @@
+"""Crash-safe checkpoints in `<workdir>/checkpoints/`.
+
+A checkpoint is `ckpt-<step>.weights.h5` (model weights *and* optimizer state, including the
+step counter that drives the learning-rate schedule) plus `latest.json` naming it. Both are
+written to a temporary file, flushed to disk and renamed, so a kill at any instant leaves
+either the previous checkpoint or the new one, never a half-written file under a real name.
+Loading falls back to the newest readable checkpoint if the named one is damaged.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+
+CHECKPOINT_GLOB = "ckpt-*.weights.h5"
+_STEP_RE = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+LATEST = "latest.json"
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    """Saves, lists, prunes and restores step-numbered checkpoints of a compiled model.
+
+    Args:
+        directory: where checkpoints live (created if needed).
+        keep: how many of the newest checkpoints to keep.
+    """
+
+    def __init__(self, directory: str, keep: int = 3):
+        self.directory = directory
+        self.keep = keep
+        os.makedirs(directory, exist_ok=True)
+
+    def steps(self) -> list[int]:
+        found = []
+        for path in glob.glob(os.path.join(self.directory, CHECKPOINT_GLOB)):
+            m = _STEP_RE.search(os.path.basename(path))
+            if m:
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def path_for(self, step: int) -> str:
+        return os.path.join(self.directory, f"ckpt-{step:09d}.weights.h5")
+
+    def save(self, model, step: int, extra: dict | None = None) -> str:
+        final = self.path_for(step)
+        # Keras picks the format from the suffix, so the temporary name keeps `.weights.h5`.
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{step}.weights.h5")
+        model.save_weights(tmp, overwrite=True)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        record = {"step": step, "file": os.path.basename(final), "time": time.time()}
+        record.update(extra or {})
+        _atomic_write_text(os.path.join(self.directory, LATEST), json.dumps(record) + "\n")
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        for step in steps[: max(0, len(steps) - self.keep)]:
+            try:
+                os.remove(self.path_for(step))
+            except FileNotFoundError:
+                pass
+        # Temporary files left by a process that was killed mid-save.
+        for tmp in glob.glob(os.path.join(self.directory, ".tmp-*")):
+            if str(os.getpid()) not in os.path.basename(tmp):
+                try:
+                    os.remove(tmp)
+                except FileNotFoundError:
+                    pass
+
+    def latest_record(self) -> dict | None:
+        path = os.path.join(self.directory, LATEST)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def restore(self, model) -> int:
+        """Loads the newest readable checkpoint into `model`; returns its step (0 if none)."""
+        candidates = sorted(self.steps(), reverse=True)
+        record = self.latest_record()
+        if record and record.get("step") in candidates:
+            candidates.remove(record["step"])
+            candidates.insert(0, record["step"])
+        for step in candidates:
+            path = self.path_for(step)
+            try:
+                model.load_weights(path)
+            except Exception as e:  # a damaged file: try the one before it
+                logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
+                continue
+            return step
+        return 0

@@ -1,0 +1,147 @@
+"""Export the frozen encoder f_theta as a SavedModel that TensorFlow Serving can load.
+
+    python -m keras_metamae.export --workdir workdirs/digits-metamae
+    saved_model_cli show --dir workdirs/digits-metamae/export/encoder/1 --all
+
+Layout: `<workdir>/export/encoder/<version>/` with integer versions (TF Serving's model
+base path is `<workdir>/export/encoder`). Signatures, all with a dynamic batch dimension:
+- `serving_default`: `inputs` = raw examples in the dataset's shape and dtype; applies the
+  pipeline's own normalization and tokenizer (the same TF ops), returns `embedding`
+  [batch, embed_dim] (mean of the non-CLS output tokens) and `valid` [batch] (False where an
+  input holds NaN or Inf: that row's embedding must not be trusted).
+- `embed_tokens`: `tokens` = already tokenized input; returns `embedding` and `valid`.
+- `tokens`: `inputs` = raw examples; returns `token_features` [batch, num_tokens, embed_dim].
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+
+from absl import app, flags
+
+EXPORT_SUBDIR = os.path.join("export", "encoder")
+
+
+def next_version(base: str) -> int:
+    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    return max(versions, default=0) + 1
+
+
+def _all_finite(x, axis_from: int = 1):
+    import tensorflow as tf
+
+    if not x.dtype.is_floating:
+        return tf.ones(tf.shape(x)[:1], tf.bool)
+    finite = tf.math.is_finite(x)
+    return tf.reduce_all(tf.reshape(finite, [tf.shape(x)[0], -1]), axis=1)
+
+
+def build_archive(encoder, spec):
+    """A `keras.export.ExportArchive` holding the encoder and the three signatures."""
+    import keras
+    import tensorflow as tf
+
+    from preprocessing import tokenize
+
+    raw_spec = tf.TensorSpec([None, *spec.input_shape], spec.input_dtype, name="inputs")
+    if spec.is_discrete:
+        token_spec = tf.TensorSpec([None, spec.num_tokens], tf.int64, name="tokens")
+    else:
+        token_spec = tf.TensorSpec([None, spec.num_tokens, spec.token_dim], tf.float32,
+                                   name="tokens")
+
+    def embed_tokens(tokens):
+        embedding = encoder.features(tokens, training=False)
+        return {"embedding": tf.cast(embedding, tf.float32), "valid": _all_finite(tokens)}
+
+    def serve_raw(inputs):
+        tokens = tokenize.raw_to_tokens(inputs, spec)
+        out = embed_tokens(tokens)
+        out["valid"] = tf.logical_and(out["valid"], _all_finite(inputs))
+        return out
+
+    def token_features(inputs):
+        tokens = tokenize.raw_to_tokens(inputs, spec)
+        latent = encoder(tokens, training=False)
+        return {"token_features": tf.cast(latent[:, 1:, :], tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint("serving_default", serve_raw, input_signature=[raw_spec])
+    archive.add_endpoint("embed_tokens", embed_tokens, input_signature=[token_spec])
+    archive.add_endpoint("tokens", token_features, input_signature=[raw_spec])
+    return archive
+
+
+def export_encoder(model, spec, workdir: str, version: int | None = None) -> str:
+    """Writes the encoder of a trained `MetaMAE` to `<workdir>/export/encoder/<version>/`.
+
+    The SavedModel is written to a temporary folder and renamed, so TF Serving (which polls
+    the base path for new versions) never sees a half-written version.
+    """
+    base = os.path.join(workdir, EXPORT_SUBDIR)
+    os.makedirs(base, exist_ok=True)
+    version = version or next_version(base)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; versions are never overwritten")
+    tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}")
+    try:
+        build_archive(model.encoder, spec).write_out(tmp, verbose=False)
+        # Written next to the model so a consumer knows the token contract it serves.
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            f.write(spec.to_json())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_trained_model(workdir: str):
+    """Rebuilds the model of a workdir from its config.json and restores its newest checkpoint."""
+    from keras_metamae import config as config_lib
+    from keras_metamae import data
+    from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.train import build_model_for_spec
+    from preprocessing.spec import load_spec
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not a training workdir (no config.json); "
+                                f"train first with python -m keras_metamae.train --workdir {workdir}")
+    config = config_lib.TrainConfig.load(path)
+    spec = load_spec(data.find_dataset_dir(config.data_dir, config.dataset))
+    model = build_model_for_spec(config, spec)
+    manager = CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.restore(model)
+    if step == 0:
+        raise FileNotFoundError(f"{manager.directory}: no readable checkpoint to load")
+    return model, spec, config, step
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of.")
+flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+
+
+def main(argv):
+    del argv
+    if not FLAGS.workdir:
+        print("error: --workdir is required", file=sys.stderr)
+        sys.exit(2)
+    try:
+        model, spec, _, step = load_trained_model(FLAGS.workdir)
+        path = export_encoder(model, spec, FLAGS.workdir, FLAGS.version)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Exported the encoder at step {step} to {path}")
+    print(f"Inspect: saved_model_cli show --dir {path} --all")
+
+
+if __name__ == "__main__":
+    app.run(main)

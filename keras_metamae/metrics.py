@@ -1,0 +1,114 @@
+"""Evaluation metrics of the DABS linear protocol, in NumPy (checked against sklearn/scipy).
+
+accuracy (multiclass, binary, per-token), weighted F1 (WaferMap), Spearman correlation
+(Stability, Fluorescence), macro AUROC (multilabel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    labels, predicted = np.asarray(labels).ravel(), np.asarray(predicted).ravel()
+    if labels.size == 0:
+        raise ValueError("accuracy of an empty set")
+    return float(np.mean(labels == predicted))
+
+
+def weighted_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 per class present in `labels`, averaged with weights = class support."""
+    labels, predicted = np.asarray(labels).ravel(), np.asarray(predicted).ravel()
+    classes, support = np.unique(labels, return_counts=True)
+    total = 0.0
+    for c, n in zip(classes, support):
+        tp = np.sum((predicted == c) & (labels == c))
+        fp = np.sum((predicted == c) & (labels != c))
+        fn = np.sum((predicted != c) & (labels == c))
+        denominator = 2 * tp + fp + fn
+        total += n * (2 * tp / denominator if denominator else 0.0)
+    return float(total / support.sum())
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    start = 0
+    while start < len(x):
+        end = start
+        while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
+def spearman(labels: np.ndarray, predicted: np.ndarray) -> float:
+    a = _average_ranks(np.asarray(labels, np.float64).ravel())
+    b = _average_ranks(np.asarray(predicted, np.float64).ravel())
+    a -= a.mean()
+    b -= b.mean()
+    denominator = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / denominator) if denominator else 0.0
+
+
+def binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties 1/2."""
+    labels = np.asarray(labels).ravel().astype(bool)
+    ranks = _average_ranks(np.asarray(scores, np.float64).ravel())
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        raise ValueError("AUROC needs both positive and negative examples")
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean AUROC over the label columns that have both classes in `labels`."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    values = [binary_auroc(labels[:, j], scores[:, j]) for j in range(labels.shape[1])
+              if 0 < labels[:, j].sum() < len(labels)]
+    if not values:
+        raise ValueError("no label column has both positive and negative examples")
+    return float(np.mean(values))
+
+
+def compute(metric: str, labels: np.ndarray, outputs: np.ndarray, task: str) -> float:
+    """The spec's metric from linear-head outputs (logits, or values for regression)."""
+    outputs = np.asarray(outputs)
+    if metric == "spearman":
+        return spearman(labels, outputs.reshape(len(outputs), -1)[:, 0])
+    if metric == "auroc":
+        return macro_auroc(labels, outputs)
+    if task == "binary" and outputs.shape[-1] == 1:
+        predicted = (outputs[..., 0] > 0).astype(np.int64)
+    else:
+        predicted = np.argmax(outputs, axis=-1)
+    if metric == "weighted_f1":
+        return weighted_f1(labels, predicted)
+    if metric == "accuracy":
+        return accuracy(labels, predicted)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20) -> float:
+    """Cosine k-nearest-neighbour accuracy (majority vote, ties to the nearest)."""
+    train_x = np.asarray(train_x, np.float32)
+    test_x = np.asarray(test_x, np.float32)
+    train_x = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
+    test_x = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
+    train_y = np.asarray(train_y).ravel()
+    k = min(k, len(train_x))
+    correct = 0
+    for start in range(0, len(test_x), 1024):
+        sims = test_x[start : start + 1024] @ train_x.T
+        nearest = np.argsort(-sims, axis=1)[:, :k]
+        for row, neighbours in enumerate(nearest):
+            votes = train_y[neighbours]
+            values, counts = np.unique(votes, return_counts=True)
+            best = values[counts == counts.max()]
+            # Break ties by the nearest neighbour among the tied classes.
+            choice = next(v for v in votes if v in best)
+            correct += int(choice == np.asarray(test_y).ravel()[start + row])
+    return correct / len(test_x)

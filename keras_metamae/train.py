@@ -1,0 +1,334 @@
+"""`python -m keras_metamae.train` — MetaMAE pretraining, the one training entry point.
+
+    python -m keras_metamae.train                                  # embedded default, CPU
+    python -m keras_metamae.train --dataset eurosat --workdir workdirs/eurosat
+    python -m keras_metamae.train --dataset eurosat --model mae    # the MAE baseline
+
+Rerunning the same command resumes from the newest checkpoint in `--workdir` (weights,
+optimizer state, step and therefore the learning-rate schedule). Outputs:
+`<workdir>/config.json`, `tensorboard/`, `checkpoints/`, `export/encoder/<version>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from keras_metamae import config as config_lib
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("dataset", "digits", "Dataset name (a folder under --data_dir).")
+flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (pipeline --output_dir); "
+                    "default $KERAS_METAMAE_DATA or data/processed.")
+flags.DEFINE_string("workdir", None, "Run directory; default workdirs/<dataset>-<model>.")
+flags.DEFINE_string("raw_data_dir", None, "Raw data for the default dataset's on-demand "
+                    "preprocessing (only used when the dataset is not preprocessed yet).")
+
+# Every TrainConfig field is a flag; a flag that is not given takes the dataset's preset.
+_SKIP = {"dataset", "data_dir", "workdir"}
+for _field in config_lib.TrainConfig.__dataclass_fields__.values():
+    if _field.name in _SKIP:
+        continue
+    _help = f"Overrides the preset (default {_field.default!r} when the preset is silent)."
+    if _field.type in ("bool", bool):
+        flags.DEFINE_bool(_field.name, None, _help)
+    elif _field.type in ("int", int):
+        flags.DEFINE_integer(_field.name, None, _help)
+    elif _field.type in ("float", float):
+        flags.DEFINE_float(_field.name, None, _help)
+    else:
+        flags.DEFINE_string(_field.name, None, _help)
+
+# Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
+_ARCHITECTURE_FIELDS = (
+    "model", "embed_dim", "encoder_depth", "encoder_heads", "encoder_mlp_dim", "decoder_dim",
+    "decoder_depth", "decoder_heads", "decoder_mlp_dim", "projector_hidden_dim",
+    "projector_dim", "dataset",
+)
+
+
+def default_data_dir() -> str:
+    return os.environ.get("KERAS_METAMAE_DATA", os.path.join("data", "processed"))
+
+
+def locate_or_prepare_dataset(dataset: str, data_dir: str, raw_data_dir: str | None = None) -> str:
+    """The dataset's version directory; the embedded default is preprocessed on demand."""
+    from keras_metamae import data
+
+    try:
+        return data.find_dataset_dir(data_dir, dataset)
+    except FileNotFoundError:
+        if dataset != "digits":
+            raise
+    from pipeline import preprocess
+
+    logging.info("digits is not preprocessed yet; running the pipeline into %s", data_dir)
+    argv = ["--dataset", "digits", "--output_dir", data_dir]
+    if raw_data_dir:
+        argv += ["--data_dir", raw_data_dir]
+    preprocess.run(argv)
+    return data.find_dataset_dir(data_dir, dataset)
+
+
+def check_workdir_config(workdir: str, config: config_lib.TrainConfig) -> None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    previous = config_lib.TrainConfig.load(path)
+    for name in _ARCHITECTURE_FIELDS:
+        old, new = getattr(previous, name), getattr(config, name)
+        if old != new:
+            raise ValueError(
+                f"{path}: this workdir was trained with {name}={old!r} but now {name}={new!r}; "
+                f"use the same flags to resume, or a new --workdir."
+            )
+
+
+def build_strategy(name: str):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if os.environ.get("TF_CONFIG"):
+            name = "multiworker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "onedevice":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def resolve_jit(setting: str, strategy) -> bool | str:
+    import tensorflow as tf
+
+    if setting == "off":
+        return False
+    if setting == "on":
+        if strategy.num_replicas_in_sync > 1:
+            logging.warning("--jit_compile=on ignored under %d replicas: XLA is not forced "
+                            "under a distribution strategy", strategy.num_replicas_in_sync)
+            return False
+        return True
+    # auto: XLA where it pays and is safe — one GPU replica. On CPU, compiling the
+    # second-order graph costs more than it saves on a short run.
+    return bool(tf.config.list_logical_devices("GPU")) and strategy.num_replicas_in_sync == 1
+
+
+def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int):
+    import keras
+
+    from keras_metamae.metamae import MetaMAE
+    from keras_metamae.schedules import WarmupCosine
+
+    with strategy.scope():
+        model = MetaMAE(**config.model_kwargs(spec))
+        schedule = WarmupCosine(config.learning_rate, total_steps, config.warmup_steps)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule,
+            weight_decay=config.weight_decay,
+            global_clipnorm=config.clip_norm or None,
+        )
+        model.compile(optimizer=optimizer, jit_compile=resolve_jit(config.jit_compile, strategy))
+    return model
+
+
+def build_model_for_spec(config, spec):
+    """The model with its weights created (for restoring checkpoints outside training)."""
+    import tensorflow as tf
+
+    model = build_model(config, spec, tf.distribute.get_strategy(), max(config.steps, 1))
+    materialize(model, spec)
+    return model
+
+
+def materialize(model, spec) -> None:
+    """Creates every weight and optimizer slot, so checkpoints can be loaded into the model."""
+    import numpy as np
+
+    if spec.is_discrete:
+        tokens = np.zeros((2, spec.num_tokens), "int64")
+    else:
+        tokens = np.zeros((2, spec.num_tokens, spec.token_dim), "float32")
+    model(tokens, training=False)
+    model.build_for_training(tokens) if hasattr(model, "build_for_training") else None
+    model.optimizer.build(model.trainable_variables)
+
+
+def sample_tokens(spec, version_dir: str, split: str, count: int):
+    from keras_metamae import data
+
+    ds = data.make_dataset(spec, version_dir, split, count, shuffle=False, repeat=False,
+                           drop_remainder=False)
+    for batch in ds.take(1):
+        return batch["tokens"].numpy()
+    raise ValueError(f"{version_dir}: split {split!r} is empty")
+
+
+def run_training(dataset: str = "digits", overrides: dict | None = None,
+                 data_dir: str | None = None, workdir: str | None = None,
+                 raw_data_dir: str | None = None, verbose: int | str = "auto") -> dict:
+    """Trains (or resumes) and returns the run summary. The absl entry point calls this."""
+    import keras
+    import tensorflow as tf
+
+    from keras_metamae import callbacks as cb
+    from keras_metamae import data
+    from keras_metamae.checkpoints import CheckpointManager
+    from preprocessing.spec import load_spec
+
+    overrides = dict(overrides or {})
+    data_dir = data_dir or default_data_dir()
+    version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
+    spec = load_spec(version_dir)
+    config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
+    config.data_dir = data_dir
+    config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
+    check_workdir_config(config.workdir, config)
+    config.save(config.workdir)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision != "float32":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+    strategy = build_strategy(config.strategy)
+
+    train_split = "train"
+    val_split = "val" if "val" in spec.splits else "test"
+    examples = spec.splits[train_split].num_examples
+    if examples < config.batch_size:
+        raise ValueError(
+            f"{version_dir}: split 'train' has {examples} examples, fewer than "
+            f"--batch_size={config.batch_size}")
+    batches_per_epoch = examples // config.batch_size
+
+    model = build_model(config, spec, strategy, config.steps)
+    with strategy.scope():
+        materialize(model, spec)
+    manager = CheckpointManager(os.path.join(config.workdir, "checkpoints"),
+                                keep=config.keep_checkpoints)
+    start_step = manager.restore(model)
+    if start_step:
+        logging.info("resumed from step %d (%s)", start_step, manager.directory)
+        print(f"Resumed from step {start_step} of {config.steps} ({manager.directory})")
+
+    # Data position on resume: the epoch is re-shuffled with a seed derived from its index,
+    # and the batches already seen in that epoch are skipped.
+    epoch_index, offset = divmod(start_step, batches_per_epoch)
+    train_ds = data.make_dataset(spec, version_dir, train_split, config.batch_size,
+                                 shuffle=True, repeat=True, seed=config.seed + epoch_index,
+                                 skip_batches=offset)
+    val_ds = None
+    if spec.splits.get(val_split) and spec.splits[val_split].num_examples >= config.batch_size:
+        val_ds = data.make_dataset(spec, version_dir, val_split, config.batch_size,
+                                   shuffle=False, repeat=True, seed=config.seed)
+
+    tensorboard_dir = os.path.join(config.workdir, "tensorboard")
+    summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size)
+    callbacks = [
+        cb.StopAtStep(config.steps),
+        summaries,
+        cb.PeriodicCheckpoint(manager, config.checkpoint_every, config.checkpoint_minutes,
+                              extra={"dataset": dataset, "model": config.model}),
+    ]
+    if spec.is_image_like and not spec.is_discrete:
+        callbacks.append(cb.ReconstructionImages(
+            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split, 4),
+            every_epochs=max(1, config.checkpoint_every // config.log_every)))
+
+    chunk = config.log_every
+    initial_epoch = start_step // chunk
+    epochs = -(-config.steps // chunk)
+    started = time.perf_counter()
+    history = None
+    if start_step < config.steps:
+        history = model.fit(
+            train_ds,
+            steps_per_epoch=chunk,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            validation_data=val_ds,
+            validation_steps=config.validation_steps if val_ds is not None else None,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    seconds = time.perf_counter() - started
+    final_step = int(model.optimizer.iterations.numpy())
+
+    export_dir = None
+    if config.export:
+        from keras_metamae import export
+
+        export_dir = export.export_encoder(model, spec, config.workdir)
+
+    records = summaries.history
+    summary = {
+        "dataset": dataset,
+        "model": config.model,
+        "workdir": config.workdir,
+        "start_step": start_step,
+        "final_step": final_step,
+        "train_seconds": seconds,
+        "first": records[0] if records else None,
+        "last": records[-1] if records else None,
+        "export_dir": export_dir,
+        "tensorboard": tensorboard_dir,
+        "completed": history is not None or start_step >= config.steps,
+    }
+    with open(os.path.join(config.workdir, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    first, last = summary.get("first") or {}, summary.get("last") or {}
+    lines = [
+        "",
+        f"== keras-metamae: {summary['model']} on {summary['dataset']} ==",
+        f"steps        {summary['start_step']} -> {summary['final_step']} "
+        f"in {summary['train_seconds']:.1f} s",
+    ]
+    for key in ("loss", "reconstruction_loss", "contrastive_loss", "inner_loss_before",
+                "inner_loss_after", "val_reconstruction_loss"):
+        if key in last:
+            start = f"{first[key]:.4f} -> " if key in first else ""
+            lines.append(f"{key:<24} {start}{last[key]:.4f}")
+    if "steps_per_second" in last:
+        lines.append(f"{'steps/s (last chunk)':<24} {last['steps_per_second']:.2f}")
+    lines += [
+        f"workdir      {summary['workdir']}",
+        f"encoder      {summary['export_dir']}",
+        f"tensorboard  tensorboard --logdir {summary['tensorboard']}",
+        f"evaluate     python -m keras_metamae.evaluate --workdir {summary['workdir']}",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    overrides = {}
+    for field in config_lib.TrainConfig.__dataclass_fields__:
+        if field not in _SKIP and FLAGS[field].present:
+            overrides[field] = FLAGS[field].value
+    try:
+        summary = run_training(FLAGS.dataset, overrides, FLAGS.data_dir, FLAGS.workdir,
+                               FLAGS.raw_data_dir, verbose="auto" if sys.stdout.isatty() else 2)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    app.run(main)
