@@ -1,0 +1,320 @@
+"""`python -m pipeline.preprocess`: raw dataset -> tokenized, sharded TFRecords + spec.json.
+
+    python -m pipeline.preprocess --dataset digits
+    python -m pipeline.preprocess --dataset eurosat --data_dir data/raw/eurosat --num_shards 16
+    python -m pipeline.preprocess --list
+    python -m pipeline.preprocess --dataset eurosat --runner=DataflowRunner --project=... --region=...
+
+Flags this module does not know are handed to Beam's PipelineOptions unchanged (`--runner`,
+`--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...). Without `--runner`, and
+with `--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engine behind the
+DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetch Prism).
+`--runner=PrismRunner` still selects Prism explicitly.
+
+Graph: Create(sources) | read (good / bad records) -> split -> per-channel mean/std on the
+train split (unless the reader has fixed DABS statistics) -> tokenize with the statistics as
+a side input -> tf.train.Example -> GZIP TFRecord shards, sorted by id within each shard.
+
+Output: `<output_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
+The version is built in `<output_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
+every check passed, so an interrupted or failed run never leaves a partial version behind.
+Only a local (or mounted) output_dir gets this atomic rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from typing import Any
+
+from preprocessing import registry
+from preprocessing.datasets.base import RawDataMissing
+from preprocessing.spec import PIPELINE_VERSION, DatasetSpec, SpecError, SplitInfo
+
+DEFAULT_DATASET = "digits"
+DEFAULT_RAW_ROOT = os.path.join("data", "raw")
+OUTPUT_DIR_ENV = "KERAS_METAMAE_DATA"
+_MANIFEST_DIR = "_manifest"  # driver-only side files inside the temp dir; removed before rename
+_LIST_BAD_PATHS = 50
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PreprocessError(RuntimeError):
+    """The job ran but its result must not be published (e.g. too many bad records)."""
+
+
+@dataclasses.dataclass
+class PreprocessResult:
+    spec: DatasetSpec
+    version_dir: str
+    seconds: float
+    bad_records: list[dict[str, str]]
+
+    @property
+    def num_examples(self) -> int:
+        return sum(s.num_examples for s in self.spec.splits.values())
+
+
+def default_output_dir() -> str:
+    return os.environ.get(OUTPUT_DIR_ENV) or os.path.join("data", "processed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.preprocess",
+        description="Tokenize a raw dataset into TFRecord shards and spec.json. "
+                    "Unknown flags are passed to Beam's PipelineOptions.",
+    )
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help=f"registered dataset name (default {DEFAULT_DATASET}; see --list)")
+    parser.add_argument("--data_dir", default=None,
+                        help="folder holding the raw files (default data/raw/<dataset>)")
+    parser.add_argument("--output_dir", default=None,
+                        help=f"root of processed datasets (default ${OUTPUT_DIR_ENV} or data/processed)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split hash")
+    parser.add_argument("--num_shards", type=int, default=4, help="shards per split")
+    parser.add_argument("--max_bad_fraction", type=float, default=0.0,
+                        help="fail when more than this fraction of raw records is unreadable")
+    parser.add_argument("--list", action="store_true",
+                        help="list the registered datasets and whether their raw files are present")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    args, beam_args = build_parser().parse_known_args(argv)
+    if args.num_shards < 1:
+        raise SystemExit(f"--num_shards={args.num_shards}: expected at least 1")
+    if not 0.0 <= args.max_bad_fraction <= 1.0:
+        raise SystemExit(f"--max_bad_fraction={args.max_bad_fraction}: expected a value in [0, 1]")
+    return args, beam_args
+
+
+# === --list ===
+def _token_shape(spec: DatasetSpec) -> str:
+    if spec.is_discrete:
+        return f"{spec.num_tokens} ids (vocab {spec.vocab_size})"
+    return f"{spec.num_tokens} x {spec.token_dim}"
+
+
+def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
+    """A table of every registered dataset; a reader that fails to load gets an error row."""
+    header = ("dataset", "modality", "tokens", "classes", "metric", "raw present", "expected raw files")
+    rows = []
+    for name in registry.names():
+        data_dir = os.path.join(raw_root, name)
+        try:
+            reader = registry.get_reader(name, data_dir=data_dir)
+            spec = reader.spec_template()
+            try:
+                reader.check_raw()
+                present = "yes"
+            except RawDataMissing:
+                present = f"no ({data_dir})"
+            rows.append((name, spec.modality, _token_shape(spec), str(spec.num_classes), spec.metric,
+                         present, "; ".join(reader.expected_files())))
+        except Exception as e:  # one broken reader must not hide the others
+            rows.append((name, "?", "?", "?", "?", "?", f"reader error: {type(e).__name__}: {e}"))
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header] + rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return "\n".join(lines)
+
+
+# === runner ===
+def make_pipeline(beam_args: list[str]):
+    """A beam.Pipeline from pass-through flags; Direct/unspecified runner -> FnApiRunner."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    runner_name = options.view_as(StandardOptions).runner
+    if runner_name in (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+        if options.view_as(DirectOptions).direct_running_mode != "in_memory":
+            # Subprocess workers must be able to import this repository's packages.
+            paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if _REPO_ROOT not in paths:
+                os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + [p for p in paths if p])
+        return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str, seed: int,
+                num_shards: int) -> None:
+    import apache_beam as beam
+
+    from pipeline import transforms
+
+    manifest = os.path.join(work_dir, _MANIFEST_DIR)
+    read = p | "ReadRaw" >> transforms.ReadRaw(reader, sources)
+    (read[transforms.BAD_TAG]
+     | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason})
+     | "WriteBad" >> transforms.WriteJson(os.path.join(manifest, "bad.json")))
+    keyed = read[transforms.GOOD_TAG] | "AssignSplit" >> transforms.AssignSplit(reader, seed)
+    if spec.is_discrete:
+        stats = p | "NoStats" >> beam.Create([None])
+    elif reader.fixed_normalization is not None:
+        stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
+    else:
+        stats = keyed | "ComputeStats" >> transforms.ComputeStats(int(spec.input_shape[-1]))
+    stats | "WriteStats" >> transforms.WriteJson(os.path.join(manifest, "stats.json"))
+    (keyed
+     | "ToExamples" >> transforms.ToExamples(spec, num_shards, stats)
+     | "WriteShards" >> transforms.WriteShards(work_dir, num_shards)
+     | "WriteManifest" >> transforms.WriteJson(os.path.join(manifest, "shards.json")))
+
+
+# === publishing ===
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, command: str) -> DatasetSpec:
+    from pipeline import transforms
+
+    manifest = os.path.join(work_dir, _MANIFEST_DIR)
+    shards = _read_json(os.path.join(manifest, "shards.json"))
+    written = {(s["split"], s["shard"]): s for s in shards}
+    split_names = [name for name, _ in reader.split_fractions]
+    split_names += sorted({s["split"] for s in shards} - set(split_names))
+    lines, splits = [], {}
+    for split in split_names:
+        count = 0
+        for shard in range(num_shards):
+            entry = written.get((split, shard))
+            if entry is None:  # no example hashed here: an empty shard keeps the pattern complete
+                rel = transforms.shard_path(split, shard, num_shards)
+                entry = {"path": rel, "num_examples": 0,
+                         "sha256": transforms.write_records(os.path.join(work_dir, rel), [])}
+            count += entry["num_examples"]
+            lines.append(f"{entry['path']} {entry['sha256']}\n")
+        splits[split] = SplitInfo(num_examples=count, num_shards=num_shards,
+                                  file_pattern=transforms.shard_pattern(split, num_shards))
+    if spec.is_discrete:
+        normalization = {}
+    elif reader.fixed_normalization is not None:
+        normalization = {"mean": list(reader.fixed_normalization["mean"]),
+                         "std": list(reader.fixed_normalization["std"]), "source": "dabs"}
+    else:
+        (stats,) = _read_json(os.path.join(manifest, "stats.json"))
+        if not stats["mean"]:
+            raise PreprocessError(f"{spec.name}: the train split is empty; cannot compute statistics")
+        normalization = {"mean": stats["mean"], "std": stats["std"], "source": "pipeline"}
+    content_hash = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+    return dataclasses.replace(spec, splits=splits, normalization=normalization,
+                               pipeline_version=PIPELINE_VERSION, command=command,
+                               content_hash=content_hash)
+
+
+def _check_bad_records(name: str, bad: list[dict[str, str]], num_good: int, max_fraction: float):
+    total = num_good + len(bad)
+    fraction = len(bad) / total if total else 0.0
+    if bad and fraction > max_fraction:
+        listed = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad[:_LIST_BAD_PATHS])
+        more = f"\n  ... and {len(bad) - _LIST_BAD_PATHS} more" if len(bad) > _LIST_BAD_PATHS else ""
+        raise PreprocessError(
+            f"{name}: {len(bad)} of {total} raw records are unreadable or malformed "
+            f"({fraction:.2%} > --max_bad_fraction={max_fraction}); nothing was written:\n"
+            f"{listed}{more}"
+        )
+
+
+def _publish(work_dir: str, version_dir: str) -> None:
+    """Renames the finished temp dir into place, replacing an older copy of the version."""
+    old = None
+    if os.path.exists(version_dir):
+        old = os.path.join(os.path.dirname(version_dir), f".old-{uuid.uuid4().hex}")
+        os.rename(version_dir, old)
+    os.rename(work_dir, version_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# === entry points ===
+def run(argv: list[str] | None = None) -> PreprocessResult | None:
+    """Runs the job for command-line style `argv` (without the program name).
+
+    Raises RawDataMissing, PreprocessError, KeyError (unknown dataset) on failure;
+    returns None for `--list` (after printing the table).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parse_args(argv)
+    if args.list:
+        print(list_datasets())
+        return None
+    start = time.time()
+    data_dir = args.data_dir or os.path.join(DEFAULT_RAW_ROOT, args.dataset)
+    output_dir = args.output_dir or default_output_dir()
+    reader = registry.get_reader(args.dataset, data_dir=data_dir)
+    spec = reader.spec_template()
+    reader.check_raw()
+    sources = reader.list_sources()
+    if not sources:
+        raise RawDataMissing(f"{args.dataset}: no raw records found in {os.path.abspath(data_dir)}; "
+                             f"expected {'; '.join(reader.expected_files())}")
+    command = "python -m pipeline.preprocess " + shlex.join(argv)
+
+    dataset_dir = os.path.join(output_dir, args.dataset)
+    os.makedirs(dataset_dir, exist_ok=True)
+    work_dir = os.path.join(dataset_dir, f".tmp-{uuid.uuid4().hex}")
+    version_dir = os.path.join(dataset_dir, PIPELINE_VERSION)
+    os.makedirs(os.path.join(work_dir, _MANIFEST_DIR))
+    published = False
+    try:
+        logging.info("%s: %d sources from %s -> %s", args.dataset, len(sources), data_dir, version_dir)
+        with make_pipeline(beam_args) as p:
+            build_graph(p, reader, spec, sources, work_dir, args.seed, args.num_shards)
+        bad = _read_json(os.path.join(work_dir, _MANIFEST_DIR, "bad.json"))
+        final = _finish_spec(reader, spec, work_dir, args.num_shards, command)
+        num_good = sum(s.num_examples for s in final.splits.values())
+        _check_bad_records(args.dataset, bad, num_good, args.max_bad_fraction)
+        if num_good == 0:
+            raise PreprocessError(f"{args.dataset}: no readable examples in {data_dir}")
+        shutil.rmtree(os.path.join(work_dir, _MANIFEST_DIR))
+        final.save(work_dir)
+        _publish(work_dir, version_dir)
+        published = True
+    finally:
+        if not published:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    result = PreprocessResult(spec=final, version_dir=version_dir, seconds=time.time() - start,
+                              bad_records=bad)
+    print(summary(result))
+    return result
+
+
+def summary(result: PreprocessResult) -> str:
+    per_split = ", ".join(f"{k} {v.num_examples}" for k, v in result.spec.splits.items())
+    rate = result.num_examples / max(result.seconds, 1e-9)
+    skipped = f"; skipped {len(result.bad_records)} bad records" if result.bad_records else ""
+    return (f"{result.spec.name}: wrote {result.num_examples} examples ({per_split}) to "
+            f"{result.version_dir} in {result.seconds:.1f} s ({rate:.1f} examples/s){skipped}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Beam's own INFO logging drowns the job's progress lines.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        run(argv)
+    except (RawDataMissing, PreprocessError, SpecError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2 if isinstance(e, RawDataMissing) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

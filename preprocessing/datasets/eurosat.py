@@ -1,0 +1,239 @@
+"""`eurosat`: DABS multi-spectral EuroSAT (13-band 64x64 Sentinel-2 tiles, 10 land-use classes).
+
+Raw formats accepted under `--data_dir`, tried in this order:
+1. the official `EuroSATallBands.zip` (any `*.zip` whose members look like
+   `<...>/<Class>/<Class>_<n>.tif`, at any depth inside the archive);
+2. that archive extracted: `<Class>/<Class>_<n>.tif` files at any depth below data_dir;
+3. a TFDS `eurosat/all` dataset that was already prepared there (read with
+   `tfds.builder_from_directory`; nothing is ever downloaded).
+
+Each tile is read with tifffile as `[64, 64, 13]` (band-first `[13, 64, 64]` files are transposed)
+and normalized per band with the fixed DABS statistics. The example id is `<Class>_<n>` in all
+three formats, so the same tile lands in the same split whatever format it came from.
+
+Splits: DABS holds out 10 % (seed 42) for transfer and then splits 90/10 train/test; we keep one
+level and split train/val/test 80/10/10 by a seeded hash of the id (`--seed`, default 42), which
+is stable across runs, machines and raw formats.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.spec import DatasetSpec
+
+ARCHIVE_NAME = "EuroSATallBands.zip"
+ARCHIVE_URL = "https://madm.dfki.de/files/sentinel/EuroSATallBands.zip"
+CLASSES = (
+    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+)
+IMAGE_SHAPE = (64, 64, 13)
+# Fixed DABS per-band statistics of the raw Sentinel-2 values (bands B01..B12, B8A order of the tif).
+DABS_MEAN = [1354.3003, 1117.7579, 1042.2800, 947.6443, 1199.6334, 2001.9829, 2372.5579,
+             2299.6663, 731.0175, 12.0956, 1822.4083, 1119.5759, 2598.4456]
+DABS_STD = [244.0469, 323.4128, 385.0928, 584.1638, 566.0543, 858.5753, 1083.6704,
+            1103.0342, 402.9594, 4.7207, 1002.4071, 759.6080, 1228.4104]
+
+# `<Class>/<Class>_<n>.tif` anywhere in a path; the class directory must match the file prefix.
+_TIF_RE = re.compile(r"(?:^|/)(?P<cls>" + "|".join(CLASSES) + r")/(?P=cls)_(?P<n>\d+)\.tiff?$")
+# Tiles per read task: opening the zip's central directory once per task, not once per tile.
+_TILES_PER_SOURCE = 256
+_TFDS_EXAMPLES_PER_SOURCE = 1000
+
+
+def parse_tile_path(path: str) -> tuple[str, int] | None:
+    """`(<Class>_<n>, label)` for a path that names an EuroSAT tile, else None."""
+    m = _TIF_RE.search(path.replace(os.sep, "/"))
+    if not m:
+        return None
+    return f"{m['cls']}_{m['n']}", CLASSES.index(m["cls"])
+
+
+def decode_tile(data: bytes | str) -> np.ndarray:
+    """Decodes one multi-band GeoTIFF into float32 `[64, 64, 13]`; raises ValueError if it is not one."""
+    import tifffile
+
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    array = tifffile.imread(source)
+    if array.shape == (IMAGE_SHAPE[2],) + IMAGE_SHAPE[:2]:  # band-first (planar) files
+        array = np.transpose(array, (1, 2, 0))
+    if array.shape != IMAGE_SHAPE:
+        raise ValueError(
+            f"expected a 64x64 tile with 13 bands (shape {list(IMAGE_SHAPE)}), got shape {list(array.shape)}"
+        )
+    return array.astype(np.float32)
+
+
+class EuroSATReader(DatasetReader):
+    name = "eurosat"
+    split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    fixed_normalization = {"mean": DABS_MEAN, "std": DABS_STD}
+
+    def spec_template(self) -> DatasetSpec:
+        return DatasetSpec(
+            name=self.name,
+            modality="multispectral_image",
+            input_shape=list(IMAGE_SHAPE),
+            tokenizer="patch2d",
+            patch_shape=[8, 8],
+            num_tokens=64,
+            token_dim=8 * 8 * 13,
+            token_grid=[8, 8],
+            input_dtype="float32",
+            task="multiclass",
+            metric="accuracy",
+            num_classes=len(CLASSES),
+            label_names=list(CLASSES),
+            label_shape=[],
+            label_dtype="int64",
+            extra={"raw_url": ARCHIVE_URL},
+        )
+
+    def expected_files(self) -> list[str]:
+        return [ARCHIVE_NAME + " (or its extracted <Class>/<Class>_<n>.tif files, "
+                "or a prepared TFDS eurosat/all directory)"]
+
+    # === locating the raw data ===
+    def _data_dir(self) -> str:
+        return self.data_dir or os.path.join("data", "raw", self.name)
+
+    def _archives(self) -> list[str]:
+        d = self._data_dir()
+        if os.path.isfile(d) and d.endswith(".zip"):
+            return [d]
+        if not os.path.isdir(d):
+            return []
+        return sorted(glob.glob(os.path.join(d, "*.zip")))
+
+    def _tif_files(self) -> list[str]:
+        d = self._data_dir()
+        if not os.path.isdir(d):
+            return []
+        found = []
+        for root, dirs, files in os.walk(d):
+            dirs.sort()
+            for f in sorted(files):
+                path = os.path.join(root, f)
+                if parse_tile_path(os.path.relpath(path, d)):
+                    found.append(path)
+        return found
+
+    def _tfds_dirs(self) -> list[str]:
+        d = self._data_dir()
+        if not os.path.isdir(d):
+            return []
+        patterns = [os.path.join(d, "eurosat", "all", "*", "dataset_info.json"),
+                    os.path.join(d, "all", "*", "dataset_info.json"),
+                    os.path.join(d, "*", "dataset_info.json"),
+                    os.path.join(d, "dataset_info.json")]
+        for pattern in patterns:
+            hits = sorted(glob.glob(pattern))
+            if hits:
+                return [os.path.dirname(hits[-1])]  # the newest TFDS version
+        return []
+
+    def check_raw(self) -> None:
+        if self._archives() or self._tif_files() or self._tfds_dirs():
+            return
+        d = os.path.abspath(self._data_dir())
+        raise RawDataMissing(
+            f"eurosat: no raw data in {d}. Download {ARCHIVE_NAME} (about 2 GB) from "
+            f"{ARCHIVE_URL} and put it in {d}/ (extracted or not), or pass --data_dir to the "
+            f"folder that holds it. A prepared TFDS `eurosat/all` directory there works too."
+        )
+
+    # === reading ===
+    def list_sources(self) -> list[tuple[Any, ...]]:
+        self.check_raw()
+        sources: list[tuple[Any, ...]] = []
+        archives = self._archives()
+        if archives:
+            for archive in archives:
+                try:
+                    with zipfile.ZipFile(archive) as zf:
+                        members = sorted(m for m in zf.namelist() if parse_tile_path(m))
+                except zipfile.BadZipFile as e:
+                    raise RawDataMissing(
+                        f"eurosat: {archive} is not a readable zip archive ({e}); download "
+                        f"{ARCHIVE_NAME} again from {ARCHIVE_URL}"
+                    ) from None
+                for i in range(0, len(members), _TILES_PER_SOURCE):
+                    sources.append(("zip", archive, tuple(members[i:i + _TILES_PER_SOURCE])))
+            if sources:
+                return sources
+        files = self._tif_files()
+        if files:
+            return [("files", tuple(files[i:i + _TILES_PER_SOURCE]))
+                    for i in range(0, len(files), _TILES_PER_SOURCE)]
+        tfds_dirs = self._tfds_dirs()
+        if tfds_dirs:
+            import tensorflow_datasets as tfds
+
+            builder = tfds.builder_from_directory(tfds_dirs[0])
+            n = builder.info.splits["train"].num_examples
+            return [("tfds", tfds_dirs[0], start, min(start + _TFDS_EXAMPLES_PER_SOURCE, n))
+                    for start in range(0, n, _TFDS_EXAMPLES_PER_SOURCE)]
+        raise RawDataMissing(
+            f"eurosat: {', '.join(archives)} holds no <Class>/<Class>_<n>.tif members; "
+            f"expected the official {ARCHIVE_NAME} from {ARCHIVE_URL}"
+        )
+
+    def read_source(self, source: tuple[Any, ...]) -> Iterator[RawExample | BadRecord]:
+        kind = source[0]
+        if kind == "zip":
+            yield from self._read_zip(source[1], source[2])
+        elif kind == "files":
+            for path in source[1]:
+                example_id, label = parse_tile_path(path)
+                try:
+                    image = decode_tile(path)
+                except Exception as e:  # a corrupt tile must not stop the job
+                    yield BadRecord(path=path, reason=f"{type(e).__name__}: {e}")
+                    continue
+                yield RawExample(id=example_id, input=image, label=label)
+        elif kind == "tfds":
+            yield from self._read_tfds(*source[1:])
+        else:
+            raise ValueError(f"eurosat: unknown source kind {kind!r}")
+
+    def _read_zip(self, archive: str, members: tuple[str, ...]) -> Iterator[RawExample | BadRecord]:
+        with zipfile.ZipFile(archive) as zf:
+            for member in members:
+                path = f"{archive}:{member}"
+                example_id, label = parse_tile_path(member)
+                try:
+                    image = decode_tile(zf.read(member))
+                except Exception as e:  # CRC errors, truncated or non-TIFF members, wrong bands
+                    yield BadRecord(path=path, reason=f"{type(e).__name__}: {e}")
+                    continue
+                yield RawExample(id=example_id, input=image, label=label)
+
+    def _read_tfds(self, builder_dir: str, start: int, stop: int) -> Iterator[RawExample | BadRecord]:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(builder_dir)
+        names = builder.info.features["label"].names
+        dataset = builder.as_dataset(split=f"train[{start}:{stop}]", shuffle_files=False)
+        for i, record in enumerate(tfds.as_numpy(dataset)):
+            filename = record["filename"].decode()
+            where = f"{builder_dir}:train[{start + i}] ({filename})"
+            image = np.asarray(record["sentinel2"], np.float32)
+            if image.shape != IMAGE_SHAPE:
+                yield BadRecord(path=where, reason=f"expected shape {list(IMAGE_SHAPE)}, "
+                                                   f"got {list(image.shape)}")
+                continue
+            class_name = names[int(record["label"])]
+            yield RawExample(id=os.path.splitext(filename)[0], input=image,
+                             label=CLASSES.index(class_name))
+
+
+READERS = {"eurosat": EuroSATReader}

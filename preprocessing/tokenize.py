@@ -1,0 +1,231 @@
+"""Tokenizers as TensorFlow ops: raw example batch <-> token sequences.
+
+Written once and used in three places so they can never disagree (the TFX lesson):
+the Beam job (eagerly, on NumPy batches), the trainer's reconstruction images, and the exported
+serving signature (inside a `tf.function`). Everything here is pure TensorFlow on tensors whose
+leading axis is the batch.
+
+Token layouts (all channels-last, see `preprocessing/spec.py`):
+- `patch2d`:  images `[B, H, W, C]` -> `[B, (H/ph)*(W/pw), ph*pw*C]`; tokens follow the patch
+  grid row-major, and each token is its patch flattened in `(row, col, channel)` order.
+- `patch1d`:  sequences `[B, T, C]` -> `[B, T/p, p*C]`; each token is `p` consecutive steps
+  flattened in `(step, channel)` order.
+- `tabular`:  rows `[B, F]` -> `[B, F, 1]`, one token per feature.
+- `discrete`: token ids `[B, L]` -> `[B, L]` int64, unchanged.
+
+Normalization `(x - mean) / std` is per channel, i.e. broadcast along the last raw axis
+(the feature axis for tabular rows), and happens before tokenization.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import tensorflow as tf
+
+from preprocessing.spec import DatasetSpec
+
+
+def _normalization_of(spec_or_normalization: DatasetSpec | Mapping[str, Any] | None):
+    if spec_or_normalization is None:
+        return {}
+    if isinstance(spec_or_normalization, DatasetSpec):
+        return spec_or_normalization.normalization or {}
+    return spec_or_normalization
+
+
+def _mean_std(spec_or_normalization, dtype=tf.float32):
+    norm = _normalization_of(spec_or_normalization)
+    if not norm or "mean" not in norm or "std" not in norm:
+        return None, None
+    mean = tf.constant(norm["mean"], dtype)
+    std = tf.constant(norm["std"], dtype)
+    return mean, std
+
+
+def normalize(x, spec_or_normalization: DatasetSpec | Mapping[str, Any] | None) -> tf.Tensor:
+    """`(x - mean) / std` per channel (last axis), as float32; identity when no statistics."""
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    mean, std = _mean_std(spec_or_normalization)
+    if mean is None:
+        return x
+    return (x - mean) / std
+
+
+def denormalize(x, spec_or_normalization: DatasetSpec | Mapping[str, Any] | None) -> tf.Tensor:
+    """Inverse of `normalize`: `x * std + mean` per channel (last axis)."""
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    mean, std = _mean_std(spec_or_normalization)
+    if mean is None:
+        return x
+    return x * std + mean
+
+
+def _dim(x: tf.Tensor, axis: int):
+    """The static size of `axis` when known (keeps shapes inferable), else a dynamic scalar."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def _check_divisible(size, patch: int, what: str):
+    if isinstance(size, int) and size % patch:
+        raise ValueError(f"{what}={size} is not divisible by the patch size {patch}")
+
+
+def patchify_2d(images, patch_shape: Sequence[int]) -> tf.Tensor:
+    """`[B, H, W, C]` -> `[B, (H/ph)*(W/pw), ph*pw*C]` (row-major patch grid)."""
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank != 4:
+        raise ValueError(f"patchify_2d expects [B, H, W, C], got shape {images.shape}")
+    ph, pw = (int(p) for p in patch_shape)
+    b, h, w, c = (_dim(images, i) for i in range(4))
+    _check_divisible(h, ph, "image height")
+    _check_divisible(w, pw, "image width")
+    rows, cols = h // ph, w // pw
+    x = tf.reshape(images, [b, rows, ph, cols, pw, c])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, rows, cols, ph, pw, C]
+    return tf.reshape(x, [b, rows * cols, ph * pw * c])
+
+
+def unpatchify_2d(tokens, patch_shape: Sequence[int], image_shape: Sequence[int]) -> tf.Tensor:
+    """Inverse of `patchify_2d`: `[B, T, ph*pw*C]` -> `[B, H, W, C]` with `image_shape=[H, W, C]`."""
+    tokens = tf.convert_to_tensor(tokens)
+    if tokens.shape.rank != 3:
+        raise ValueError(f"unpatchify_2d expects [B, T, D], got shape {tokens.shape}")
+    ph, pw = (int(p) for p in patch_shape)
+    h, w, c = (int(s) for s in image_shape)
+    rows, cols = h // ph, w // pw
+    b = _dim(tokens, 0)
+    x = tf.reshape(tokens, [b, rows, cols, ph, pw, c])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, rows, ph, cols, pw, C]
+    return tf.reshape(x, [b, h, w, c])
+
+
+def patchify_1d(sequences, patch_size: int | Sequence[int]) -> tf.Tensor:
+    """`[B, T, C]` -> `[B, T/p, p*C]` (consecutive steps per token)."""
+    sequences = tf.convert_to_tensor(sequences)
+    if sequences.shape.rank != 3:
+        raise ValueError(f"patchify_1d expects [B, T, C], got shape {sequences.shape}")
+    p = int(patch_size[0] if isinstance(patch_size, (list, tuple)) else patch_size)
+    b, t, c = (_dim(sequences, i) for i in range(3))
+    _check_divisible(t, p, "sequence length")
+    # Row-major memory order already is (step, channel) within each run of p steps.
+    return tf.reshape(sequences, [b, t // p, p * c])
+
+
+def unpatchify_1d(tokens, patch_size: int | Sequence[int], sequence_shape: Sequence[int]) -> tf.Tensor:
+    """Inverse of `patchify_1d`: `[B, T/p, p*C]` -> `[B, T, C]` with `sequence_shape=[T, C]`."""
+    tokens = tf.convert_to_tensor(tokens)
+    t, c = (int(s) for s in sequence_shape)
+    return tf.reshape(tokens, [_dim(tokens, 0), t, c])
+
+
+def tabular_to_tokens(rows) -> tf.Tensor:
+    """`[B, F]` -> `[B, F, 1]`: one token per feature."""
+    rows = tf.convert_to_tensor(rows)
+    if rows.shape.rank != 2:
+        raise ValueError(f"tabular tokens expect rows [B, F], got shape {rows.shape}")
+    return rows[..., tf.newaxis]
+
+
+def tokens_to_tabular(tokens) -> tf.Tensor:
+    """Inverse of `tabular_to_tokens`: `[B, F, 1]` -> `[B, F]`."""
+    return tf.squeeze(tf.convert_to_tensor(tokens), axis=-1)
+
+
+def discrete_to_tokens(ids) -> tf.Tensor:
+    """Discrete sequences are already tokens: `[B, L]` ids as int64."""
+    ids = tf.convert_to_tensor(ids)
+    if ids.shape.rank != 2:
+        raise ValueError(f"discrete tokens expect ids [B, L], got shape {ids.shape}")
+    if ids.dtype.is_floating:
+        ids = tf.round(ids)
+    return tf.cast(ids, tf.int64)
+
+
+def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):
+    expected = [int(s) for s in spec.input_shape]
+    if x.shape.rank is None:
+        return
+    if x.shape.rank != len(expected) + 1:
+        raise ValueError(
+            f"{spec.name}: raw_to_tokens expects a batch of shape [B, {', '.join(map(str, expected))}], "
+            f"got shape {x.shape}"
+        )
+    for got, want in zip(x.shape[1:], expected):
+        if got is not None and got != want:
+            raise ValueError(
+                f"{spec.name}: raw batch has shape {x.shape}, expected [B, "
+                f"{', '.join(map(str, expected))}] (spec.input_shape)"
+            )
+
+
+def raw_to_tokens(raw, spec: DatasetSpec) -> tf.Tensor:
+    """A raw batch `[B, *spec.input_shape]` -> tokens, as the spec prescribes.
+
+    Continuous: normalized float32 `[B, num_tokens, token_dim]`. Discrete: int64 `[B, num_tokens]`.
+    """
+    raw = tf.convert_to_tensor(raw)
+    _check_batch_shape(raw, spec)
+    if spec.tokenizer == "discrete":
+        return discrete_to_tokens(raw)
+    x = normalize(raw, spec)
+    if spec.tokenizer == "patch2d":
+        tokens = patchify_2d(x, spec.patch_shape)
+    elif spec.tokenizer == "patch1d":
+        tokens = patchify_1d(x, spec.patch_shape)
+    elif spec.tokenizer == "tabular":
+        tokens = tabular_to_tokens(x)
+    else:
+        raise ValueError(f"{spec.name}: unknown tokenizer {spec.tokenizer!r}")
+    return tf.ensure_shape(tokens, [None, spec.num_tokens, spec.token_dim])
+
+
+def tokens_to_raw(tokens, spec: DatasetSpec) -> tf.Tensor:
+    """Inverse of `raw_to_tokens` including de-normalization (e.g. for reconstruction images).
+
+    Accepts `[B, num_tokens, token_dim]` or the flat `[B, num_tokens*token_dim]` TFRecord layout.
+    Returns float32 `[B, *input_shape]` (int64 `[B, L]` for discrete tokens).
+    """
+    tokens = tf.convert_to_tensor(tokens)
+    if spec.tokenizer == "discrete":
+        return tf.cast(tokens, tf.int64)
+    if tokens.shape.rank == 2:
+        tokens = tf.reshape(tokens, [_dim(tokens, 0), spec.num_tokens, spec.token_dim])
+    tokens = tf.cast(tokens, tf.float32)
+    if spec.tokenizer == "patch2d":
+        x = unpatchify_2d(tokens, spec.patch_shape, spec.input_shape)
+    elif spec.tokenizer == "patch1d":
+        x = unpatchify_1d(tokens, spec.patch_shape, spec.input_shape)
+    elif spec.tokenizer == "tabular":
+        x = tokens_to_tabular(tokens)
+    else:
+        raise ValueError(f"{spec.name}: unknown tokenizer {spec.tokenizer!r}")
+    return denormalize(x, spec)
+
+
+def token_layout(spec: DatasetSpec) -> dict[str, Any]:
+    """The token geometry a tokenizer implies for `spec.input_shape` and `spec.patch_shape`.
+
+    Readers use it to fill `num_tokens`, `token_dim` and `token_grid` consistently.
+    """
+    shape = [int(s) for s in spec.input_shape]
+    patch = [int(p) for p in spec.patch_shape]
+    if spec.tokenizer == "patch2d":
+        (h, w, c), (ph, pw) = shape, patch
+        if h % ph or w % pw:
+            raise ValueError(f"{spec.name}: input {shape} not divisible by patch {patch}")
+        return {"num_tokens": (h // ph) * (w // pw), "token_dim": ph * pw * c,
+                "token_grid": [h // ph, w // pw]}
+    if spec.tokenizer == "patch1d":
+        (t, c), (p,) = shape, patch
+        if t % p:
+            raise ValueError(f"{spec.name}: input {shape} not divisible by patch {patch}")
+        return {"num_tokens": t // p, "token_dim": p * c, "token_grid": [t // p]}
+    if spec.tokenizer == "tabular":
+        (f,) = shape
+        return {"num_tokens": f, "token_dim": 1, "token_grid": [f]}
+    if spec.tokenizer == "discrete":
+        (length,) = shape
+        return {"num_tokens": length, "token_dim": 0, "token_grid": [length]}
+    raise ValueError(f"{spec.name}: unknown tokenizer {spec.tokenizer!r}")
