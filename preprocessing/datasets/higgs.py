@@ -1,0 +1,157 @@
+"""`higgs` and `higgs-transfer`: DABS tabular domain, the UCI HIGGS data set (UCI 00280).
+
+Raw format under `--data_dir`: the official `HIGGS.csv.gz` (or the decompressed `HIGGS.csv`):
+11,000,000 lines, no header, 29 comma-separated numbers per line: column 0 the class label
+(1.0 = signal, 0.0 = background), then 21 low-level kinematic features and 7 high-level
+features derived from them. Example: input float32 `[28]`, one token per feature (28 tokens of 1).
+
+Pretrain/transfer partition (DABS: "pretrain = first part, transfer = the rest"): we use UCI's
+own boundary - the first 10,500,000 lines are `higgs` (pretraining) and the last 500,000
+lines, which UCI designates as its test set, are `higgs-transfer`. The boundary is the
+`pretrain_rows` reader option (so miniature files can be cut anywhere). Within each, examples
+are split 90/10 train/test by a seeded hash of the line number (`--seed`, default 42): the same
+line lands in the same split on every run, runner and machine.
+
+The 11M-line file is never loaded whole: the driver counts lines once (for a `.gz` file that is
+one decompression pass) and the Beam job reads `rows_per_source` lines per source, one line at a
+time. Malformed lines (wrong column count, non-numeric or non-finite values, a label other
+than 0/1) become BadRecords `<file>:<line>`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from preprocessing.datasets import _line_ranges
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.spec import DatasetSpec
+
+FILE_NAMES = ("HIGGS.csv.gz", "HIGGS.csv")
+FILE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00280/HIGGS.csv.gz"
+NUM_FEATURES = 28
+TOTAL_ROWS = 11_000_000
+PRETRAIN_ROWS = 10_500_000  # UCI: "the last 500,000 examples are used as a test set"
+ROWS_PER_SOURCE = 500_000
+FEATURE_NAMES = (
+    "lepton_pT", "lepton_eta", "lepton_phi", "missing_energy_magnitude", "missing_energy_phi",
+    "jet1_pt", "jet1_eta", "jet1_phi", "jet1_b_tag",
+    "jet2_pt", "jet2_eta", "jet2_phi", "jet2_b_tag",
+    "jet3_pt", "jet3_eta", "jet3_phi", "jet3_b_tag",
+    "jet4_pt", "jet4_eta", "jet4_phi", "jet4_b_tag",
+    "m_jj", "m_jjj", "m_lv", "m_jlv", "m_bb", "m_wbb", "m_wwbb",
+)
+LABEL_NAMES = ("background", "signal")
+
+
+def parse_row(line: str) -> tuple[int, np.ndarray]:
+    """`(label, features[28])` of one HIGGS line; raises ValueError describing what is wrong."""
+    fields = line.split(",")
+    if len(fields) != NUM_FEATURES + 1:
+        raise ValueError(f"expected {NUM_FEATURES + 1} comma-separated numbers (label, "
+                         f"{NUM_FEATURES} features), got {len(fields)} fields")
+    values = np.array(fields, dtype=np.float64)  # ValueError on non-numeric text
+    if not np.isfinite(values).all():
+        raise ValueError("non-finite value (nan/inf)")
+    if values[0] not in (0.0, 1.0):
+        raise ValueError(f"label {values[0]!r} is not 0 or 1")
+    return int(values[0]), values[1:].astype(np.float32)
+
+
+class HiggsReader(DatasetReader):
+    """The pretraining part: lines 1 .. pretrain_rows."""
+
+    name = "higgs"
+    split_fractions = (("train", 0.9), ("test", 0.1))
+    pretrain_dataset = ""
+
+    def __init__(self, data_dir: str | None = None, pretrain_rows: int = PRETRAIN_ROWS,
+                 rows_per_source: int = ROWS_PER_SOURCE, **options: Any):
+        super().__init__(data_dir, **options)
+        self.pretrain_rows = int(pretrain_rows)
+        self.rows_per_source = int(rows_per_source)
+        if self.pretrain_rows < 0 or self.rows_per_source < 1:
+            raise ValueError(f"{self.name}: pretrain_rows={pretrain_rows} must be >= 0 and "
+                             f"rows_per_source={rows_per_source} >= 1")
+
+    def _line_bounds(self) -> tuple[int, float]:
+        """1-based line numbers `[first, last]` that belong to this dataset."""
+        return 1, self.pretrain_rows
+
+    def spec_template(self) -> DatasetSpec:
+        return DatasetSpec(
+            name=self.name,
+            modality="tabular",
+            input_shape=[NUM_FEATURES],
+            tokenizer="tabular",
+            patch_shape=[1],
+            num_tokens=NUM_FEATURES,
+            token_dim=1,
+            token_grid=[NUM_FEATURES],
+            input_dtype="float32",
+            task="binary",
+            metric="accuracy",
+            num_classes=2,
+            label_names=list(LABEL_NAMES),
+            label_shape=[],
+            label_dtype="int64",
+            pretrain_dataset=self.pretrain_dataset,
+            extra={"raw_url": FILE_URL, "feature_names": list(FEATURE_NAMES),
+                   "pretrain_rows": self.pretrain_rows},
+        )
+
+    def expected_files(self) -> list[str]:
+        return [f"{FILE_NAMES[0]} (or the decompressed {FILE_NAMES[1]})"]
+
+    def _data_dir(self) -> str:
+        return self.data_dir or os.path.join("data", "raw", "higgs")
+
+    def raw_file(self) -> str | None:
+        for name in FILE_NAMES:
+            path = os.path.join(self._data_dir(), name)
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def check_raw(self) -> None:
+        if self.raw_file() is None:
+            d = os.path.abspath(self._data_dir())
+            raise RawDataMissing(
+                f"{self.name}: no {FILE_NAMES[0]} in {d}. Download {FILE_NAMES[0]} (2.6 GB) from "
+                f"{FILE_URL} and put it in {d}/ (gzipped or decompressed as {FILE_NAMES[1]}), "
+                f"or pass --data_dir to the folder that holds it."
+            )
+
+    def list_sources(self) -> list[_line_ranges.LineRange]:
+        self.check_raw()
+        first, last = self._line_bounds()
+        ranges = _line_ranges.plan_line_ranges(self.raw_file(), self.rows_per_source)
+        return [r for r in ranges
+                if r.first_line <= last and r.first_line + r.num_lines - 1 >= first]
+
+    def read_source(self, source: _line_ranges.LineRange) -> Iterator[RawExample | BadRecord]:
+        first, last = self._line_bounds()
+        for number, line in _line_ranges.iter_lines(source):
+            if not first <= number <= last:
+                continue
+            try:
+                label, features = parse_row(line)
+            except ValueError as e:
+                yield BadRecord(path=f"{source.path}:{number}", reason=str(e))
+                continue
+            yield RawExample(id=f"higgs-{number:08d}", input=features, label=label)
+
+
+class HiggsTransferReader(HiggsReader):
+    """The transfer part: the lines after pretrain_rows (UCI's last 500,000)."""
+
+    name = "higgs-transfer"
+    pretrain_dataset = "higgs"
+
+    def _line_bounds(self) -> tuple[int, float]:
+        return self.pretrain_rows + 1, float("inf")
+
+
+READERS = {"higgs": HiggsReader, "higgs-transfer": HiggsTransferReader}

@@ -1,0 +1,207 @@
+"""TAPE downstream tasks, the DABS protein transfer sets (pretrain_dataset "pfam").
+
+Raw format under `--data_dir` (or its `<task>/` subfolder): TAPE's raw JSON release
+(`http://s3.amazonaws.com/proteindata/data_raw/<task>.tar.gz`), one JSON array of records per
+split file; JSON Lines / CSV files with the same stems work too (see `_protein.py`).
+
+| dataset             | TAPE task           | label field        | files (split)                                   |
+|---------------------|---------------------|--------------------|-------------------------------------------------|
+| scop                | remote_homology     | `fold_label` 0..1194 | `remote_homology_train` (train), `_valid` (val), `_test_fold_holdout` (test), `_test_superfamily_holdout`, `_test_family_holdout` |
+| secondary-structure | secondary_structure | `ss3` per residue 0..2 | `secondary_structure_train` (train), `_valid` (val), `_cb513` (test), `_casp12`, `_ts115` |
+| stability           | stability           | `stability_score`  | `stability_train`, `_valid`, `_test`            |
+| fluorescence        | fluorescence        | `log_fluorescence` | `fluorescence_train`, `_valid`, `_test`         |
+
+The extra TAPE test sets become splits of their own (`test_superfamily`, `test_casp12`, ...).
+Inputs are encoded like Pfam (128 residues, vocab of 26, padded with X). Labels:
+- scop: one class id, 1,195 folds, accuracy.
+- secondary-structure: per-residue ss3 (0 helix, 1 strand, 2 coil) truncated to 128 and padded
+  with class 3 (`pad`) where the sequence is padded: `label_shape [128]`, 4 classes.
+- stability / fluorescence: one float32, regression, Spearman. TAPE stores these as one-element
+  lists (`[0.37]`); a bare number is accepted too.
+A record with a missing/ill-typed label, an ss3 whose length differs from the sequence's, or a
+residue outside the vocabulary becomes a BadRecord `<file>[<record>]`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from preprocessing.datasets import _protein
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.datasets.pfam import protein_spec
+from preprocessing.spec import DatasetSpec
+
+TAPE_RAW_URL = "http://s3.amazonaws.com/proteindata/data_raw/{task}.tar.gz"
+NUM_FOLDS = 1195
+SS3_NAMES = ("helix", "strand", "coil", "pad")
+SS3_PAD = 3
+
+
+class TapeTaskReader(DatasetReader):
+    """One TAPE task; subclasses set the class attributes and `parse_label`."""
+
+    tape_task = ""
+    label_field = ""
+    # (split name, file stem) in split order; the first is the train file.
+    split_files: tuple[tuple[str, str], ...] = ()
+
+    def spec_fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_label(self, value: Any, tokens: np.ndarray, primary: str) -> Any:
+        """The example's label from the record's label field; raises ValueError."""
+        raise NotImplementedError
+
+    @property
+    def split_fractions(self):  # names and order only: the split comes from the file
+        return tuple((split, 0.0) for split, _ in self.split_files)
+
+    def spec_template(self) -> DatasetSpec:
+        fields = self.spec_fields()
+        extra = {"raw_url": TAPE_RAW_URL.format(task=self.tape_task),
+                 "tape_task": self.tape_task, "label_field": self.label_field}
+        return protein_spec(self.name, pretrain_dataset="pfam", extra=extra, **fields)
+
+    def expected_files(self) -> list[str]:
+        return [f"{stem}.json" for _, stem in self.split_files]
+
+    def _data_dir(self) -> str:
+        return self.data_dir or os.path.join("data", "raw", self.name)
+
+    def check_raw(self) -> None:
+        train_stem = self.split_files[0][1]
+        if _protein.find_split_file(self._data_dir(), self.tape_task, train_stem) is None:
+            d = os.path.abspath(self._data_dir())
+            raise RawDataMissing(
+                f"{self.name}: {train_stem}.json not found in {d} (or {d}/{self.tape_task}). "
+                f"Download TAPE's raw {self.tape_task} data "
+                f"{TAPE_RAW_URL.format(task=self.tape_task)}, extract it and put the "
+                f"{self.tape_task}_*.json files in {d}/, or pass --data_dir to that folder."
+            )
+
+    def list_sources(self) -> list[tuple[str, str]]:
+        self.check_raw()
+        sources = []
+        for split, stem in self.split_files:
+            path = _protein.find_split_file(self._data_dir(), self.tape_task, stem)
+            if path:
+                sources.append((split, path))
+        return sources
+
+    def read_source(self, source: tuple[str, str]) -> Iterator[RawExample | BadRecord]:
+        split, path = source
+        for where, record in _protein.iter_records(path):
+            if isinstance(record, str):
+                yield BadRecord(path=where, reason=record)
+                continue
+            try:
+                primary = record.get("primary")
+                tokens = _protein.encode_protein(primary)
+                if self.label_field not in record:
+                    raise ValueError(f"record has no `{self.label_field}` field")
+                label = self.parse_label(record[self.label_field], tokens, primary)
+            except (ValueError, TypeError) as e:
+                yield BadRecord(path=where, reason=str(e))
+                continue
+            record_id = record.get("id")
+            if record_id in (None, ""):
+                record_id = where.rsplit(os.sep, 1)[-1]
+            yield RawExample(id=f"{split}/{record_id}", input=tokens, label=label, split=split)
+
+
+class ScopReader(TapeTaskReader):
+    name = "scop"
+    tape_task = "remote_homology"
+    label_field = "fold_label"
+    split_files = (("train", "remote_homology_train"), ("val", "remote_homology_valid"),
+                   ("test", "remote_homology_test_fold_holdout"),
+                   ("test_superfamily", "remote_homology_test_superfamily_holdout"),
+                   ("test_family", "remote_homology_test_family_holdout"))
+
+    def spec_fields(self):
+        return dict(task="multiclass", metric="accuracy", num_classes=NUM_FOLDS,
+                    label_names=[], label_shape=[], label_dtype="int64")
+
+    def parse_label(self, value, tokens, primary):
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"fold_label must be an integer, got {value!r:.40}")
+        label = int(value)
+        if not 0 <= label < NUM_FOLDS:
+            raise ValueError(f"fold_label {label} outside 0..{NUM_FOLDS - 1}")
+        return label
+
+
+class SecondaryStructureReader(TapeTaskReader):
+    name = "secondary-structure"
+    tape_task = "secondary_structure"
+    label_field = "ss3"
+    split_files = (("train", "secondary_structure_train"), ("val", "secondary_structure_valid"),
+                   ("test", "secondary_structure_cb513"),
+                   ("test_casp12", "secondary_structure_casp12"),
+                   ("test_ts115", "secondary_structure_ts115"))
+
+    def spec_fields(self):
+        return dict(task="per_token_multiclass", metric="accuracy", num_classes=len(SS3_NAMES),
+                    label_names=list(SS3_NAMES), label_shape=[_protein.SEQ_LEN],
+                    label_dtype="int64")
+
+    def parse_label(self, value, tokens, primary):
+        if isinstance(value, str):  # CSV exports: "0 1 2 ..." or "012..."
+            value = value.split() if " " in value.strip() else list(value.strip())
+        if not isinstance(value, list):
+            raise ValueError(f"ss3 must be a list of per-residue classes, got {value!r:.40}")
+        ss3 = np.array([int(v) for v in value], dtype=np.int64)
+        if len(ss3) != len(primary):
+            raise ValueError(f"ss3 has {len(ss3)} labels for {len(primary)} residues")
+        if ((ss3 < 0) | (ss3 > 2)).any():
+            raise ValueError(f"ss3 label {int(ss3[(ss3 < 0) | (ss3 > 2)][0])} outside 0..2")
+        labels = np.full(_protein.SEQ_LEN, SS3_PAD, dtype=np.int64)
+        kept = ss3[:_protein.SEQ_LEN]
+        labels[:len(kept)] = kept
+        return labels
+
+
+class _RegressionReader(TapeTaskReader):
+    def spec_fields(self):
+        return dict(task="regression", metric="spearman", num_classes=0, label_names=[],
+                    label_shape=[], label_dtype="float32")
+
+    def parse_label(self, value, tokens, primary):
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{self.label_field} must be a number, got {value!r:.40}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{self.label_field} is not finite ({number})")
+        return np.float32(number)
+
+
+class StabilityReader(_RegressionReader):
+    name = "stability"
+    tape_task = "stability"
+    label_field = "stability_score"
+    split_files = (("train", "stability_train"), ("val", "stability_valid"),
+                   ("test", "stability_test"))
+
+
+class FluorescenceReader(_RegressionReader):
+    name = "fluorescence"
+    tape_task = "fluorescence"
+    label_field = "log_fluorescence"
+    split_files = (("train", "fluorescence_train"), ("val", "fluorescence_valid"),
+                   ("test", "fluorescence_test"))
+
+
+READERS = {
+    "scop": ScopReader,
+    "secondary-structure": SecondaryStructureReader,
+    "stability": StabilityReader,
+    "fluorescence": FluorescenceReader,
+}
