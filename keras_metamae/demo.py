@@ -15,10 +15,6 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", None, "Pretraining steps per method (default: the digits preset).")
-flags.DEFINE_string("workdir", os.path.join("workdirs", "demo"), "Where both runs go.")
-flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets.")
-flags.DEFINE_integer("epochs", 100, "Linear-probe epochs.")
 
 
 def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int) -> list[dict]:
@@ -60,6 +56,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    """Command-line flags; defined only when run as a program."""
+    flags.DEFINE_integer("steps", None, "Pretraining steps per method (default: the digits preset).")
+    flags.DEFINE_string("workdir", os.path.join("workdirs", "demo"), "Where both runs go.")
+    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets.")
+    flags.DEFINE_integer("epochs", 100, "Linear-probe epochs.")
+
+
 def main(argv):
     del argv
     started = time.perf_counter()
@@ -78,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -179,14 +179,18 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
-flags.DEFINE_string("dataset", None, "Dataset to evaluate on (default: the pretraining one).")
-flags.DEFINE_string("transfer_dataset", None, "A transfer set of the same modality.")
-flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (default: the run's).")
-flags.DEFINE_enum("encoder", "pretrained", ["pretrained", "random"], "Which encoder to probe.")
-flags.DEFINE_integer("epochs", 100, "Linear-head epochs (DABS protocol: 100).")
-flags.DEFINE_integer("batch_size", None, "Linear-head batch size (default: the preset's).")
-flags.DEFINE_bool("baseline", True, "Also probe a randomly initialized encoder.")
+
+
+def define_flags() -> None:
+    """Command-line flags; defined only when run as a program."""
+    flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
+    flags.DEFINE_string("dataset", None, "Dataset to evaluate on (default: the pretraining one).")
+    flags.DEFINE_string("transfer_dataset", None, "A transfer set of the same modality.")
+    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (default: the run's).")
+    flags.DEFINE_enum("encoder", "pretrained", ["pretrained", "random"], "Which encoder to probe.")
+    flags.DEFINE_integer("epochs", 100, "Linear-head epochs (DABS protocol: 100).")
+    flags.DEFINE_integer("batch_size", None, "Linear-head batch size (default: the preset's).")
+    flags.DEFINE_bool("baseline", True, "Also probe a randomly initialized encoder.")
 
 
 def main(argv):
@@ -211,4 +215,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

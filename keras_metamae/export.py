@@ -124,8 +124,12 @@ def load_trained_model(workdir: str):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of.")
-flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+
+
+def define_flags() -> None:
+    """Command-line flags; defined only when run as a program."""
+    flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of.")
+    flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
 
 
 def main(argv):
@@ -144,4 +148,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

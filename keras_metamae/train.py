@@ -23,27 +23,26 @@ from keras_metamae import config as config_lib
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("dataset", "digits", "Dataset name (a folder under --data_dir).")
-flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (pipeline --output_dir); "
-                    "default $KERAS_METAMAE_DATA or data/processed.")
-flags.DEFINE_string("workdir", None, "Run directory; default workdirs/<dataset>-<model>.")
-flags.DEFINE_string("raw_data_dir", None, "Raw data for the default dataset's on-demand "
-                    "preprocessing (only used when the dataset is not preprocessed yet).")
-
-# Every TrainConfig field is a flag; a flag that is not given takes the dataset's preset.
 _SKIP = {"dataset", "data_dir", "workdir"}
-for _field in config_lib.TrainConfig.__dataclass_fields__.values():
-    if _field.name in _SKIP:
-        continue
-    _help = f"Overrides the preset (default {_field.default!r} when the preset is silent)."
-    if _field.type in ("bool", bool):
-        flags.DEFINE_bool(_field.name, None, _help)
-    elif _field.type in ("int", int):
-        flags.DEFINE_integer(_field.name, None, _help)
-    elif _field.type in ("float", float):
-        flags.DEFINE_float(_field.name, None, _help)
-    else:
-        flags.DEFINE_string(_field.name, None, _help)
+
+
+def define_flags() -> None:
+    """Command-line flags; defined only when run as a program, so importing is side-effect free."""
+    flags.DEFINE_string("dataset", "digits", "Dataset name (a folder under --data_dir).")
+    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (pipeline "
+                        "--output_dir); default $KERAS_METAMAE_DATA or data/processed.")
+    flags.DEFINE_string("workdir", None, "Run directory; default workdirs/<dataset>-<model>.")
+    flags.DEFINE_string("raw_data_dir", None, "Raw data for the default dataset's on-demand "
+                        "preprocessing (only used when it is not preprocessed yet).")
+    # Every TrainConfig field is a flag; a flag that is not given takes the dataset's preset.
+    for field in config_lib.TrainConfig.__dataclass_fields__.values():
+        if field.name in _SKIP:
+            continue
+        help_text = f"Overrides the preset (default {field.default!r} when the preset is silent)."
+        define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
+                  "float": flags.DEFINE_float}.get(str(field.type), flags.DEFINE_string)
+        define(field.name, None, help_text)
+
 
 # Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
 _ARCHITECTURE_FIELDS = (
@@ -63,7 +62,7 @@ def locate_or_prepare_dataset(dataset: str, data_dir: str, raw_data_dir: str | N
 
     try:
         return data.find_dataset_dir(data_dir, dataset)
-    except FileNotFoundError:
+    except data.DataError:
         if dataset != "digits":
             raise
     from pipeline import preprocess
@@ -331,4 +330,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

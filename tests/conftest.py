@@ -1,0 +1,37 @@
+"""Shared fixtures: the embedded digits dataset preprocessed once per session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# A model small enough that a training step takes milliseconds on one CPU core.
+TINY_MODEL = dict(
+    embed_dim=16,
+    encoder_depth=1,
+    encoder_heads=2,
+    encoder_mlp_dim=32,
+    decoder_dim=16,
+    decoder_depth=1,
+    decoder_heads=2,
+    decoder_mlp_dim=32,
+    projector_hidden_dim=32,
+    projector_dim=16,
+)
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> str:
+    """Root of preprocessed datasets holding `digits/<version>/` (the real Beam job)."""
+    from pipeline import preprocess
+
+    root = str(tmp_path_factory.mktemp("processed"))
+    preprocess.run(["--dataset", "digits", "--output_dir", root, "--num_shards", "2"])
+    return root

@@ -1,0 +1,119 @@
+"""Linear evaluation JSON, and the exported SavedModel read back in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TINY_MODEL
+
+TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=4, checkpoint_every=4,
+                validation_steps=1, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(digits_data_dir, tmp_path_factory) -> str:
+    from keras_metamae import train
+
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    train.run_training("digits", dict(TINY_RUN, steps=4), digits_data_dir, workdir, verbose=0)
+    return workdir
+
+
+def test_evaluate_writes_json_with_metric_and_random_baseline(trained_workdir):
+    from keras_metamae import evaluate
+
+    record = evaluate.run_evaluation(trained_workdir, epochs=2)
+    written = json.load(open(os.path.join(trained_workdir, "eval", "digits.json")))
+    assert written == pytest.approx(record)
+    assert written["dataset"] == "digits" and written["metric"] == "accuracy"
+    assert 0.0 <= written["value"] <= 1.0 and 0.0 <= written["baseline_random"] <= 1.0
+    assert 0.0 <= written["knn_accuracy"] <= 1.0
+    assert written["step"] == 4 and written["encoder"] == "pretrained"
+    assert written["train_examples"] + written["test_examples"] < 1797
+
+
+def test_evaluate_random_encoder_cli(trained_workdir):
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_metamae.evaluate", "--workdir", trained_workdir,
+         "--encoder", "random", "--epochs", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "digits: accuracy = " in done.stdout
+    assert json.load(open(os.path.join(trained_workdir, "eval", "digits-random.json")))[
+        "encoder"] == "random"
+
+
+def test_evaluate_missing_workdir_is_a_clear_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_metamae.evaluate", "--workdir", str(tmp_path / "nope")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "config.json" in done.stderr
+
+
+def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdir, tmp_path):
+    from keras_metamae import data
+    from keras_metamae.export import load_trained_model
+    from preprocessing import tokenize
+
+    model, spec, config, _ = load_trained_model(trained_workdir)
+    version_dir = data.find_dataset_dir(config.data_dir, "digits")
+    batch = next(iter(data.make_dataset(spec, version_dir, "test", 8, shuffle=False,
+                                        repeat=False)))
+    tokens = batch["tokens"].numpy()
+    raw = np.asarray(tokenize.tokens_to_raw(tokens, spec), np.float32)
+    expected = np.asarray(model.encoder.features(tokens, training=False))
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "tokens.npy", tokens)
+    export_dir = os.path.join(trained_workdir, "export", "encoder", "1")
+    assert os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({export_dir!r})
+        raw = np.load({str(tmp_path / 'raw.npy')!r}); tokens = np.load({str(tmp_path / 'tokens.npy')!r})
+        out = loaded.signatures["serving_default"](inputs=tf.constant(raw))
+        by_tokens = loaded.signatures["embed_tokens"](tokens=tf.constant(tokens))
+        per_token = loaded.signatures["tokens"](inputs=tf.constant(raw))
+        bad = raw.copy(); bad[1, 0, 0, 0] = np.nan
+        flagged = loaded.signatures["serving_default"](inputs=tf.constant(bad))
+        try:
+            loaded.signatures["serving_default"](inputs=tf.constant(raw[:, :4]))
+            refused = "accepted"
+        except Exception as e:
+            refused = type(e).__name__ + ": " + str(e)[:300]
+        np.save({str(tmp_path / 'out.npy')!r}, out["embedding"].numpy())
+        np.save({str(tmp_path / 'by_tokens.npy')!r}, by_tokens["embedding"].numpy())
+        print(json.dumps(dict(
+            per_token_shape=per_token["token_features"].shape.as_list(),
+            valid=out["valid"].numpy().tolist(), flagged=flagged["valid"].numpy().tolist(),
+            refused=refused, signatures=sorted(loaded.signatures.keys()))))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "by_tokens.npy"), expected, atol=1e-5)
+    assert report["signatures"] == ["embed_tokens", "serving_default", "tokens"]
+    assert report["per_token_shape"] == [8, spec.num_tokens, TINY_MODEL["embed_dim"]]
+    assert all(report["valid"]) and report["flagged"][1] is False and report["flagged"][0]
+    assert report["refused"] != "accepted" and "8, 8, 1" in report["refused"].replace(
+        "(", "").replace(")", "").replace("[", "").replace("]", "")
+
+
+def test_export_cli_writes_the_next_version(trained_workdir):
+    done = subprocess.run([sys.executable, "-m", "keras_metamae.export", "--workdir",
+                           trained_workdir], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    versions = sorted(os.listdir(os.path.join(trained_workdir, "export", "encoder")))
+    assert versions == ["1", "2"]
+    spec = json.load(open(os.path.join(trained_workdir, "export", "encoder", "2", "spec.json")))
+    assert spec["name"] == "digits"

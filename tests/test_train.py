@@ -1,0 +1,137 @@
+"""The training entry point: config, TensorBoard, checkpoints, resume (also after SIGKILL)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TINY_MODEL
+
+TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=3, checkpoint_every=3,
+                validation_steps=1, warmup_steps=2, learning_rate=1e-3)
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    import tensorflow as tf
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"),
+                                 recursive=True)):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    number = float(tf.make_ndarray(value.tensor))
+                    key = os.path.relpath(os.path.dirname(path), logdir) + "/" + value.tag
+                    scalars.setdefault(key, []).append((event.step, number))
+    return scalars
+
+
+def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    workdir = str(tmp_path / "run")
+    summary = train.run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
+                                 verbose=0)
+    assert summary["final_step"] == 6 and summary["start_step"] == 0
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["embed_dim"] == 16 and config["inner_lr"] == 0.5 and config["steps"] == 6
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "ckpt-000000003.weights.h5", "ckpt-000000006.weights.h5", "latest.json"]
+    scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+    for key in ("train/loss", "train/reconstruction_loss", "train/contrastive_loss",
+                "train/inner_loss_before", "train/inner_loss_after", "train/learning_rate",
+                "train/steps_per_second", "validation/reconstruction_loss"):
+        assert [step for step, _ in scalars[key]] == [3, 6], key
+    assert os.path.isdir(os.path.join(workdir, "export", "encoder", "1"))
+
+    # The same command with more steps resumes at step 6 with the optimizer state.
+    resumed = train.run_training("digits", dict(TINY_RUN, steps=9, export=False),
+                                 digits_data_dir, workdir, verbose=0)
+    assert resumed["start_step"] == 6 and resumed["final_step"] == 9
+
+
+def test_workdir_refuses_a_different_architecture(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    workdir = str(tmp_path / "run")
+    train.run_training("digits", dict(TINY_RUN, steps=3, export=False), digits_data_dir,
+                       workdir, verbose=0)
+    with pytest.raises(ValueError, match="embed_dim=16 but now embed_dim=32"):
+        train.run_training("digits", dict(TINY_RUN, steps=3, embed_dim=32), digits_data_dir,
+                           workdir, verbose=0)
+
+
+def test_bad_flags_are_named():
+    from keras_metamae import config
+
+    with pytest.raises(ValueError, match="--mask_ratio"):
+        config.resolve("digits", {"mask_ratio": 1.5})
+    with pytest.raises(ValueError, match="--model"):
+        config.resolve("digits", {"model": "bert"})
+
+
+def test_presets_follow_table_8():
+    from keras_metamae import config
+
+    eurosat = config.resolve("eurosat", {})
+    assert (eurosat.inner_lr, eurosat.contrast_weight, eurosat.decoder_depth, eurosat.dropout,
+            eurosat.mask_ratio, eurosat.batch_size) == (0.1, 1.0, 4, 0.0, 0.85, 64)
+    assert (eurosat.embed_dim, eurosat.encoder_depth, eurosat.encoder_mlp_dim) == (256, 12, 512)
+    genomics_ood = config.resolve("genomics-ood", {}, pretrain_dataset="genomics")
+    assert genomics_ood.contrast_weight == 0.01 and genomics_ood.batch_size == 32
+    assert config.resolve("eurosat", {"batch_size": 8}).batch_size == 8
+
+
+def _train_command(data_dir, workdir, steps):
+    args = [sys.executable, "-m", "keras_metamae.train", "--dataset", "digits",
+            "--data_dir", data_dir, "--workdir", workdir, f"--steps={steps}", "--noexport"]
+    args += [f"--{k}={v}" for k, v in TINY_RUN.items()]
+    return args
+
+
+def test_sigkill_then_same_command_resumes(digits_data_dir, tmp_path):
+    workdir = str(tmp_path / "killed")
+    command = _train_command(digits_data_dir, workdir, 3000)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        latest = os.path.join(checkpoint_dir, "latest.json")
+        if os.path.exists(latest) and json.load(open(latest))["step"] >= 6:
+            break
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("no checkpoint within 240 s")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.load(open(os.path.join(checkpoint_dir, "latest.json")))["step"]
+
+    # Same command, fewer total steps so it finishes quickly: it must resume, not restart.
+    done = subprocess.run(_train_command(digits_data_dir, workdir, killed_at + 3), cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Resumed from step {killed_at}" in done.stdout
+    summary = json.load(open(os.path.join(workdir, "train_summary.json")))
+    assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 3
+    assert not glob.glob(os.path.join(checkpoint_dir, ".tmp-*"))
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    from keras_metamae.schedules import WarmupCosine
+
+    schedule = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
+    values = np.array([float(schedule(s)) for s in range(100)])
+    assert np.all(np.diff(values[:10]) > 0) and values[9] == pytest.approx(1e-3)
+    assert np.all(np.diff(values[10:]) <= 1e-12) and values[-1] < 1e-5
