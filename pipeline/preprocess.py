@@ -86,7 +86,47 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail when more than this fraction of raw records is unreadable")
     parser.add_argument("--list", action="store_true",
                         help="list the registered datasets and whether their raw files are present")
+    custom = parser.add_argument_group(
+        "reader options", "forwarded to the dataset reader (e.g. --dataset custom)")
+    for flag, help_text in READER_FLAGS.items():
+        custom.add_argument(f"--{flag}", default=None, help=help_text)
+    custom.add_argument("--reader_option", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other reader option (repeatable)")
     return parser
+
+
+# Reader options with a flag of their own; values reach the reader as strings.
+READER_FLAGS = {
+    "format": "custom data format: npy, csv, text, image_folder, audio_folder",
+    "input_shape": "example shape, comma-separated (custom npy; image size for image_folder)",
+    "patch_shape": "token size along the leading axes, comma-separated",
+    "label_column": "label column of a custom csv (default: label)",
+    "vocab": "characters of a custom text vocabulary (the first one pads)",
+    "seq_len": "custom text sequence length",
+    "vocab_size": "vocabulary size of integer custom npy sequences",
+    "task": "custom task: multiclass (default) or regression",
+    "name": "dataset name written to spec.json and used as the output folder (custom)",
+}
+# `--dataset custom --format F` for the folder formats is served by its own reader.
+FOLDER_FORMATS = {"image_folder": "custom_image_folder", "audio_folder": "custom_audio_folder"}
+
+
+def reader_options(args: argparse.Namespace) -> dict[str, str]:
+    options = {flag: getattr(args, flag) for flag in READER_FLAGS if getattr(args, flag) is not None}
+    for item in args.reader_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--reader_option={item!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def resolve_dataset(args: argparse.Namespace, options: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The registered reader name and its options (routes custom folder formats)."""
+    if args.dataset == "custom" and options.get("format") in FOLDER_FORMATS:
+        options = dict(options)
+        return FOLDER_FORMATS[options.pop("format")], options
+    return args.dataset, options
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -257,7 +297,8 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     start = time.time()
     data_dir = args.data_dir or os.path.join(DEFAULT_RAW_ROOT, args.dataset)
     output_dir = args.output_dir or default_output_dir()
-    reader = registry.get_reader(args.dataset, data_dir=data_dir)
+    reader_name, options = resolve_dataset(args, reader_options(args))
+    reader = registry.get_reader(reader_name, data_dir=data_dir, **options)
     spec = reader.spec_template()
     reader.check_raw()
     sources = reader.list_sources()
@@ -266,7 +307,8 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
                              f"expected {'; '.join(reader.expected_files())}")
     command = "python -m pipeline.preprocess " + shlex.join(argv)
 
-    dataset_dir = os.path.join(output_dir, args.dataset)
+    # The spec's name, not the flag: `--dataset custom --name mine` lands in <output_dir>/mine.
+    dataset_dir = os.path.join(output_dir, spec.name)
     os.makedirs(dataset_dir, exist_ok=True)
     work_dir = os.path.join(dataset_dir, f".tmp-{uuid.uuid4().hex}")
     version_dir = os.path.join(dataset_dir, PIPELINE_VERSION)

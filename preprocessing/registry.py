@@ -35,8 +35,10 @@ def names() -> list[str]:
     return sorted(_collect())
 
 
-def get_reader(name: str, data_dir: str | None = None, **options) -> DatasetReader:
+def get_reader(dataset: str, data_dir: str | None = None, **options) -> DatasetReader:
+    """A reader instance; `options` (e.g. a custom dataset's `name`, `format`) go to the reader."""
     readers = _collect()
-    if name not in readers:
-        raise KeyError(f"--dataset={name!r} is not known; known datasets: {', '.join(sorted(readers))}")
-    return readers[name](data_dir=data_dir, **options)
+    if dataset not in readers:
+        raise KeyError(f"--dataset={dataset!r} is not known; known datasets: "
+                       f"{', '.join(sorted(readers))}")
+    return readers[dataset](data_dir=data_dir, **options)

@@ -346,3 +346,28 @@ def test_pamap2_reads_the_extracted_archive_too(read, tmp_path):
     again = [r for r in extracted.read_all() if not isinstance(r, BadRecord)]
     assert [ex.id for ex in again] == [ex.id for ex in good]
     np.testing.assert_array_equal(again[0].input, good[0].input)
+
+
+@pytest.mark.parametrize("flags,expected_good", [
+    (["--format", "npy", "--patch_shape", "4,4", "--name", "my_arrays"], make_custom.NPY_ROWS - 1),
+    (["--format", "text", "--vocab", "ACGT", "--seq_len", "16", "--name", "my_seqs"],
+     make_custom.TEXT_GOOD),
+])
+def test_custom_formats_through_the_pipeline_flags(flags, expected_good, raw_root, tmp_path):
+    from pipeline import preprocess
+
+    out = str(tmp_path / "out")
+    result = preprocess.run(["--dataset", "custom", "--data_dir", make_custom.make_raw(raw_root),
+                             "--output_dir", out, "--num_shards", "1",
+                             "--max_bad_fraction", "0.5"] + flags)
+    name = flags[flags.index("--name") + 1]
+    assert result.version_dir == os.path.join(out, name, "1")
+    assert result.spec.name == name
+    assert result.num_examples == expected_good
+
+
+def test_reader_option_needs_key_value():
+    from pipeline import preprocess
+
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        preprocess.run(["--dataset", "custom", "--reader_option", "novalue"])
