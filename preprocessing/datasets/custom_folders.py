@@ -1,0 +1,136 @@
+"""`custom_image_folder` and `custom_audio_folder`: your own data in a folder-per-class layout.
+
+    <data_dir>/<class name>/<any name>.<jpg|jpeg|png|ppm|bmp|gif|webp>     (images)
+    <data_dir>/<class name>/<any name>.<wav|flac|ogg>                       (audio)
+
+Classes are the sorted sub-folder names; label = index in that list. Files directly in
+data_dir or in deeper folders are ignored (deeper folders belong to their top-level class).
+Splits: 80/10/10 train/val/test by a seeded hash of `<class>/<file>`. Per-channel normalization
+statistics are computed by the pipeline on the train split.
+
+Options (keyword arguments of the reader, `registry.get_reader(name, data_dir, **options)`):
+- images: `image_size` (default 32, square), `patch_size` (default 4; must divide image_size),
+  `channels` (3 = RGB, default; 1 = grey). Images are resized like the DABS natural-image sets.
+- audio: none; every file becomes the DABS log-mel spectrogram `[224, 224, 1]` (16 x 16
+  patches), so an encoder pretrained on `librispeech` transfers to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+
+from preprocessing.datasets import _archives, _images, _speech
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.spec import DatasetSpec
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "ppm", "bmp", "gif", "webp")
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg")
+_FILES_PER_SOURCE = 256
+
+
+class _FolderReader(DatasetReader):
+    extensions: tuple[str, ...] = ()
+    kind = ""
+    split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+    def _data_dir(self) -> str:
+        return self.data_dir or os.path.join("data", "raw", self.name)
+
+    def pattern(self) -> str:
+        return r"^([^/]+)/(?:[^/]+/)*[^/]+\.(?i:" + "|".join(self.extensions) + r")$"
+
+    def classes(self) -> list[str]:
+        d = self._data_dir()
+        if not os.path.isdir(d):
+            return []
+        return sorted(e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e)) and not e.startswith("."))
+
+    def expected_files(self) -> list[str]:
+        return [f"<class>/<file>.{{{','.join(self.extensions)}}} ({self.kind} folder per class)"]
+
+    def check_raw(self) -> None:
+        d = os.path.abspath(self._data_dir())
+        if not self.classes() or not _archives.walk_files(d, self.pattern()):
+            raise RawDataMissing(
+                f"{self.name}: no {self.kind} files in {d}; expected one sub-folder per class, "
+                f"holding files ending in {', '.join('.' + e for e in self.extensions)}, e.g. "
+                f"{d}/cat/0001.{self.extensions[0]}")
+
+    def list_sources(self) -> list[tuple]:
+        self.check_raw()
+        return _archives.file_sources(self._data_dir(), (), self.pattern(), files_per_source=_FILES_PER_SOURCE)
+
+    def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
+        index = {c: i for i, c in enumerate(self.classes())}
+        regex = re.compile(self.pattern())
+        for where, rel, data in _archives.iter_source_files(source):
+            if isinstance(data, Exception):
+                yield BadRecord(path=where, reason=str(data))
+                continue
+            (cls,) = regex.search(rel).groups()
+            yield self.example(where, data, rel, index[cls])
+
+    def example(self, where: str, data: bytes, example_id: str, label: int) -> RawExample | BadRecord:
+        raise NotImplementedError
+
+
+class CustomImageFolderReader(_FolderReader):
+    name = "custom_image_folder"
+    extensions = IMAGE_EXTENSIONS
+    kind = "image"
+
+    def __init__(self, data_dir: str | None = None, **options):
+        super().__init__(data_dir, **options)
+        self.image_size = int(options.get("image_size", 32))
+        self.patch_size = int(options.get("patch_size", 4))
+        self.channels = int(options.get("channels", 3))
+        if self.image_size % self.patch_size:
+            raise ValueError(f"{self.name}: image_size={self.image_size} is not divisible by "
+                             f"patch_size={self.patch_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"{self.name}: channels={self.channels}, expected 1 (grey) or 3 (RGB)")
+
+    def spec_template(self) -> DatasetSpec:
+        grid = self.image_size // self.patch_size
+        classes = self.classes()
+        return DatasetSpec(
+            name=self.name, modality="image",
+            input_shape=[self.image_size, self.image_size, self.channels], tokenizer="patch2d",
+            patch_shape=[self.patch_size, self.patch_size], num_tokens=grid * grid,
+            token_dim=self.patch_size * self.patch_size * self.channels, token_grid=[grid, grid],
+            input_dtype="float32", task="multiclass", metric="accuracy", num_classes=len(classes),
+            label_names=classes, label_shape=[], label_dtype="int64",
+            extra={"pixel_scale": "[0, 1]", "resize": "bilinear, antialiased (aspect not kept)"},
+        )
+
+    def example(self, where, data, example_id, label):
+        try:
+            pixels = _images.decode_rgb(data)
+            if self.channels == 1:  # ITU-R 601 luma, as Pillow's "L" conversion
+                pixels = (pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            image = _images.resize_to_input(pixels, self.image_size)
+        except ValueError as e:
+            return BadRecord(path=where, reason=str(e))
+        return RawExample(id=example_id, input=image, label=label)
+
+
+class CustomAudioFolderReader(_FolderReader):
+    name = "custom_audio_folder"
+    extensions = AUDIO_EXTENSIONS
+    kind = "audio"
+
+    def spec_template(self) -> DatasetSpec:
+        reader = _speech.SpeechReader()
+        reader.name = self.name
+        reader.label_names_ = tuple(self.classes())
+        return reader.spec_template()
+
+    def example(self, where, data, example_id, label):
+        return _speech.speech_example(where, data, example_id, label)
+
+
+READERS = {"custom_image_folder": CustomImageFolderReader, "custom_audio_folder": CustomAudioFolderReader}

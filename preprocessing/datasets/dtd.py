@@ -1,0 +1,49 @@
+"""`dtd`: Describable Textures Dataset (transfer set of `imagenet32`), 47 texture classes.
+
+Raw format: `dtd-r1.0.1.tar.gz` (https://www.robots.ox.ac.uk/~vgg/data/dtd/) in data_dir, as
+downloaded or extracted: `dtd/images/<class>/<class>_<n>.jpg` and `dtd/labels/train1.txt`,
+`val1.txt`, `test1.txt` (one `<class>/<file>.jpg` per line). We use the first of the ten
+official splits. Labels: index of the class folder in the sorted list CLASSES.
+"""
+
+from __future__ import annotations
+
+from preprocessing.datasets import _image_files
+
+ARCHIVE_NAME = "dtd-r1.0.1.tar.gz"
+URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz"
+CLASSES = ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked",
+           "crosshatched", "crystalline", "dotted", "fibrous", "flecked", "freckled", "frilly",
+           "gauzy", "grid", "grooved", "honeycombed", "interlaced", "knitted", "lacelike", "lined",
+           "marbled", "matted", "meshed", "paisley", "perforated", "pitted", "pleated",
+           "polka-dotted", "porous", "potholed", "scaly", "smeared", "spiralled", "sprinkled",
+           "stained", "stratified", "striped", "studded", "swirly", "veined", "waffled", "woven",
+           "wrinkled", "zigzagged")
+SPLIT_FILES = {"train": "train1.txt", "val": "val1.txt", "test": "test1.txt"}
+
+
+class DTDReader(_image_files.ImageFilesReader):
+    name = "dtd"
+    raw_url = URL
+    archive_names = (ARCHIVE_NAME,)
+    image_pattern = r"(?:^|/)images/(([^/]+)/[^/]+\.jpg)$"
+    metadata_files = dict(SPLIT_FILES)
+    split_fractions = (("train", 1 / 3), ("val", 1 / 3), ("test", 1 / 3))  # names only: splits are official
+
+    def label_names(self) -> list[str]:
+        return list(CLASSES)
+
+    def parse_metadata(self, found):
+        return {line: split for split in SPLIT_FILES for line in _image_files.text_lines(found, split)}
+
+    def describe(self, groups, metadata):
+        path, cls = groups
+        split = metadata.get(path)
+        if split is None:
+            return None  # not in split 1
+        if cls not in CLASSES:
+            raise ValueError(f"class folder {cls!r} is not one of the 47 DTD classes")
+        return path[:-4].replace("/", "-"), CLASSES.index(cls), split, None
+
+
+READERS = {"dtd": DTDReader}

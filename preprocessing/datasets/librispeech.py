@@ -1,0 +1,151 @@
+"""`librispeech` (DABS speech pretraining) and `librispeech-dev-clean` (its speaker-id transfer set).
+
+Raw format (https://www.openslr.org/12): the official tarballs `train-clean-100.tar.gz`,
+`train-clean-360.tar.gz`, `train-other-500.tar.gz` (pretraining) and `dev-clean.tar.gz`
+(transfer), put in data_dir as downloaded or extracted. Inside:
+`LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` (16 kHz FLAC),
+`<speaker>-<chapter>.trans.txt` (transcripts, unused: the task is speaker identification) and
+`LibriSpeech/SPEAKERS.TXT` (`ID | SEX | SUBSET | MINUTES | NAME`, `;` comments), which lists
+every speaker of every subset.
+
+Labels: the index of the speaker id among the sorted ids that SPEAKERS.TXT lists for the
+reader's subsets -- 2,338 speakers for the three training subsets (DABS ALL_TRAIN_NUM_CLASSES),
+40 for dev-clean -- so the label map does not depend on which tarballs are present. An
+utterance whose speaker is not listed is a BadRecord.
+
+Input: the DABS log-mel spectrogram `[224, 224, 1]` (see `_logmel.py`), normalized with the
+fixed DABS statistics mean -22.924, std 12.587 (both datasets, as in DABS).
+
+Splits (seeded hash of the utterance id, so every speaker appears in every split, which the
+speaker-id probe needs): `librispeech` train/val/test 90/5/5; `librispeech-dev-clean` train/test
+80/20 (DABS: 80/20 per speaker with seed 42; a per-utterance hash gives 80/20 per speaker in
+expectation and does not need to see all of a speaker's utterances at once).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator
+
+from preprocessing.datasets import _archives, _speech
+from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
+
+URL_TEMPLATE = "https://www.openslr.org/resources/12/{}.tar.gz"
+SPEAKERS_FILE = "SPEAKERS.TXT"
+LIBRISPEECH_MEAN = [-22.924]
+LIBRISPEECH_STD = [12.587]
+
+
+def parse_speakers(text: str, subsets: tuple[str, ...]) -> list[str]:
+    """Sorted (numerically) speaker ids that SPEAKERS.TXT lists for `subsets`.
+
+    Fields are split on the first four `|` only: one reader's NAME contains `|`.
+    """
+    ids = set()
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        fields = [f.strip() for f in line.split("|", 4)]
+        if len(fields) >= 3 and fields[2] in subsets and fields[0].isdigit():
+            ids.add(int(fields[0]))
+    return [str(i) for i in sorted(ids)]
+
+
+class LibriSpeechReader(_speech.SpeechReader):
+    name = "librispeech"
+    subsets: tuple[str, ...] = ("train-clean-100", "train-clean-360", "train-other-500")
+    official_num_speakers = 2338
+    split_fractions = (("train", 0.9), ("val", 0.05), ("test", 0.05))
+    fixed_normalization = {"mean": LIBRISPEECH_MEAN, "std": LIBRISPEECH_STD}
+    pretrain_dataset = ""
+    raw_url = URL_TEMPLATE.format("train-clean-100")
+    _files_per_source = 128
+
+    def __init__(self, data_dir: str | None = None, **options):
+        super().__init__(data_dir, **options)
+        self._speakers: list[str] | None = None
+
+    # === raw layout ===
+    def archive_names(self) -> list[str]:
+        return [f"{s}.tar.gz" for s in self.subsets]
+
+    def audio_pattern(self) -> str:
+        subsets = "|".join(self.subsets)
+        return rf"(?:^|/)(?:{subsets})/(\d+)/(\d+)/\1-\2-(\d+)\.flac$"
+
+    def expected_files(self) -> list[str]:
+        return [f"{a} (or extracted LibriSpeech/{a[:-7]}/...) from {URL_TEMPLATE.format(a[:-7])}"
+                for a in self.archive_names()]
+
+    def speakers(self) -> list[str]:
+        """The label map (sorted speaker ids); reads SPEAKERS.TXT once."""
+        if self._speakers is None:
+            found = _archives.read_small_files(self._data_dir(), self.archive_names(),
+                                               {"speakers": rf"(?:^|/){SPEAKERS_FILE}$"})
+            if "speakers" not in found:
+                raise RawDataMissing(
+                    f"{self.name}: {SPEAKERS_FILE} not found in {os.path.abspath(self._data_dir())} "
+                    f"(it is in every official LibriSpeech tarball at LibriSpeech/{SPEAKERS_FILE}); "
+                    f"download {self.archive_names()[0]} from {URL_TEMPLATE.format(self.subsets[0])}"
+                )
+            where, data = found["speakers"]
+            self._speakers = parse_speakers(data.decode("utf-8", "replace"), self.subsets)
+            if not self._speakers:
+                raise RawDataMissing(f"{self.name}: {where} lists no speaker of subsets {self.subsets}")
+        return self._speakers
+
+    def label_names(self) -> list[str]:
+        try:
+            return self.speakers()
+        except RawDataMissing:
+            return []  # spec of a dataset that is not downloaded yet (e.g. `--list`)
+
+    def num_classes(self) -> int:
+        names = self.label_names()
+        return len(names) if names else self.official_num_speakers
+
+    def check_raw(self) -> None:
+        d = self._data_dir()
+        if _archives.archives_in(d, self.archive_names()) or _archives.walk_files(d, self.audio_pattern()):
+            self.speakers()
+            return
+        raise RawDataMissing(
+            f"{self.name}: no LibriSpeech audio in {os.path.abspath(d)}. Download "
+            + ", ".join(f"{a} ({URL_TEMPLATE.format(a[:-7])})" for a in self.archive_names())
+            + f" and put them in {os.path.abspath(d)}/ (as downloaded or extracted)."
+        )
+
+    # === reading ===
+    def list_sources(self) -> list[tuple]:
+        self.check_raw()
+        return _archives.file_sources(self._data_dir(), self.archive_names(), self.audio_pattern(),
+                                      files_per_source=self._files_per_source,
+                                      archive_shards=int(self.options.get("archive_shards", 8)))
+
+    def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
+        index = {s: i for i, s in enumerate(self.speakers())}
+        regex = re.compile(self.audio_pattern())
+        for where, rel, data in _archives.iter_source_files(source):
+            if isinstance(data, Exception):
+                yield BadRecord(path=where, reason=str(data))
+                continue
+            speaker, chapter, utterance = regex.search(rel).groups()
+            speaker_id = str(int(speaker))
+            if speaker_id not in index:
+                yield BadRecord(path=where, reason=f"speaker {speaker} is not listed for subsets "
+                                                   f"{', '.join(self.subsets)} in {SPEAKERS_FILE}")
+                continue
+            yield _speech.speech_example(where, data, f"{speaker}-{chapter}-{utterance}", index[speaker_id])
+
+
+class LibriSpeechDevCleanReader(LibriSpeechReader):
+    name = "librispeech-dev-clean"
+    subsets = ("dev-clean",)
+    official_num_speakers = 40
+    split_fractions = (("train", 0.8), ("test", 0.2))
+    pretrain_dataset = "librispeech"
+    raw_url = URL_TEMPLATE.format("dev-clean")
+
+
+READERS = {"librispeech": LibriSpeechReader, "librispeech-dev-clean": LibriSpeechDevCleanReader}

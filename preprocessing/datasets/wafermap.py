@@ -1,0 +1,158 @@
+"""`wafermap` (labeled, 9 failure types) and `wafermap-unlabeled` (pretraining): WM-811K.
+
+Raw format: `LSWMD.pkl` from the WM-811K release (MIR lab, http://mirlab.org/dataSet/public/;
+also on Kaggle as "WM-811K wafer map"), a pickled pandas DataFrame of 811,457 rows with columns
+`waferMap` (2-D uint8 array, 0 = no die, 1 = good die, 2 = defective die; sizes vary),
+`dieSize`, `lotName`, `waferIndex`, `trianTestLabel` and `failureType`. Labels are stored
+nested, as `[['Edge-Loc']]`, and unlabeled wafers hold an empty `[]`. A pickled dict of those
+columns (e.g. DABS's conversion of the MATLAB release) is accepted too.
+The pickle needs pandas to load (it is a DataFrame), and is loaded once per worker process.
+
+- `wafermap`: the labeled wafers (172,950), label = index in FAILURE_TYPES (DABS order:
+  none, random, donut, scratch, center, loc, edge-loc, edge-ring, near-full); metric weighted F1.
+  Split 90/10 train/test by a seeded hash of the row (DABS: shuffle seed 42, 90/10; the
+  official `trianTestLabel` is not used, as in DABS).
+- `wafermap-unlabeled`: the unlabeled wafers (638,507) with label -1, for pretraining;
+  train/val 95/5. `wafermap` names it as its pretrain_dataset.
+
+Input `[32, 32, 3]`: the map resized to 32 x 32 by nearest neighbour (half-pixel centres, no
+new values), then each die value v in {0, 1, 2} becomes the grey level v / 2 in all three
+channels: no die -> black (0), good die -> grey (0.5), defect -> white (1.0). This is DABS's
+`v * 127.5` grey RGB image scaled by ToTensor's 1/255 (DABS resized with bilinear
+interpolation; nearest keeps the three die states distinct). Per-channel normalization
+statistics are computed by the pipeline on the train split.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.spec import DatasetSpec
+
+PICKLE_NAME = "LSWMD.pkl"
+URL = "http://mirlab.org/dataSet/public/MIR-WM811K.zip (or Kaggle: qingyi/wm811k-wafer-map)"
+FAILURE_TYPES = ("none", "random", "donut", "scratch", "center", "loc", "edge-loc", "edge-ring", "near-full")
+SIZE = 32
+_ROWS_PER_SOURCE = 10_000
+
+
+@functools.lru_cache(maxsize=1)
+def load_table(path: str, mtime: float) -> tuple[list[Any], list[Any]]:
+    """(waferMap column, failureType column) of the pickle; cached per process (`mtime` keys
+    the cache so a replaced file is re-read)."""
+    import pandas as pd
+
+    table = pd.read_pickle(path)
+    try:
+        maps, failures = table["waferMap"], table["failureType"]
+    except (KeyError, TypeError, IndexError):
+        columns = list(table.keys()) if hasattr(table, "keys") else type(table).__name__
+        raise RawDataMissing(f"{path}: expected the WM-811K table with columns waferMap and "
+                             f"failureType, got {columns}") from None
+    return list(maps), list(failures)
+
+
+def failure_type(value: Any) -> str | None:
+    """The lower-case failure type of a (nested) failureType cell; None when unlabeled."""
+    if isinstance(value, str):
+        return value.strip().lower() or None
+    flat = np.asarray(value, dtype=object).ravel()
+    if flat.size == 0:
+        return None
+    first = flat[0]
+    return str(first).strip().lower() if isinstance(first, str) and first.strip() else None
+
+
+def wafer_to_image(wafer_map: Any) -> np.ndarray:
+    """A WM-811K map (2-D, values 0/1/2) -> float32 `[32, 32, 3]` grey image; ValueError if malformed."""
+    grid = np.asarray(wafer_map)
+    if grid.ndim != 2 or min(grid.shape) < 1:
+        raise ValueError(f"waferMap must be a non-empty 2-D array, got shape {list(grid.shape)}")
+    if not np.issubdtype(grid.dtype, np.number):
+        raise ValueError(f"waferMap must be numeric, got dtype {grid.dtype}")
+    values = np.unique(grid)
+    if not np.all(np.isin(values, (0, 1, 2))):
+        raise ValueError(f"waferMap values must be 0, 1 or 2, got {values[:10].tolist()}")
+    rows = ((np.arange(SIZE) + 0.5) * grid.shape[0] / SIZE).astype(np.int64)
+    cols = ((np.arange(SIZE) + 0.5) * grid.shape[1] / SIZE).astype(np.int64)
+    grey = grid[np.ix_(rows, cols)].astype(np.float32) / 2.0
+    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
+
+
+class WaferMapReader(DatasetReader):
+    name = "wafermap"
+    labeled = True
+    split_fractions = (("train", 0.9), ("test", 0.1))
+    fixed_normalization = None
+
+    def spec_template(self) -> DatasetSpec:
+        return DatasetSpec(
+            name=self.name, modality="image", input_shape=[SIZE, SIZE, 3], tokenizer="patch2d",
+            patch_shape=[4, 4], num_tokens=64, token_dim=48, token_grid=[8, 8],
+            input_dtype="float32", task="multiclass", metric="weighted_f1",
+            num_classes=len(FAILURE_TYPES), label_names=list(FAILURE_TYPES), label_shape=[],
+            label_dtype="int64", pretrain_dataset="wafermap-unlabeled" if self.labeled else "",
+            extra={"raw_url": URL, "labels": "failure type" if self.labeled else "none (-1): pretraining only",
+                   "colour_mapping": "die value v in {0,1,2} -> grey v/2 in R, G and B",
+                   "resize": "nearest, half-pixel centres"},
+        )
+
+    def expected_files(self) -> list[str]:
+        return [f"{PICKLE_NAME} (WM-811K pandas pickle)"]
+
+    def _pickle_path(self) -> str:
+        d = self.data_dir or os.path.join("data", "raw", "wafermap")
+        return d if os.path.isfile(d) else os.path.join(d, PICKLE_NAME)
+
+    def check_raw(self) -> None:
+        path = self._pickle_path()
+        if not os.path.isfile(path):
+            raise RawDataMissing(f"{self.name}: {PICKLE_NAME} not found at {os.path.abspath(path)}; "
+                                 f"download WM-811K ({URL}) and put {PICKLE_NAME} in "
+                                 f"{os.path.dirname(os.path.abspath(path))}/")
+
+    def _table(self):
+        path = self._pickle_path()
+        return load_table(path, os.path.getmtime(path))
+
+    def list_sources(self) -> list[tuple[int, int]]:
+        self.check_raw()
+        n = len(self._table()[0])
+        return [(start, min(start + _ROWS_PER_SOURCE, n)) for start in range(0, n, _ROWS_PER_SOURCE)]
+
+    def read_source(self, source: tuple[int, int]) -> Iterator[RawExample | BadRecord]:
+        maps, failures = self._table()
+        path = self._pickle_path()
+        for row in range(*source):
+            where = f"{path}:row {row}"
+            try:
+                kind = failure_type(failures[row])
+            except (TypeError, ValueError) as e:
+                yield BadRecord(path=where, reason=f"unreadable failureType ({e})")
+                continue
+            if (kind is not None) != self.labeled:
+                continue  # belongs to the other dataset
+            if kind is not None and kind not in FAILURE_TYPES:
+                yield BadRecord(path=where, reason=f"failureType {kind!r} is not one of {list(FAILURE_TYPES)}")
+                continue
+            try:
+                image = wafer_to_image(maps[row])
+            except ValueError as e:
+                yield BadRecord(path=where, reason=str(e))
+                continue
+            label = FAILURE_TYPES.index(kind) if kind is not None else -1
+            yield RawExample(id=f"wafer-{row:06d}", input=image, label=label)
+
+
+class WaferMapUnlabeledReader(WaferMapReader):
+    name = "wafermap-unlabeled"
+    labeled = False
+    split_fractions = (("train", 0.95), ("val", 0.05))
+
+
+READERS = {"wafermap": WaferMapReader, "wafermap-unlabeled": WaferMapUnlabeledReader}
