@@ -25,11 +25,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.markdown_section import markers, replace_section  # noqa: E402
 from pipeline import preprocess  # noqa: E402
 from preprocessing.datasets import eurosat  # noqa: E402
 
-START_MARKER = "<!-- preprocess_bench:start -->"
-END_MARKER = "<!-- preprocess_bench:end -->"
+START_MARKER, END_MARKER = markers("preprocess_bench")
 
 
 def write_eurosat_folder(data_dir: str, num_images: int, seed: int = 0) -> None:
@@ -85,18 +85,6 @@ def render(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(path: str, section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if START_MARKER in text and END_MARKER in text:
-        before = text[: text.index(START_MARKER)]
-        after = text[text.index(END_MARKER) + len(END_MARKER):].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eurosat_images", type=int, default=5000)
@@ -116,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(bench_one(dataset, data_dir, workers, args.out))
             print(rows[-1])
     section = render(rows, args)
-    update_benchmarks_md(args.benchmarks_md, section)
+    body = section.replace(START_MARKER, "").replace(END_MARKER, "")
+    replace_section(args.benchmarks_md, "preprocess_bench", body)
     print(section)
 
 

@@ -53,17 +53,33 @@ def build_archive(encoder, spec):
         token_spec = tf.TensorSpec([None, spec.num_tokens, spec.token_dim], tf.float32,
                                    name="tokens")
 
+    def check_shape(x, expected, name):
+        # Loaded signatures do not enforce their TensorSpec's shape, and TF Serving passes
+        # whatever a client sends: refuse a wrong shape here, with the shape that was expected.
+        want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
+        check = tf.debugging.assert_equal(
+            tf.shape(x)[1:], tf.constant(expected, tf.int32),
+            message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {spec.name}")
+        with tf.control_dependencies([check]):
+            x = tf.identity(x)
+        return tf.ensure_shape(x, [None, *expected])
+
+    token_shape = [spec.num_tokens] if spec.is_discrete else [spec.num_tokens, spec.token_dim]
+
     def embed_tokens(tokens):
+        tokens = check_shape(tokens, token_shape, "tokens")
         embedding = encoder.features(tokens, training=False)
         return {"embedding": tf.cast(embedding, tf.float32), "valid": _all_finite(tokens)}
 
     def serve_raw(inputs):
+        inputs = check_shape(inputs, list(spec.input_shape), "inputs")
         tokens = tokenize.raw_to_tokens(inputs, spec)
         out = embed_tokens(tokens)
         out["valid"] = tf.logical_and(out["valid"], _all_finite(inputs))
         return out
 
     def token_features(inputs):
+        inputs = check_shape(inputs, list(spec.input_shape), "inputs")
         tokens = tokenize.raw_to_tokens(inputs, spec)
         latent = encoder(tokens, training=False)
         return {"token_features": tf.cast(latent[:, 1:, :], tf.float32)}
