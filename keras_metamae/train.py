@@ -89,6 +89,30 @@ def check_workdir_config(workdir: str, config: config_lib.TrainConfig) -> None:
             )
 
 
+# The token contract a checkpoint was trained on; a resumed run must see the same one.
+_CONTRACT_FIELDS = ("num_tokens", "token_dim", "vocab_size", "token_grid", "input_shape")
+
+
+def check_workdir_spec(workdir: str, spec, version_dir: str) -> None:
+    """Records the dataset's spec in the workdir; refuses to resume on a different contract."""
+    path = os.path.join(workdir, "dataset_spec.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        for name in _CONTRACT_FIELDS:
+            old, new = previous.get(name), getattr(spec, name)
+            if old != new:
+                raise ValueError(
+                    f"{version_dir}/spec.json: {name}={new} but {path} (what this workdir was "
+                    f"trained on) has {name}={old}; use a new --workdir or the original data")
+        return
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(spec.to_json())
+    os.replace(tmp, path)
+
+
 def build_strategy(name: str):
     import tensorflow as tf
 
@@ -195,6 +219,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     config.data_dir = data_dir
     config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
     check_workdir_config(config.workdir, config)
+    check_workdir_spec(config.workdir, spec, version_dir)
     config.save(config.workdir)
 
     keras.utils.set_random_seed(config.seed)
@@ -251,16 +276,20 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     started = time.perf_counter()
     history = None
     if start_step < config.steps:
-        history = model.fit(
-            train_ds,
-            steps_per_epoch=chunk,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            validation_data=val_ds,
-            validation_steps=config.validation_steps if val_ds is not None else None,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        # A shard that breaks mid-read surfaces as a tf.errors exception without a file name;
+        # these re-raise it as a DataError naming the broken shard.
+        with data.explain_data_errors(spec, version_dir, train_split), \
+                data.explain_data_errors(spec, version_dir, val_split):
+            history = model.fit(
+                train_ds,
+                steps_per_epoch=chunk,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                validation_data=val_ds,
+                validation_steps=config.validation_steps if val_ds is not None else None,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
     seconds = time.perf_counter() - started
     final_step = int(model.optimizer.iterations.numpy())
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from preprocessing import registry
 from preprocessing.datasets.base import RawDataMissing
-from preprocessing.spec import PIPELINE_VERSION, DatasetSpec, SpecError, SplitInfo
+from preprocessing.spec import PIPELINE_VERSION, SPEC_FILENAME, DatasetSpec, SpecError, SplitInfo
 
 DEFAULT_DATASET = "digits"
 DEFAULT_RAW_ROOT = os.path.join("data", "raw")
@@ -271,6 +271,44 @@ def _check_bad_records(name: str, bad: list[dict[str, str]], num_good: int, max_
         )
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def recover_interrupted(dataset_dir: str, version_dir: str) -> list[str]:
+    """Cleans up after runs that were killed: returns what it removed or restored.
+
+    - `.tmp-<pid>-<hex>`: an unfinished build; removed once its process is gone.
+    - `.old-<hex>`: a previous version set aside by `_publish`; put back if the kill landed
+      between the two renames (so no version is lost), otherwise removed.
+    """
+    actions = []
+    if not os.path.isdir(dataset_dir):
+        return actions
+    for name in sorted(os.listdir(dataset_dir)):
+        path = os.path.join(dataset_dir, name)
+        if name.startswith(".tmp-"):
+            pid = name.split("-")[1]
+            if pid.isdigit() and _process_alive(int(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            actions.append(f"removed unfinished build {path}")
+        elif name.startswith(".old-"):
+            if not os.path.exists(version_dir) and os.path.isfile(os.path.join(path, SPEC_FILENAME)):
+                os.rename(path, version_dir)
+                actions.append(f"restored {version_dir} from {path}")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                actions.append(f"removed superseded copy {path}")
+    return actions
+
+
 def _publish(work_dir: str, version_dir: str) -> None:
     """Renames the finished temp dir into place, replacing an older copy of the version."""
     old = None
@@ -310,8 +348,11 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     # The spec's name, not the flag: `--dataset custom --name mine` lands in <output_dir>/mine.
     dataset_dir = os.path.join(output_dir, spec.name)
     os.makedirs(dataset_dir, exist_ok=True)
-    work_dir = os.path.join(dataset_dir, f".tmp-{uuid.uuid4().hex}")
     version_dir = os.path.join(dataset_dir, PIPELINE_VERSION)
+    for action in recover_interrupted(dataset_dir, version_dir):
+        logging.warning("%s (left by an interrupted run)", action)
+    # The pid in the name lets a later run tell a dead build from one still in progress.
+    work_dir = os.path.join(dataset_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     os.makedirs(os.path.join(work_dir, _MANIFEST_DIR))
     published = False
     try:

@@ -1,0 +1,131 @@
+"""Faults and bad input: each test fails when its guarantee in RELIABILITY.md breaks."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TINY_MODEL
+
+TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=2, checkpoint_every=2,
+                validation_steps=1, warmup_steps=1, export=False)
+
+
+# === preprocessing ===
+def test_killed_preprocessing_leaves_no_version_and_a_rerun_completes(tmp_path):
+    from tests.fixtures import make_eurosat
+
+    raw = make_eurosat.make_raw(str(tmp_path / "raw"), per_class=12)
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "pipeline.preprocess", "--dataset", "eurosat",
+               "--data_dir", raw, "--output_dir", out]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    dataset_dir = os.path.join(out, "eurosat")
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(os.path.join(dataset_dir, ".tmp-*")):
+        assert process.poll() is None, "the job ended before it could be interrupted"
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it write some of the build
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(dataset_dir, "1")), "a partial version was published"
+    assert glob.glob(os.path.join(dataset_dir, ".tmp-*")), "expected the dead build to remain"
+
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "removed unfinished build" in done.stderr
+    assert os.listdir(dataset_dir) == ["1"]
+    spec = json.load(open(os.path.join(dataset_dir, "1", "spec.json")))
+    assert sum(s["num_examples"] for s in spec["splits"].values()) == 120
+
+
+def test_a_version_set_aside_by_a_killed_publish_is_restored(tmp_path):
+    from pipeline import preprocess
+
+    dataset_dir = tmp_path / "digits"
+    (dataset_dir / ".old-abc").mkdir(parents=True)
+    (dataset_dir / ".old-abc" / "spec.json").write_text("{}")
+    actions = preprocess.recover_interrupted(str(dataset_dir), str(dataset_dir / "1"))
+    assert actions and "restored" in actions[0]
+    assert (dataset_dir / "1" / "spec.json").exists() and not (dataset_dir / ".old-abc").exists()
+
+
+# === training input ===
+def _copy_dataset(data_dir: str, tmp_path) -> str:
+    copy = str(tmp_path / "data")
+    shutil.copytree(data_dir, copy)
+    return copy
+
+
+def test_truncated_shard_fails_with_the_file_name(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    data_dir = _copy_dataset(digits_data_dir, tmp_path)
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", "1", "train", "*.tfrecord.gz")))[0]
+    content = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(content[: len(content) // 2])
+    with pytest.raises(ValueError, match=os.path.basename(shard)):
+        train.run_training("digits", dict(TINY_RUN, steps=60), data_dir, str(tmp_path / "w"),
+                           verbose=0)
+
+
+def test_records_of_the_wrong_dtype_are_refused_with_the_file_name(digits_data_dir, tmp_path):
+    import tensorflow as tf
+
+    from keras_metamae import train
+
+    data_dir = _copy_dataset(digits_data_dir, tmp_path)
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", "1", "train", "*.tfrecord.gz")))[0]
+    example = tf.train.Example()
+    example.features.feature["tokens"].int64_list.value.extend([1] * 64)
+    example.features.feature["label"].int64_list.value.append(0)
+    example.features.feature["id"].bytes_list.value.append(b"x")
+    with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
+        writer.write(example.SerializeToString())
+    with pytest.raises(ValueError, match=os.path.basename(shard)):
+        train.run_training("digits", dict(TINY_RUN, steps=2), data_dir, str(tmp_path / "w"),
+                           verbose=0)
+
+
+def test_workdir_trained_on_another_token_contract_is_refused(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    workdir = str(tmp_path / "w")
+    train.run_training("digits", dict(TINY_RUN, steps=2), digits_data_dir, workdir, verbose=0)
+    data_dir = _copy_dataset(digits_data_dir, tmp_path)
+    spec_path = os.path.join(data_dir, "digits", "1", "spec.json")
+    spec = json.load(open(spec_path))
+    spec.update(token_dim=2, patch_shape=[1, 2], num_tokens=32, token_grid=[8, 4])
+    json.dump(spec, open(spec_path, "w"))
+    with pytest.raises(ValueError, match="num_tokens=32 but .*dataset_spec.json"):
+        train.run_training("digits", dict(TINY_RUN, steps=4), data_dir, workdir, verbose=0)
+
+
+def test_fewer_examples_than_the_batch_is_one_clear_error(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    with pytest.raises(ValueError, match="fewer than"):
+        train.run_training("digits", dict(TINY_RUN, steps=2, batch_size=4096), digits_data_dir,
+                           str(tmp_path / "w"), verbose=0)
+
+
+def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "keras_metamae.train", "--dataset", "eurosat",
+                           "--data_dir", str(tmp_path), "--workdir", str(tmp_path / "w")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "pipeline.preprocess --dataset eurosat" in error_lines[0]
+    assert "Traceback" not in done.stderr
