@@ -1,0 +1,92 @@
+"""Per-example random masking and the Nearby-S support set (paper Sec. 2.2), from noise.
+
+Both take uniform noise `[B, T]` as input instead of drawing it, so that a batch's masks are
+reproducible (tests, replica-equivalence) and the caller decides where randomness comes from.
+"""
+
+import tensorflow as tf
+
+
+def num_kept(num_tokens, mask_ratio):
+    """Visible tokens per example: `floor((1 - mask_ratio) * T)`, at least 1 and at most T."""
+    kept = int((1.0 - float(mask_ratio)) * int(num_tokens) + 1e-6)
+    return max(1, min(int(num_tokens), kept))
+
+
+def random_masking(noise, mask_ratio):
+    """Keeps the `num_kept(T, mask_ratio)` lowest-noise tokens of each example.
+
+    Args:
+        noise: `[B, T]` float, uniform noise; T must be static.
+        mask_ratio: float, fraction of tokens to mask.
+
+    Returns:
+        `(keep_indices, mask)`: `[B, n]` int32 positions of the visible tokens in increasing
+        order, and `[B, T]` float32, 1.0 where the token is masked (the query set Q).
+    """
+    num_tokens = noise.shape[-1]
+    if num_tokens is None:
+        raise ValueError("random_masking: the number of tokens must be static")
+    kept = num_kept(num_tokens, mask_ratio)
+    order = tf.argsort(noise, axis=-1, stable=True)
+    keep_indices = tf.sort(order[:, :kept], axis=-1)
+    visible = tf.reduce_sum(tf.one_hot(keep_indices, num_tokens, dtype=tf.float32), axis=1)
+    return keep_indices, 1.0 - visible
+
+
+def _shift(x, offset, axis):
+    """Shifts `x` by `offset` (+1 or -1) along `axis`, zero-filled: `out[i] = x[i - offset]`."""
+    lead = (slice(None),) * axis
+    if offset > 0:
+        body, edge = x[lead + (slice(None, -1),)], x[lead + (slice(None, 1),)]
+        return tf.concat([tf.zeros_like(edge), body], axis=axis)
+    body, edge = x[lead + (slice(1, None),)], x[lead + (slice(-1, None),)]
+    return tf.concat([body, tf.zeros_like(edge)], axis=axis)
+
+
+def grid_neighbours(visible, token_grid):
+    """`[B, T]` float: 1.0 on tokens that are grid neighbours of a visible token (the visible
+    tokens themselves included when they touch another visible one).
+
+    1-D grid `[T]`: left and right. 2-D grid `[rows, cols]` (row-major tokens): up, down, left,
+    right. No wrap-around at the borders."""
+    grid = [int(g) for g in token_grid]
+    visible = tf.cast(visible, tf.float32)
+    if len(grid) == 1:
+        return tf.maximum(_shift(visible, 1, 1), _shift(visible, -1, 1))
+    if len(grid) != 2:
+        raise ValueError(f"token_grid must be 1-D or 2-D, got {token_grid}")
+    rows, cols = grid
+    v = tf.reshape(visible, [-1, rows, cols])
+    near = tf.reduce_max(
+        tf.stack(
+            [_shift(v, 1, 1), _shift(v, -1, 1), _shift(v, 1, 2), _shift(v, -1, 2)], axis=0
+        ),
+        axis=0,
+    )
+    return tf.reshape(near, [-1, rows * cols])
+
+
+def nearby_mask(mask, token_grid, noise, nearby_ratio):
+    """Nearby-S tokens N(S; r): masked tokens that are grid neighbours of a visible token, each
+    kept when its `noise` is below `nearby_ratio` (i.e. with probability r).
+
+    Args:
+        mask: `[B, T]` float, 1.0 where masked.
+        token_grid: list of 1 or 2 ints.
+        noise: `[B, T]` uniform noise in [0, 1).
+        nearby_ratio: float, r.
+
+    Returns:
+        `[B, T]` float32, 1.0 on the selected nearby tokens.
+    """
+    mask = tf.cast(mask, tf.float32)
+    candidates = grid_neighbours(1.0 - mask, token_grid) * mask
+    chosen = tf.cast(tf.cast(noise, tf.float32) < float(nearby_ratio), tf.float32)
+    return candidates * chosen
+
+
+def support_mask(mask, token_grid, noise, nearby_ratio):
+    """The support set S~ = S (visible) union N(S; r), `[B, T]` float32, 1.0 on its tokens."""
+    mask = tf.cast(mask, tf.float32)
+    return (1.0 - mask) + nearby_mask(mask, token_grid, noise, nearby_ratio)

@@ -1,0 +1,232 @@
+"""LayerNorm, attention block, embeddings: forward values, exact second-order gradients
+(checked against float64 finite differences), serialization."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_metamae import layers  # noqa: E402
+from keras_metamae import model as model_lib  # noqa: E402
+
+
+def _hessian_vector_product(fn, x, v):
+    """d/dx <grad fn(x), v> with nested tapes (exact second order if fn's ops are)."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = fn(x)
+        g = inner.gradient(y, x)
+        directional = tf.reduce_sum(g * v)
+    return outer.gradient(directional, x)
+
+
+def _finite_difference_hvp(fn, x, v, eps=1e-5):
+    """Central finite differences of the first-order gradient along v (float64)."""
+
+    def grad(at):
+        with tf.GradientTape() as tape:
+            tape.watch(at)
+            y = fn(at)
+        return tape.gradient(y, at)
+
+    return (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps)
+
+
+def _random(shape, seed, dtype="float64"):
+    return tf.constant(np.random.default_rng(seed).normal(size=shape), dtype=dtype)
+
+
+def test_layer_norm_matches_keras_layer_normalization():
+    x = _random((3, 5, 8), 0, "float32") * 3.0 + 1.0
+    ours = layers.LayerNorm(epsilon=1e-6)
+    ref = keras.layers.LayerNormalization(epsilon=1e-6)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    rng = np.random.default_rng(1)
+    gamma = rng.normal(size=8).astype("float32")
+    beta = rng.normal(size=8).astype("float32")
+    ours.set_weights([gamma, beta])
+    ref.set_weights([gamma, beta])
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_second_order_gradient_matches_finite_differences():
+    norm = layers.LayerNorm(dtype="float64")
+    norm.build((2, 4, 6))
+    rng = np.random.default_rng(2)
+    norm.set_weights([rng.normal(size=6), rng.normal(size=6)])
+    weights = _random((2, 4, 6), 3)
+    # A scalar whose Hessian involves the LayerNorm statistics' second derivatives.
+    fn = lambda x: tf.reduce_sum(weights * norm(x) ** 2) + tf.reduce_sum(tf.sin(norm(x)))  # noqa
+    x = _random((2, 4, 6), 4)
+    v = _random((2, 4, 6), 5)
+    exact = _hessian_vector_product(fn, x, v)
+    numeric = _finite_difference_hvp(fn, x, v)
+    np.testing.assert_allclose(exact.numpy(), numeric.numpy(), rtol=1e-6, atol=1e-8)
+
+
+def test_moments_layer_norm_fails_the_same_check():
+    """The check above is discriminating: the `tf.nn.moments` formulation (stop-gradient on
+    the mean inside the variance, what Keras' LayerNormalization uses on TF) has a correct
+    first-order but a wrong second-order gradient."""
+
+    def moments_norm(x):
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + 1e-6)
+
+    weights = _random((2, 4, 6), 3)
+    fn = lambda x: tf.reduce_sum(weights * moments_norm(x) ** 2)  # noqa: E731
+    x = _random((2, 4, 6), 4)
+    v = _random((2, 4, 6), 5)
+    exact = _hessian_vector_product(fn, x, v).numpy()
+    numeric = _finite_difference_hvp(fn, x, v).numpy()
+    assert np.max(np.abs(exact - numeric)) > 1e-3
+
+
+def test_transformer_block_second_order_gradient_matches_finite_differences():
+    block = layers.TransformerBlock(num_heads=2, mlp_dim=12, dtype="float64")
+    block.build((2, 5, 8))
+    weights = _random((2, 5, 8), 6)
+    fn = lambda x: tf.reduce_sum(weights * block(x) ** 2)  # noqa: E731
+    x = _random((2, 5, 8), 7)
+    v = _random((2, 5, 8), 8)
+    exact = _hessian_vector_product(fn, x, v)
+    numeric = _finite_difference_hvp(fn, x, v)
+    np.testing.assert_allclose(exact.numpy(), numeric.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_computes_in_float32_under_mixed_precision():
+    norm = layers.LayerNorm(dtype="mixed_bfloat16")
+    x = _random((2, 3, 8), 9, "float32") * 100.0 + 1000.0
+    y = norm(x)
+    assert y.dtype == tf.bfloat16
+    assert norm.gamma.dtype == "float32"
+    ref = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), ref.numpy(), atol=0.05)
+
+
+def test_transformer_block_is_pre_norm_residual():
+    """With the attention output projection and the last MLP layer zeroed, the block is the
+    identity (both branches are residual, normalization inside the branches)."""
+    block = layers.TransformerBlock(num_heads=2, mlp_dim=12)
+    x = _random((2, 5, 8), 10, "float32")
+    block(x)
+    for dense in (block.attention.proj, block.fc2):
+        dense.kernel.assign(tf.zeros_like(dense.kernel))
+        dense.bias.assign(tf.zeros_like(dense.bias))
+    np.testing.assert_allclose(block(x).numpy(), x.numpy(), atol=1e-6)
+
+
+def test_sincos_position_embedding_1d():
+    table = layers.sincos_position_embedding([10], 8)
+    assert table.shape == (10, 8) and table.dtype == np.float32
+    omega = 1.0 / 10000.0 ** (np.arange(4) / 4.0)
+    np.testing.assert_allclose(table[3, :4], np.sin(3 * omega), rtol=1e-6)
+    np.testing.assert_allclose(table[3, 4:], np.cos(3 * omega), rtol=1e-6)
+    assert len({tuple(row) for row in table.round(6)}) == 10
+
+
+def test_sincos_position_embedding_2d():
+    rows, cols = 3, 4
+    table = layers.sincos_position_embedding([rows, cols], 16)
+    assert table.shape == (12, 16)
+    grid = table.reshape(rows, cols, 16)
+    # First half encodes the row, second half the column (tokens are row-major).
+    np.testing.assert_allclose(grid[1, 0, :8], grid[1, 3, :8])
+    np.testing.assert_allclose(grid[0, 2, 8:], grid[2, 2, 8:])
+    np.testing.assert_allclose(grid[2, 1, :8], layers.sincos_position_embedding([rows], 8)[2])
+    assert len({tuple(row) for row in table.round(6)}) == 12
+
+
+def test_sincos_position_embedding_pads_odd_widths():
+    table = layers.sincos_position_embedding([2, 2], 10)
+    assert table.shape == (4, 10)
+    np.testing.assert_array_equal(table[:, 8:], 0.0)
+
+
+def test_token_embedding_shapes_and_tied_matrix():
+    continuous = layers.TokenEmbedding(16, token_dim=3)
+    assert continuous(np.zeros((2, 5, 3), "float32")).shape == (2, 5, 16)
+    discrete = layers.TokenEmbedding(16, vocab_size=7)
+    out = discrete(np.array([[0, 6, 2]]))
+    assert out.shape == (1, 3, 16)
+    np.testing.assert_allclose(out[0, 1].numpy(), discrete.embeddings.numpy()[6])
+    with pytest.raises(ValueError):
+        layers.TokenEmbedding(16, token_dim=3, vocab_size=7)
+
+
+def _roundtrip(layer, *inputs, **call_kwargs):
+    expected = layer(*inputs, **call_kwargs)
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    clone(*inputs, **call_kwargs)
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_allclose(clone(*inputs, **call_kwargs).numpy(), expected.numpy(),
+                               rtol=1e-6)
+
+
+def test_layers_serialize_round_trip():
+    x = _random((2, 5, 8), 11, "float32")
+    _roundtrip(layers.LayerNorm(epsilon=1e-5), x)
+    _roundtrip(layers.MultiHeadSelfAttention(num_heads=2), x)
+    _roundtrip(layers.TransformerBlock(num_heads=2, mlp_dim=12, dropout=0.1), x)
+    _roundtrip(layers.TokenEmbedding(8, token_dim=8), x)
+    _roundtrip(layers.TokenEmbedding(8, vocab_size=5), np.array([[1, 2, 4]]))
+
+
+def test_models_serialize_round_trip():
+    tokens = _random((2, 6, 3), 12, "float32")
+    encoder = model_lib.Encoder(num_tokens=6, token_grid=[2, 3], token_dim=3, embed_dim=8,
+                                depth=1, num_heads=2, mlp_dim=16)
+    _roundtrip(encoder, tokens)
+    keep = np.array([[0, 4], [1, 5]])
+    latent = encoder(tokens, keep_indices=keep)
+    assert latent.shape == (2, 3, 8)
+    decoder = model_lib.Decoder(num_tokens=6, token_grid=[2, 3], token_dim=3, embed_dim=8,
+                                decoder_dim=4, depth=1, num_heads=2, mlp_dim=8)
+    _roundtrip(decoder, latent, keep)
+    assert decoder(latent, keep).shape == (2, 6, 3)
+    _roundtrip(model_lib.Projector(hidden_dim=12, output_dim=4), latent[:, 0, :])
+
+
+def test_encoder_keep_indices_select_tokens_and_features_pool():
+    tokens = _random((2, 6, 3), 13, "float32")
+    encoder = model_lib.Encoder(num_tokens=6, token_grid=[6], token_dim=3, embed_dim=8,
+                                depth=0, num_heads=2, mlp_dim=16)
+    full = encoder(tokens)
+    assert full.shape == (2, 7, 8)
+    keep = np.array([[1, 3], [0, 5]])
+    # Without blocks each output token depends only on its own input and position.
+    part = encoder(tokens, keep_indices=keep)
+    np.testing.assert_allclose(part[0, 1:].numpy(), full.numpy()[0, [2, 4]], rtol=1e-5)
+    np.testing.assert_allclose(part[1, 1:].numpy(), full.numpy()[1, [1, 6]], rtol=1e-5)
+    np.testing.assert_allclose(encoder.features(tokens).numpy(),
+                               full.numpy()[:, 1:].mean(axis=1), rtol=1e-5)
+
+
+def test_decoder_puts_visible_tokens_back_in_place():
+    """A visible token's prediction depends on its own latent; masked positions get the
+    mask token. Checked with a block-free decoder (each position is independent)."""
+    decoder = model_lib.Decoder(num_tokens=5, token_grid=[5], token_dim=2, embed_dim=4,
+                                decoder_dim=4, depth=1, num_heads=1, mlp_dim=4)
+    latent = _random((1, 3, 4), 14, "float32")
+    keep = np.array([[1, 3]])
+    decoder(latent, keep)
+    # Zero the block's residual branches so positions do not mix.
+    block = decoder.blocks[0]
+    for dense in (block.attention.proj, block.fc2):
+        dense.kernel.assign(tf.zeros_like(dense.kernel))
+        dense.bias.assign(tf.zeros_like(dense.bias))
+    out = decoder(latent, keep).numpy()
+    moved = latent.numpy().copy()
+    moved[0, 2] += 1.0  # the latent of position 3
+    out2 = decoder(moved, keep).numpy()
+    changed = np.abs(out2 - out).sum(axis=-1)[0] > 1e-6
+    np.testing.assert_array_equal(changed, [False, False, False, True, False])
