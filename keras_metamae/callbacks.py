@@ -63,13 +63,15 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         steps_per_s = (step - self._step0) / elapsed
         record = {"step": step, "learning_rate": current_learning_rate(self.model),
                   "steps_per_second": steps_per_s,
-                  "examples_per_second": steps_per_s * self.batch_size}
+                  "examples_per_second": steps_per_s * self.batch_size,
+                  "skipped_steps": float(getattr(self.model.optimizer, "skipped_steps", 0))}
         with self.train_writer.as_default(step=step):
             for key, value in logs.items():
                 if not key.startswith("val_"):
                     tf.summary.scalar(key, _scalar(value))
                     record[key] = _scalar(value)
-            for key in ("learning_rate", "steps_per_second", "examples_per_second"):
+            for key in ("learning_rate", "steps_per_second", "examples_per_second",
+                        "skipped_steps"):
                 tf.summary.scalar(key, record[key])
         with self.val_writer.as_default(step=step):
             for key, value in logs.items():

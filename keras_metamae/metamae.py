@@ -8,6 +8,8 @@ from keras_metamae import masking
 from keras_metamae.model import Decoder
 from keras_metamae.model import Encoder
 from keras_metamae.model import Projector
+from keras_metamae.nonfinite import NonFiniteGuard
+from keras_metamae.nonfinite import agree_on_finite
 
 METHODS = ("metamae", "mae")
 
@@ -420,6 +422,9 @@ class MetaMAE(keras.Model):
             scaled = self.optimizer.scale_loss(losses["loss"] / num_replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if isinstance(self.optimizer, NonFiniteGuard):
+            # All replicas skip a step together when any of them saw a NaN/Inf.
+            gradients = agree_on_finite(losses["loss"], gradients)
         self.optimizer.apply(gradients, variables)
         return self._update_trackers(losses)
 

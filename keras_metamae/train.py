@@ -52,6 +52,10 @@ _ARCHITECTURE_FIELDS = (
 )
 
 
+class NonFiniteTraining(RuntimeError):
+    """Training stopped after too many consecutive non-finite steps."""
+
+
 def default_data_dir() -> str:
     return os.environ.get("KERAS_METAMAE_DATA", os.path.join("data", "processed"))
 
@@ -153,16 +157,20 @@ def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int
     import keras
 
     from keras_metamae.metamae import MetaMAE
+    from keras_metamae.nonfinite import NonFiniteGuard
     from keras_metamae.schedules import WarmupCosine
 
     with strategy.scope():
         model = MetaMAE(**config.model_kwargs(spec))
         schedule = WarmupCosine(config.learning_rate, total_steps, config.warmup_steps)
-        optimizer = keras.optimizers.AdamW(
+        adamw = keras.optimizers.AdamW(
             learning_rate=schedule,
             weight_decay=config.weight_decay,
             global_clipnorm=config.clip_norm or None,
         )
+        # Skips (and counts) steps with a non-finite loss or gradient; float16 also needs
+        # dynamic loss scaling, float32 and bfloat16 do not.
+        optimizer = NonFiniteGuard(adamw, loss_scaling=config.mixed_precision == "float16")
         model.compile(optimizer=optimizer, jit_compile=resolve_jit(config.jit_compile, strategy))
     return model
 
@@ -185,7 +193,7 @@ def materialize(model, spec) -> None:
     else:
         tokens = np.zeros((2, spec.num_tokens, spec.token_dim), "float32")
     model(tokens, training=False)
-    model.build_for_training(tokens) if hasattr(model, "build_for_training") else None
+    model.build_for_training(tokens)
     model.optimizer.build(model.trainable_variables)
 
 
@@ -209,6 +217,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     from keras_metamae import callbacks as cb
     from keras_metamae import data
     from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.nonfinite import StopOnNonFinite
     from preprocessing.spec import load_spec
 
     overrides = dict(overrides or {})
@@ -259,8 +268,10 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
 
     tensorboard_dir = os.path.join(config.workdir, "tensorboard")
     summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size)
+    stop_on_nonfinite = StopOnNonFinite(config.max_bad_steps)
     callbacks = [
         cb.StopAtStep(config.steps),
+        stop_on_nonfinite,
         summaries,
         cb.PeriodicCheckpoint(manager, config.checkpoint_every, config.checkpoint_minutes,
                               extra={"dataset": dataset, "model": config.model}),
@@ -292,6 +303,14 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
             )
     seconds = time.perf_counter() - started
     final_step = int(model.optimizer.iterations.numpy())
+    skipped = int(model.optimizer.skipped_steps.numpy())
+    if stop_on_nonfinite.stopped_at is not None:
+        raise NonFiniteTraining(
+            f"training stopped at step {final_step}: {config.max_bad_steps} consecutive steps "
+            f"had a non-finite loss or gradient ({skipped} skipped in all); the weights were "
+            f"not updated by them, and {manager.directory} holds the last good checkpoint "
+            f"(step {manager.steps()[-1] if manager.steps() else 0}). Lower --learning_rate, "
+            f"set --clip_norm, or use --mixed_precision float32.")
 
     export_dir = None
     if config.export:
@@ -310,6 +329,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         "first": records[0] if records else None,
         "last": records[-1] if records else None,
         "export_dir": export_dir,
+        "skipped_steps": skipped,
         "tensorboard": tensorboard_dir,
         "completed": history is not None or start_step >= config.steps,
     }
@@ -352,7 +372,7 @@ def main(argv):
     try:
         summary = run_training(FLAGS.dataset, overrides, FLAGS.data_dir, FLAGS.workdir,
                                FLAGS.raw_data_dir, verbose="auto" if sys.stdout.isatty() else 2)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print_summary(summary)
