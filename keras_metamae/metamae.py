@@ -407,7 +407,11 @@ class MetaMAE(keras.Model):
     def _update_trackers(self, losses):
         for tracker in self.metrics:
             tracker.update_state(losses[tracker.name])
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        logs = {tracker.name: tracker.result() for tracker in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras' fit fails to reduce scalar logs across workers (keras#20585): rank 1.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         # Without a distribution strategy Keras builds nothing before tracing this step; build

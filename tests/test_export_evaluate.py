@@ -88,12 +88,18 @@ def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdi
             refused = "accepted"
         except Exception as e:
             refused = type(e).__name__ + ": " + str(e)
+        try:
+            loaded.signatures["serving_default"](inputs=tf.constant(raw.astype("int32")))
+            wrong_dtype = "accepted"
+        except Exception as e:
+            wrong_dtype = type(e).__name__ + ": " + str(e)
         np.save({str(tmp_path / 'out.npy')!r}, out["embedding"].numpy())
         np.save({str(tmp_path / 'by_tokens.npy')!r}, by_tokens["embedding"].numpy())
         print(json.dumps(dict(
             per_token_shape=per_token["token_features"].shape.as_list(),
             valid=out["valid"].numpy().tolist(), flagged=flagged["valid"].numpy().tolist(),
-            refused=refused, signatures=sorted(loaded.signatures.keys()))))
+            refused=refused, wrong_dtype=wrong_dtype,
+            signatures=sorted(loaded.signatures.keys()))))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=300)
@@ -105,6 +111,7 @@ def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdi
     assert report["per_token_shape"] == [8, spec.num_tokens, TINY_MODEL["embed_dim"]]
     assert all(report["valid"]) and report["flagged"][1] is False and report["flagged"][0]
     assert "inputs must have shape [batch, 8, 8, 1] (float32)" in report["refused"]
+    assert report["wrong_dtype"] != "accepted" and "float32" in report["wrong_dtype"]
 
 
 def test_export_cli_writes_the_next_version(trained_workdir):

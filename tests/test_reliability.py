@@ -129,3 +129,49 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "pipeline.preprocess --dataset eurosat" in error_lines[0]
     assert "Traceback" not in done.stderr
+
+
+# === checkpoints ===
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    import keras
+
+    from keras_metamae.checkpoints import CheckpointManager
+
+    def model_with(value):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        for v in model.trainable_variables:
+            v.assign(np.full(v.shape, value, "float32"))
+        return model
+
+    manager = CheckpointManager(str(tmp_path), keep=2)
+    manager.save(model_with(1.0), 10)
+    manager.save(model_with(2.0), 20)
+    with open(manager.path_for(20), "wb") as f:  # e.g. a disk that filled up mid-copy
+        f.write(b"not an h5 file")
+    restored = model_with(0.0)
+    assert manager.restore(restored) == 10
+    assert float(restored.trainable_variables[0].numpy().ravel()[0]) == 1.0
+    manager.save(model_with(3.0), 30)
+    assert manager.steps() == [20, 30]  # keeps the newest two
+
+
+def test_same_seed_same_data_gives_identical_losses_for_20_steps(digits_data_dir, tmp_path):
+    from keras_metamae import train
+
+    from tests.test_train import read_scalars
+
+    runs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        overrides = dict(TINY_RUN, steps=20, log_every=1, checkpoint_every=20, seed=seed)
+        train.run_training("digits", overrides, digits_data_dir, str(tmp_path / name),
+                           verbose=0)
+        with open(os.path.join(tmp_path / name, "train_summary.json")) as f:
+            assert json.load(f)["final_step"] == 20
+        scalars = read_scalars(os.path.join(tmp_path / name, "tensorboard"))
+        summary_losses = [value for _, value in scalars["train/loss"]]
+        runs.append(summary_losses)
+    assert len(runs[0]) == 20
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # the seed does reach the masks and the initialization

@@ -53,7 +53,8 @@ def test_load_spec_errors(tmp_path):
         load_spec(str(tmp_path))
 
 
-@pytest.mark.parametrize("name", registry.names())
+# `custom`'s spec depends on the user's files and flags; tests/test_datasets_a.py covers it.
+@pytest.mark.parametrize("name", [n for n in registry.names() if n != "custom"])
 def test_reader_templates_are_valid_and_match_tokenizer(name):
     spec = registry.get_reader(name).spec_template().validate(name)
     layout = tokenize.token_layout(spec)
