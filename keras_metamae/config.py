@@ -67,11 +67,11 @@ DIGITS_PRESET = dict(
     dropout=0.0,
     mask_ratio=0.5,
     batch_size=64,
-    steps=600,
+    steps=1500,
     warmup_steps=50,
     learning_rate=1e-3,
-    checkpoint_every=200,
-    log_every=50,
+    checkpoint_every=500,
+    log_every=100,
 )
 
 

@@ -14,6 +14,8 @@ import time
 
 from absl import app, flags
 
+from keras_metamae.cli import quiet_tensorflow_logs
+
 FLAGS = flags.FLAGS
 
 
@@ -65,6 +67,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+    quiet_tensorflow_logs()
     del argv
     started = time.perf_counter()
     try:

@@ -21,6 +21,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from keras_metamae.cli import quiet_tensorflow_logs
+
 from keras_metamae import metrics
 
 
@@ -194,6 +196,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+    quiet_tensorflow_logs()
     del argv
     if not FLAGS.workdir:
         print("error: --workdir is required", file=sys.stderr)

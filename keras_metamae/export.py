@@ -22,6 +22,8 @@ import uuid
 
 from absl import app, flags
 
+from keras_metamae.cli import quiet_tensorflow_logs
+
 EXPORT_SUBDIR = os.path.join("export", "encoder")
 
 
@@ -149,6 +151,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+    quiet_tensorflow_logs()
     del argv
     if not FLAGS.workdir:
         print("error: --workdir is required", file=sys.stderr)

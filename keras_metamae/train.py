@@ -20,6 +20,7 @@ import time
 from absl import app, flags
 
 from keras_metamae import config as config_lib
+from keras_metamae.cli import quiet_tensorflow_logs
 
 FLAGS = flags.FLAGS
 
@@ -237,7 +238,11 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     strategy = build_strategy(config.strategy)
 
     train_split = "train"
-    val_split = "val" if "val" in spec.splits else "test"
+    if train_split not in spec.splits:
+        raise ValueError(f"{version_dir}/spec.json: no 'train' split to pretrain on")
+    # Validation on 'val', else 'test', when it holds at least one batch; none otherwise.
+    val_split = next((s for s in ("val", "test") if spec.splits.get(s)
+                      and spec.splits[s].num_examples >= config.batch_size), None)
     examples = spec.splits[train_split].num_examples
     if examples < config.batch_size:
         raise ValueError(
@@ -262,7 +267,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
                                  shuffle=True, repeat=True, seed=config.seed + epoch_index,
                                  skip_batches=offset)
     val_ds = None
-    if spec.splits.get(val_split) and spec.splits[val_split].num_examples >= config.batch_size:
+    if val_split:
         val_ds = data.make_dataset(spec, version_dir, val_split, config.batch_size,
                                    shuffle=False, repeat=True, seed=config.seed)
 
@@ -278,7 +283,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     ]
     if spec.is_image_like and not spec.is_discrete:
         callbacks.append(cb.ReconstructionImages(
-            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split, 4),
+            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split or train_split, 4),
             every_epochs=max(1, config.checkpoint_every // config.log_every)))
 
     chunk = config.log_every
@@ -290,7 +295,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         # A shard that breaks mid-read surfaces as a tf.errors exception without a file name;
         # these re-raise it as a DataError naming the broken shard.
         with data.explain_data_errors(spec, version_dir, train_split), \
-                data.explain_data_errors(spec, version_dir, val_split):
+                data.explain_data_errors(spec, version_dir, val_split or train_split):
             history = model.fit(
                 train_ds,
                 steps_per_epoch=chunk,
@@ -300,6 +305,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
                 validation_steps=config.validation_steps if val_ds is not None else None,
                 callbacks=callbacks,
                 verbose=verbose,
+                shuffle=False,  # the tf.data pipeline shuffles (seeded, resumable)
             )
     seconds = time.perf_counter() - started
     final_step = int(model.optimizer.iterations.numpy())
@@ -363,6 +369,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv):
+    quiet_tensorflow_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     overrides = {}

@@ -31,7 +31,7 @@ MINIATURES = {
     "cub": ("make_cub", 3, "017.Cardinal/Cardinal_0002_4.jpg"),
     "vgg-flower": ("make_vgg_flower", 5, "jpg/image_00005.jpg"),
     "dtd": ("make_dtd", 4, "zigzagged/zigzagged_0002.jpg"),
-    "traffic-sign": ("make_traffic_sign", 4, "00042/00001_00001.ppm"),
+    "traffic-sign": ("make_traffic_sign", 8, "00042/00001_00001.ppm"),
     "aircraft": ("make_aircraft", 4, "images/1000003.jpg"),
 }
 
