@@ -95,3 +95,22 @@ def test_trainer_and_linear_evaluation(name, preprocessed, tmp_path):
     record = evaluate.run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)
     assert record["metric"] == result.spec.metric
     assert record["value"] == pytest.approx(record["value"])  # not NaN
+
+
+def test_transfer_to_a_dataset_of_the_same_modality(preprocessed, tmp_path):
+    from keras_metamae import evaluate, train
+
+    _, data_dir = preprocessed("genomics")
+    preprocessed("genomics-ood")
+    preprocessed("pfam")
+    workdir = str(tmp_path / "run")
+    train.run_training("genomics", dict(TINY_MODEL, steps=2, batch_size=2, log_every=1,
+                                        checkpoint_every=2, validation_steps=1, warmup_steps=1,
+                                        export=False), data_dir, workdir, verbose=0)
+    record = evaluate.run_evaluation(workdir, dataset="genomics-ood", epochs=1, batch_size=2,
+                                     baseline=False, transfer=True)
+    assert record["dataset"] == "genomics-ood" and record["pretrain_dataset"] == "genomics"
+    assert record["transfer"] is True
+    assert os.path.exists(os.path.join(workdir, "eval", "genomics-ood.json"))
+    with pytest.raises(ValueError, match="same modality"):
+        evaluate.run_evaluation(workdir, dataset="pfam", epochs=1, batch_size=2, baseline=False)
