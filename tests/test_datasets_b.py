@@ -316,3 +316,18 @@ def test_custom_audio_folder(tmp_path):
     good = sorted((r.id, r.label) for r in recs if isinstance(r, RawExample))
     assert good == [("down/1.wav", 0), ("up/1.wav", 1), ("up/2.wav", 1)]
     assert [b.path for b in recs if isinstance(b, BadRecord)] == [os.path.join(data_dir, "down", "broken.wav")]
+
+
+
+def test_custom_image_folder_through_the_pipeline_flags(tmp_path):
+    from pipeline import preprocess
+    from tests.fixtures import make_custom_folders
+
+    result = preprocess.run([
+        "--dataset", "custom", "--format", "image_folder",
+        "--data_dir", make_custom_folders.make_raw(str(tmp_path)),
+        "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
+        "--reader_option", "image_size=16", "--reader_option", "patch_size=4", "--name", "pets"])
+    assert result.version_dir == os.path.join(str(tmp_path / "out"), "pets", "1")
+    assert result.spec.name == "pets" and result.spec.input_shape == [16, 16, 3]
+    assert result.num_examples == 3 and len(result.bad_records) == 1

@@ -37,6 +37,12 @@ class _FolderReader(DatasetReader):
     kind = ""
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 
+    def __init__(self, data_dir: str | None = None, **options):
+        super().__init__(data_dir, **options)
+        # `--name`: the dataset name in spec.json and the output folder (default: the reader's).
+        if options.get("name"):
+            self.name = options["name"]
+
     def _data_dir(self) -> str:
         return self.data_dir or os.path.join("data", "raw", self.name)
 
