@@ -21,6 +21,12 @@ def global_step(model) -> int:
     return int(model.optimizer.iterations.numpy())
 
 
+def skipped_steps(model) -> int:
+    """Steps skipped for a non-finite loss/gradient (0 without a NonFiniteGuard optimizer)."""
+    variable = getattr(model.optimizer, "skipped_steps", None)
+    return 0 if variable is None else int(variable.numpy())
+
+
 def current_learning_rate(model) -> float:
     lr = model.optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
@@ -64,7 +70,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
         record = {"step": step, "learning_rate": current_learning_rate(self.model),
                   "steps_per_second": steps_per_s,
                   "examples_per_second": steps_per_s * self.batch_size,
-                  "skipped_steps": float(getattr(self.model.optimizer, "skipped_steps", 0))}
+                  "skipped_steps": skipped_steps(self.model)}
         with self.train_writer.as_default(step=step):
             for key, value in logs.items():
                 if not key.startswith("val_"):

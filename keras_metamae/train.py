@@ -132,7 +132,9 @@ def build_strategy(name: str):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # All GPUs; without GPUs, every logical CPU device (how the tests split one CPU in two).
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
     if name == "onedevice":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
@@ -270,6 +272,10 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     if val_split:
         val_ds = data.make_dataset(spec, version_dir, val_split, config.batch_size,
                                    shuffle=False, repeat=True, seed=config.seed)
+    # Pretraining sees tokens only; string ids cannot be distributed/reduced by Keras under a
+    # strategy (its symbolic build averages the first batch across replicas).
+    train_ds, val_ds = (ds.map(lambda batch: {"tokens": batch["tokens"]}) if ds is not None
+                        else None for ds in (train_ds, val_ds))
 
     tensorboard_dir = os.path.join(config.workdir, "tensorboard")
     summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size)
@@ -309,7 +315,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
             )
     seconds = time.perf_counter() - started
     final_step = int(model.optimizer.iterations.numpy())
-    skipped = int(model.optimizer.skipped_steps.numpy())
+    skipped = cb.skipped_steps(model)
     if stop_on_nonfinite.stopped_at is not None:
         raise NonFiniteTraining(
             f"training stopped at step {final_step}: {config.max_bad_steps} consecutive steps "
