@@ -118,10 +118,14 @@ def main():
     consumed = batch / meta
 
     lines = [
+        "## Training step (`python bench/train_bench.py`)",
+        "",
         f"Training step, batch {batch}, 64 tokens of 832, encoder depth {depth}, decoder depth 4 "
         f"({'quick config' if args.quick else 'paper EuroSAT config'}); {device}, "
         f"{platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}. "
-        f"Median of {args.steps} steps after {args.warmup} warm-up steps.",
+        f"Median of {args.steps} steps after {args.warmup} warm-up steps."
+        + ("" if has_gpu else " XLA rows are measured on GPUs only (on a CPU, compiling the "
+                              "second-order graph takes longer than a short run)."),
         "",
         "| model | XLA | precision | ms/step | steps/s | examples/s |",
         "|---|---|---|---:|---:|---:|",
