@@ -34,6 +34,18 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+def image_tags(logdir: str) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for path in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "images":
+                    tags.add(value.tag)
+    return tags
+
+
 def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir, tmp_path):
     from keras_metamae import train
 
@@ -50,6 +62,7 @@ def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir
                 "train/inner_loss_before", "train/inner_loss_after", "train/learning_rate",
                 "train/steps_per_second", "validation/reconstruction_loss"):
         assert [step for step, _ in scalars[key]] == [3, 6], key
+    assert "reconstruction" in image_tags(os.path.join(workdir, "tensorboard"))
     assert os.path.isdir(os.path.join(workdir, "export", "encoder", "1"))
 
     # The same command with more steps resumes at step 6 with the optimizer state.
