@@ -193,14 +193,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("epochs", 100, "Linear-head epochs (DABS protocol: 100).")
     flags.DEFINE_integer("batch_size", None, "Linear-head batch size (default: the preset's).")
     flags.DEFINE_bool("baseline", True, "Also probe a randomly initialized encoder.")
+    flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     quiet_tensorflow_logs()
     del argv
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
     dataset = FLAGS.transfer_dataset or FLAGS.dataset
     try:
         record = run_evaluation(FLAGS.workdir, dataset, FLAGS.data_dir, FLAGS.encoder,

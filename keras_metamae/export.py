@@ -148,14 +148,12 @@ def define_flags() -> None:
     """Command-line flags; defined only when run as a program."""
     flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of.")
     flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+    flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     quiet_tensorflow_logs()
     del argv
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
     try:
         model, spec, _, step = load_trained_model(FLAGS.workdir)
         path = export_encoder(model, spec, FLAGS.workdir, FLAGS.version)
