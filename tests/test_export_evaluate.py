@@ -123,3 +123,15 @@ def test_export_cli_writes_the_next_version(trained_workdir):
     assert versions == ["1", "2"]
     spec = json.load(open(os.path.join(trained_workdir, "export", "encoder", "2", "spec.json")))
     assert spec["name"] == "digits"
+
+
+def test_saved_model_cli_lists_the_three_signatures(trained_workdir):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    done = subprocess.run([cli, "show", "--dir",
+                           os.path.join(trained_workdir, "export", "encoder", "1"), "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("serving_default", "embed_tokens", "tokens"):
+        assert f"signature_def['{name}']" in done.stdout
+    assert "inputs['inputs'] tensor_info" in done.stdout
+    assert "outputs['embedding'] tensor_info" in done.stdout
