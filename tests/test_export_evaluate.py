@@ -111,7 +111,7 @@ def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdi
     assert report["per_token_shape"] == [8, spec.num_tokens, TINY_MODEL["embed_dim"]]
     assert all(report["valid"]) and report["flagged"][1] is False and report["flagged"][0]
     assert "inputs must have shape [batch, 8, 8, 1] (float32)" in report["refused"]
-    assert report["wrong_dtype"] != "accepted" and "float32" in report["wrong_dtype"]
+    assert "expected to be a float tensor but is a int32 tensor" in report["wrong_dtype"]
 
 
 def test_export_cli_writes_the_next_version(trained_workdir):
