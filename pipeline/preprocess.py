@@ -161,6 +161,8 @@ def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
                 present = f"no ({data_dir})"
             rows.append((name, spec.modality, _token_shape(spec), str(spec.num_classes), spec.metric,
                          present, "; ".join(reader.expected_files())))
+        except ValueError as e:  # a reader that needs flags (custom): say which
+            rows.append((name, "any", "by flags", "-", "-", "-", str(e)))
         except Exception as e:  # one broken reader must not hide the others
             rows.append((name, "?", "?", "?", "?", "?", f"reader error: {type(e).__name__}: {e}"))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header) - 1)]

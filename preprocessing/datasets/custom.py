@@ -82,8 +82,8 @@ class CustomReader(DatasetReader):
         super().__init__(data_dir, **options)
         if format not in FORMATS:
             raise CustomDataError(
-                f"--dataset custom needs --format, one of {', '.join(FORMATS)} (got {format!r}); "
-                f"image and audio folders are their own datasets (see --list)")
+                f"--dataset custom needs --format, one of {', '.join(FORMATS)}, image_folder, "
+                f"audio_folder (got {format!r})")
         if task not in ("multiclass", "regression"):
             raise CustomDataError(f"--task={task!r}: expected multiclass or regression")
         self.format = format
