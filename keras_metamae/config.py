@@ -150,6 +150,8 @@ class TrainConfig:
             first_order=self.first_order,
             temperature=self.temperature,
             seed=self.seed,
+            # Mixed-token (e.g. image + text) sequences; None for single-modality datasets.
+            segments=list(getattr(spec, "segments", None) or []) or None,
         )
 
     def validate(self) -> "TrainConfig":

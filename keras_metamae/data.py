@@ -81,6 +81,15 @@ def split_files(spec: DatasetSpec, version_dir: str, split: str) -> list[str]:
 def feature_spec(spec: DatasetSpec) -> dict[str, tf.io.FixedLenFeature]:
     """tf.io parsing spec of the token contract's tf.train.Example."""
     label_dtype = tf.int64 if spec.label_dtype == "int64" else tf.float32
+    if spec.is_segmented:
+        features = {
+            seg["feature"]: tf.io.FixedLenFeature(
+                [int(seg["num_tokens"]) * (int(seg["token_dim"]) if seg["kind"] == "continuous" else 1)],
+                tf.int64 if seg["kind"] == "discrete" else tf.float32)
+            for seg in spec.segments}
+        features["label"] = tf.io.FixedLenFeature(list(spec.label_shape), label_dtype)
+        features["id"] = tf.io.FixedLenFeature([], tf.string)
+        return features
     return {
         "tokens": tf.io.FixedLenFeature([spec.tokens_feature_length],
                                         tf.int64 if spec.is_discrete else tf.float32),
@@ -92,6 +101,13 @@ def feature_spec(spec: DatasetSpec) -> dict[str, tf.io.FixedLenFeature]:
 def parse_batch(serialized: tf.Tensor, spec: DatasetSpec) -> dict[str, tf.Tensor]:
     """A batch of serialized examples -> {"tokens", "label", "id"} with token axes restored."""
     features = tf.io.parse_example(serialized, feature_spec(spec))
+    if spec.is_segmented:
+        # One packed float32 [B, num_tokens, token_dim] tensor (see preprocessing/spec.py), so
+        # the trainer, evaluator and exporter read `tokens` as for any continuous dataset.
+        from preprocessing import tokenize
+
+        parts = {seg["name"]: features.pop(seg["feature"]) for seg in spec.segments}
+        return {"tokens": tokenize.pack_segments(parts, spec), **features}
     if not spec.is_discrete:
         features["tokens"] = tf.reshape(features["tokens"], [-1, spec.num_tokens, spec.token_dim])
     return features
@@ -101,9 +117,26 @@ def _check_record(record: bytes, spec: DatasetSpec, path: str) -> None:
     """Compares one example's feature lengths with the spec; DataError naming `path` if not."""
     example = tf.train.Example.FromString(record)
     feature = example.features.feature
-    for key in ("tokens", "label", "id"):
+    token_keys = [seg["feature"] for seg in spec.segments] if spec.is_segmented else ["tokens"]
+    for key in (*token_keys, "label", "id"):
         if key not in feature:
             raise DataError(f"{path}: example has no {key!r} feature (has {sorted(feature)})")
+    if spec.is_segmented:
+        for seg in spec.segments:
+            kind = "int64_list" if seg["kind"] == "discrete" else "float_list"
+            values = getattr(feature[seg["feature"]], kind).value
+            expected = int(seg["num_tokens"]) * (int(seg["token_dim"]) if seg["kind"] == "continuous" else 1)
+            if len(values) != expected:
+                raise DataError(
+                    f"{path}: {seg['feature']!r} (segment {seg['name']!r}) has {len(values)} "
+                    f"{kind} values, spec.json expects {expected}; spec and shards come from "
+                    f"different pipeline runs")
+    else:
+        _check_tokens(feature, spec, path)
+    _check_label(feature, spec, path)
+
+
+def _check_tokens(feature, spec: DatasetSpec, path: str) -> None:
     kind = "int64_list" if spec.is_discrete else "float_list"
     tokens = getattr(feature["tokens"], kind).value
     if len(tokens) != spec.tokens_feature_length:
@@ -112,6 +145,9 @@ def _check_record(record: bytes, spec: DatasetSpec, path: str) -> None:
             f"{spec.tokens_feature_length} (num_tokens={spec.num_tokens}, token_dim={spec.token_dim}); "
             f"spec and shards come from different pipeline runs"
         )
+
+
+def _check_label(feature, spec: DatasetSpec, path: str) -> None:
     label_kind = "int64_list" if spec.label_dtype == "int64" else "float_list"
     label = getattr(feature["label"], label_kind).value
     expected = 1

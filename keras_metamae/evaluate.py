@@ -150,7 +150,7 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
     spec = load_spec(version_dir)
     train_spec = load_spec(data.find_dataset_dir(config.data_dir, config.dataset))
     # The encoder's token contract must match the evaluated dataset's.
-    for field in ("num_tokens", "token_dim", "vocab_size"):
+    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
         if getattr(spec, field) != getattr(train_spec, field):
             raise ValueError(
                 f"{version_dir}/spec.json: {field}={getattr(spec, field)} but the encoder in "

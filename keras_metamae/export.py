@@ -11,6 +11,9 @@ base path is `<workdir>/export/encoder`). Signatures, all with a dynamic batch d
   input holds NaN or Inf: that row's embedding must not be trusted).
 - `embed_tokens`: `tokens` = already tokenized input; returns `embedding` and `valid`.
 - `tokens`: `inputs` = raw examples; returns `token_features` [batch, num_tokens, embed_dim].
+Mixed-token specs (`spec.segments`, e.g. mscoco image + caption) get the same three
+signatures with one input per segment instead of `inputs`/`tokens`: see
+`build_segmented_archive`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def build_archive(encoder, spec):
 
     from preprocessing import tokenize
 
+    if getattr(spec, "segments", None):
+        return build_segmented_archive(encoder, spec)
     raw_spec = tf.TensorSpec([None, *spec.input_shape], spec.input_dtype, name="inputs")
     if spec.is_discrete:
         token_spec = tf.TensorSpec([None, spec.num_tokens], tf.int64, name="tokens")
@@ -91,6 +96,86 @@ def build_archive(encoder, spec):
     archive.add_endpoint("serving_default", serve_raw, input_signature=[raw_spec])
     archive.add_endpoint("embed_tokens", embed_tokens, input_signature=[token_spec])
     archive.add_endpoint("tokens", token_features, input_signature=[raw_spec])
+    return archive
+
+
+def build_segmented_archive(encoder, spec):
+    """The three signatures for a mixed-token spec (`spec.segments`, e.g. mscoco image + text),
+    one input per segment, named after it:
+    - `serving_default(image, text)`: raw inputs, e.g. `image` float32 [batch, 32, 32, 3] RGB
+      in [0, 1] and `text` int64 [batch, L] word ids (`spec.json` extra.vocabulary, PAD 0,
+      UNK 1); returns `embedding` and `valid`.
+    - `embed_tokens(<feature>...)`: the tokens as stored in the TFRecords, one input per
+      segment named by its `feature` (`tokens` float32 [batch, 64, 48] normalized patches,
+      `text_tokens` int64 [batch, L]); returns `embedding` and `valid`.
+    - `tokens(image, text)`: raw inputs; returns `token_features` [batch, num_tokens, embed_dim]
+      (the image tokens first, then the text tokens).
+    """
+    import keras
+    import tensorflow as tf
+
+    from preprocessing import tokenize
+
+    segments = spec.segments
+    names = [s["name"] for s in segments]
+
+    def dtype_of(seg, raw):
+        if seg["kind"] == "discrete":
+            return tf.int64
+        return tf.as_dtype(spec.input_dtype) if raw else tf.float32
+
+    def token_shape(seg):
+        if seg["kind"] == "discrete":
+            return [int(seg["num_tokens"])]
+        return [int(seg["num_tokens"]), int(seg["token_dim"])]
+
+    raw_specs = [tf.TensorSpec([None, *seg.get("input_shape", token_shape(seg))],
+                               dtype_of(seg, True), name=seg["name"]) for seg in segments]
+    token_specs = [tf.TensorSpec([None, *token_shape(seg)], dtype_of(seg, False),
+                                 name=seg["feature"]) for seg in segments]
+
+    def check_shape(x, expected, name):
+        want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
+        check = tf.debugging.assert_equal(
+            tf.shape(x)[1:], tf.constant(expected, tf.int32),
+            message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {spec.name}")
+        with tf.control_dependencies([check]):
+            x = tf.identity(x)
+        return tf.ensure_shape(x, [None, *expected])
+
+    def valid_of(parts):
+        valid = None
+        for x in parts:
+            ok = _all_finite(x)
+            valid = ok if valid is None else tf.logical_and(valid, ok)
+        return valid
+
+    def embed_tokens(*parts):
+        parts = [check_shape(x, token_shape(seg), seg["feature"]) for x, seg in zip(parts, segments)]
+        packed = tokenize.pack_segments(dict(zip(names, parts)), spec)
+        embedding = encoder.features(packed, training=False)
+        return {"embedding": tf.cast(embedding, tf.float32), "valid": valid_of(parts)}
+
+    def raw_tokens(parts):
+        parts = [check_shape(x, list(seg.get("input_shape", token_shape(seg))), seg["name"])
+                 for x, seg in zip(parts, segments)]
+        return parts, tokenize.raw_to_tokens(dict(zip(names, parts)), spec)
+
+    def serve_raw(*parts):
+        parts, packed = raw_tokens(parts)
+        embedding = encoder.features(packed, training=False)
+        return {"embedding": tf.cast(embedding, tf.float32), "valid": valid_of(parts)}
+
+    def token_features(*parts):
+        _, packed = raw_tokens(parts)
+        latent = encoder(packed, training=False)
+        return {"token_features": tf.cast(latent[:, 1:, :], tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint("serving_default", serve_raw, input_signature=raw_specs)
+    archive.add_endpoint("embed_tokens", embed_tokens, input_signature=token_specs)
+    archive.add_endpoint("tokens", token_features, input_signature=raw_specs)
     return archive
 
 

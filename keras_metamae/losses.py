@@ -41,6 +41,41 @@ def reconstruction_loss(targets, predictions, target_mask, discrete=False):
     return tf.reduce_sum(error * target_mask) / tf.maximum(tf.reduce_sum(target_mask), 1.0)
 
 
+# === mixed-token (segmented) sequences ===
+# The per-token errors of each segment are those above (MSE over the token's values for a
+# continuous segment, cross-entropy over the vocabulary for a discrete one). They are combined
+# per segment kind, never mixed in one mean: the loss is the SUM over segments of the MEAN error
+# over that segment's target tokens (an empty target set contributes 0). So an image-text
+# sequence is reconstructed with `mean MSE over masked image tokens + mean cross-entropy over
+# masked text tokens`, whatever the number of tokens of each kind.
+def _segment_errors(targets, predictions, target_mask, kinds):
+    sizes = [int(p.shape[1]) for p in predictions]
+    masks = tf.split(target_mask, sizes, axis=1)
+    for target, prediction, mask, kind in zip(targets, predictions, masks, kinds):
+        error = per_token_reconstruction_error(target, prediction, discrete=kind == "discrete")
+        yield error, tf.cast(mask, error.dtype)
+
+
+def segmented_per_example_reconstruction_loss(targets, predictions, target_mask, kinds):
+    """`[B]`: for each example, the sum over segments of its mean error over that segment's
+    target tokens. `targets`/`predictions`: lists with one entry per segment (continuous
+    `[B, n, dim]` values, discrete `[B, n]` ids / `[B, n, vocab]` logits); `target_mask`
+    `[B, T]` over the whole sequence; `kinds`: "continuous"/"discrete" per segment."""
+    total = 0.0
+    for error, mask in _segment_errors(targets, predictions, target_mask, kinds):
+        total += tf.reduce_sum(error * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return total
+
+
+def segmented_reconstruction_loss(targets, predictions, target_mask, kinds):
+    """Scalar: the sum over segments of the mean error over all of the batch's target tokens
+    of that segment (see `segmented_per_example_reconstruction_loss` for the arguments)."""
+    total = 0.0
+    for error, mask in _segment_errors(targets, predictions, target_mask, kinds):
+        total += tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    return total
+
+
 def _gather_across_replicas(*tensors):
     """`(gathered tensors, offset of this replica's rows)`.
 

@@ -44,14 +44,28 @@ def _shift(x, offset, axis):
     return tf.concat([body, tf.zeros_like(edge)], axis=axis)
 
 
+def _grid_size(grid):
+    size = 1
+    for g in grid:
+        size *= int(g)
+    return size
+
+
 def grid_neighbours(visible, token_grid):
     """`[B, T]` float: 1.0 on tokens that are grid neighbours of a visible token (the visible
     tokens themselves included when they touch another visible one).
 
     1-D grid `[T]`: left and right. 2-D grid `[rows, cols]` (row-major tokens): up, down, left,
-    right. No wrap-around at the borders."""
-    grid = [int(g) for g in token_grid]
+    right. No wrap-around at the borders. A list of such grids describes a segmented
+    (mixed-token) sequence: each segment's tokens only neighbour tokens of the same segment."""
     visible = tf.cast(visible, tf.float32)
+    if token_grid and isinstance(token_grid[0], (list, tuple)):
+        # Segmented sequence: a list of grids, one per segment in sequence order; neighbours
+        # are taken within each segment only (never across a segment boundary).
+        sizes = [_grid_size(g) for g in token_grid]
+        parts = tf.split(visible, sizes, axis=1)
+        return tf.concat([grid_neighbours(p, g) for p, g in zip(parts, token_grid)], axis=1)
+    grid = [int(g) for g in token_grid]
     if len(grid) == 1:
         return tf.maximum(_shift(visible, 1, 1), _shift(visible, -1, 1))
     if len(grid) != 2:
@@ -73,7 +87,7 @@ def nearby_mask(mask, token_grid, noise, nearby_ratio):
 
     Args:
         mask: `[B, T]` float, 1.0 where masked.
-        token_grid: list of 1 or 2 ints.
+        token_grid: list of 1 or 2 ints, or a list of such grids (one per segment).
         noise: `[B, T]` uniform noise in [0, 1).
         nearby_ratio: float, r.
 

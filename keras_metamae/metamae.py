@@ -8,6 +8,9 @@ from keras_metamae import masking
 from keras_metamae.model import Decoder
 from keras_metamae.model import Encoder
 from keras_metamae.model import Projector
+from keras_metamae.model import normalize_segments
+from keras_metamae.model import packed_width
+from keras_metamae.model import split_segments
 from keras_metamae.nonfinite import NonFiniteGuard
 from keras_metamae.nonfinite import agree_on_finite
 
@@ -54,6 +57,17 @@ class MetaMAE(keras.Model):
     `keras.random.SeedGenerator(seed)` (different on each replica). Other keys (`"label"`) are
     ignored. `call(tokens)` returns the encoder features `[B, embed_dim]`.
 
+    Mixed-token sequences (`segments`, e.g. image patches + caption words, DABS mscoco): the
+    tokens are the packed float `[B, T, token_dim]` tensor of `preprocessing/spec.py`
+    (`token_dim` = the packed width, `vocab_size` = 0, `token_grid` = `[T]`). Masking is over
+    the whole sequence; the encoder embeds each segment with its own embedding plus a learned
+    modality embedding and per-segment sin-cos positions; the decoder has one head per segment
+    (continuous values, or tied-embedding vocabulary logits); the reconstruction loss is the
+    sum over segments of the mean error over that segment's target tokens (MSE for image
+    tokens + cross-entropy for text tokens, see `losses.segmented_reconstruction_loss`);
+    Nearby-S neighbours are taken within each segment's own grid. The inner step, the
+    contrastive loss and the rest of the step are unchanged.
+
     Logged metrics: `loss`, `reconstruction_loss` (L_grad, or the MAE loss), and for metamae
     `contrastive_loss`, `contrastive_accuracy`, `inner_loss_before` and `inner_loss_after` (the
     inner loss per example, i.e. the mean over the batch of each example's error on S~, from
@@ -84,6 +98,8 @@ class MetaMAE(keras.Model):
         first_order: bool, stop the gradient through the inner gradient.
         temperature: float, tau of the NT-Xent loss.
         seed: int or None, seed of the masking noise generator.
+        segments: None (single-modality tokens), or the spec's list of segment dicts (see
+            above and `model.normalize_segments`).
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
     """
 
@@ -113,9 +129,21 @@ class MetaMAE(keras.Model):
         first_order=False,
         temperature=0.5,
         seed=None,
+        segments=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        segments = normalize_segments(segments)
+        if segments:
+            total = sum(seg["num_tokens"] for seg in segments)
+            if total != int(num_tokens) or list(token_grid) != [total] or int(vocab_size) != 0 \
+                    or int(token_dim) != packed_width(segments):
+                raise ValueError(
+                    f"MetaMAE: with segments, num_tokens ({num_tokens}) must be their total "
+                    f"({total}), token_grid ({list(token_grid)}) [{total}], vocab_size "
+                    f"({vocab_size}) 0 and token_dim ({token_dim}) the packed width "
+                    f"{packed_width(segments)}"
+                )
         if method not in METHODS:
             raise ValueError(f"MetaMAE: method={method!r}, expected one of {METHODS}")
         if (int(token_dim) > 0) == (int(vocab_size) > 0):
@@ -157,6 +185,7 @@ class MetaMAE(keras.Model):
         self.first_order = bool(first_order)
         self.temperature = float(temperature)
         self.seed = seed
+        self.segments = segments
 
         policy = self.dtype_policy
         # f_theta
@@ -171,6 +200,7 @@ class MetaMAE(keras.Model):
             mlp_dim=self.encoder_mlp_dim,
             dropout=self.dropout,
             use_mask_token=self.decoder_depth == 0,
+            segments=self.segments,
             dtype=policy,
             name="encoder",
         )
@@ -185,6 +215,7 @@ class MetaMAE(keras.Model):
             depth=self.decoder_depth,
             num_heads=self.decoder_heads,
             mlp_dim=self.decoder_mlp_dim,
+            segments=self.segments,
             dtype=policy,
             name="decoder",
         )
@@ -207,6 +238,13 @@ class MetaMAE(keras.Model):
     @property
     def is_discrete(self):
         return self.vocab_size > 0
+
+    @property
+    def mask_grid(self):
+        """The grid(s) of Nearby-S: `token_grid`, or the list of the segments' grids."""
+        if self.segments:
+            return [seg["token_grid"] for seg in self.segments]
+        return self.token_grid
 
     @property
     def loss_dtype(self):
@@ -253,6 +291,11 @@ class MetaMAE(keras.Model):
         return self.encoder.features(tokens, training=training)
 
     def _tied_embeddings(self):
+        if self.segments:
+            return [
+                None if e is None else tf.convert_to_tensor(e)
+                for e in self.encoder.tied_embeddings()
+            ]
         if not self.is_discrete:
             return None
         return tf.convert_to_tensor(self.encoder.token_embedding.embeddings)
@@ -267,10 +310,29 @@ class MetaMAE(keras.Model):
         out = self.decoder(
             latent, keep_indices, embeddings=self._tied_embeddings(), training=training
         )
-        return tf.cast(out, self.loss_dtype)
+        return tf.nest.map_structure(lambda t: tf.cast(t, self.loss_dtype), out)
+
+    def _segment_targets(self, tokens):
+        return split_segments(tokens, self.segments), [seg["kind"] for seg in self.segments]
 
     def _per_example_error(self, tokens, predictions, target_mask):
+        if self.segments:
+            targets, kinds = self._segment_targets(tokens)
+            return losses_lib.segmented_per_example_reconstruction_loss(
+                targets, predictions, target_mask, kinds
+            )
         return losses_lib.per_example_reconstruction_loss(
+            tokens, predictions, target_mask, discrete=self.is_discrete
+        )
+
+    def _reconstruction_loss(self, tokens, predictions, target_mask):
+        """Mean error over the batch's target tokens (per segment, summed, for segments)."""
+        if self.segments:
+            targets, kinds = self._segment_targets(tokens)
+            return losses_lib.segmented_reconstruction_loss(
+                targets, predictions, target_mask, kinds
+            )
+        return losses_lib.reconstruction_loss(
             tokens, predictions, target_mask, discrete=self.is_discrete
         )
 
@@ -336,24 +398,22 @@ class MetaMAE(keras.Model):
 
         if self.method == "mae":
             predictions = self._decode(z, decoder_indices, training)
-            reconstruction = losses_lib.reconstruction_loss(
-                tokens, predictions, mask, discrete=self.is_discrete
-            )
+            reconstruction = self._reconstruction_loss(tokens, predictions, mask)
             return {"loss": reconstruction, "reconstruction_loss": reconstruction}
 
-        support = masking.support_mask(mask, self.token_grid, nearby_noise, self.nearby_ratio)
+        support = masking.support_mask(mask, self.mask_grid, nearby_noise, self.nearby_ratio)
         batch_size = tf.cast(tf.shape(z)[0], self.loss_dtype)
         z_star, inner_loss_before = self.adapt(
             z, tokens, support, decoder_indices, training=training
         )
 
         predictions = self._decode(z_star, decoder_indices, training)
-        reconstruction = losses_lib.reconstruction_loss(
-            tokens, predictions, mask, discrete=self.is_discrete
-        )
+        reconstruction = self._reconstruction_loss(tokens, predictions, mask)
         # The same predictions give the inner loss after adaptation (for logging only).
         inner_loss_after = tf.reduce_sum(
-            self._per_example_error(tokens, tf.stop_gradient(predictions), support)
+            self._per_example_error(
+                tokens, tf.nest.map_structure(tf.stop_gradient, predictions), support
+            )
         )
 
         pooled = tf.reduce_mean(z[:, 1:, :], axis=1)
@@ -450,7 +510,7 @@ class MetaMAE(keras.Model):
 
         Returns:
             dict with `predictions` (`[B, T, token_dim]` values, or `[B, T, vocab_size]` logits
-            for discrete tokens) and `mask` (`[B, T]` float32, 1.0 where masked).
+            for discrete tokens; for segments, a list of those, one per segment) and `mask` (`[B, T]` float32, 1.0 where masked).
         """
         tokens = tf.convert_to_tensor(tokens)
         if mask_noise is None:
@@ -492,6 +552,7 @@ class MetaMAE(keras.Model):
                 "first_order": self.first_order,
                 "temperature": self.temperature,
                 "seed": self.seed,
+                "segments": self.segments,
             }
         )
         return config

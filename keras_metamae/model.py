@@ -1,6 +1,7 @@
 """The three MetaMAE networks (paper Table 7): encoder f_theta, decoder g_phi, projector h_psi."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_metamae.layers import LayerNorm
@@ -9,6 +10,73 @@ from keras_metamae.layers import TransformerBlock
 from keras_metamae.layers import sincos_position_embedding
 
 _PACKAGE = "keras_metamae"
+
+
+# === mixed-token (segmented) sequences ===
+def normalize_segments(segments):
+    """The model's view of `DatasetSpec.segments` (None or empty: a single-modality model).
+
+    Returns a list of `{"name", "kind", "num_tokens", "token_grid", "token_dim", "vocab_size"}`
+    (other spec keys such as `feature` or `input_shape` are dropped), or None."""
+    if not segments:
+        return None
+    out = []
+    for seg in segments:
+        kind = seg["kind"]
+        if kind not in ("continuous", "discrete"):
+            raise ValueError(f"segment {seg.get('name')!r}: kind={kind!r}, expected "
+                             f"'continuous' or 'discrete'")
+        entry = {
+            "name": str(seg["name"]),
+            "kind": kind,
+            "num_tokens": int(seg["num_tokens"]),
+            "token_grid": [int(g) for g in seg["token_grid"]],
+            "token_dim": int(seg.get("token_dim", 0)) if kind == "continuous" else 0,
+            "vocab_size": int(seg.get("vocab_size", 0)) if kind == "discrete" else 0,
+        }
+        if (entry["token_dim"] > 0) == (entry["vocab_size"] > 0):
+            raise ValueError(f"segment {entry['name']!r}: a continuous segment needs token_dim "
+                             f"> 0, a discrete one vocab_size > 0")
+        if int(np.prod(entry["token_grid"])) != entry["num_tokens"] or \
+                len(entry["token_grid"]) not in (1, 2):
+            raise ValueError(f"segment {entry['name']!r}: token_grid={entry['token_grid']} must "
+                             f"be 1-D or 2-D with product num_tokens={entry['num_tokens']}")
+        out.append(entry)
+    return out
+
+
+def packed_width(segments):
+    """Width of the packed token tensor: max(1, continuous token_dims)."""
+    return max([1] + [s["token_dim"] for s in segments if s["kind"] == "continuous"])
+
+
+def split_segments(tokens, segments):
+    """Packed `[B, T, width]` tokens -> one tensor per segment, in order: continuous
+    `[B, n, token_dim]` (float), discrete `[B, n]` int32 ids (column 0, rounded).
+    See `preprocessing/spec.py` for the packing."""
+    parts, start = [], 0
+    for seg in segments:
+        n = seg["num_tokens"]
+        part = tokens[:, start:start + n, :]
+        if seg["kind"] == "discrete":
+            parts.append(ops.cast(ops.round(ops.cast(part[..., 0], "float32")), "int32"))
+        else:
+            parts.append(part[..., : seg["token_dim"]])
+        start += n
+    return parts
+
+
+def segment_position_table(segments, dim):
+    """`[T, dim]`: each segment's own sin-cos table (2-D for a grid, 1-D for text), concatenated."""
+    return np.concatenate(
+        [sincos_position_embedding(s["token_grid"], dim) for s in segments], axis=0
+    ).astype(np.float32)
+
+
+def segment_one_hot(segments):
+    """`[T, num_segments]` float32 one-hot of each token's segment (for modality embeddings)."""
+    ids = np.concatenate([np.full(s["num_tokens"], i) for i, s in enumerate(segments)])
+    return np.eye(len(segments), dtype=np.float32)[ids]
 
 
 def _scatter_to_grid(visible, keep_indices, num_tokens, fill):
@@ -51,6 +119,11 @@ class Encoder(keras.layers.Layer):
         mlp_dim: int, MLP hidden width.
         dropout: float, dropout rate p of the blocks.
         use_mask_token: bool, create the learned mask embedding used by `token_mask`.
+        segments: None, or a mixed-token sequence (`DatasetSpec.segments`): then `tokens` are
+            the packed float `[B, T, token_dim]` tensor (see `split_segments`), each segment
+            has its own token embedding (`segment_embeddings`: Dense or Embedding), a learned
+            modality embedding (`modality_embedding`, one row per segment) is added, and the
+            fixed position embedding is each segment's own (2-D grid or 1-D) sin-cos table.
         **kwargs: `keras.layers.Layer` arguments.
     """
 
@@ -66,6 +139,7 @@ class Encoder(keras.layers.Layer):
         mlp_dim=512,
         dropout=0.0,
         use_mask_token=False,
+        segments=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,10 +153,20 @@ class Encoder(keras.layers.Layer):
         self.mlp_dim = int(mlp_dim)
         self.dropout = float(dropout)
         self.use_mask_token = bool(use_mask_token)
+        self.segments = normalize_segments(segments)
         policy = self.dtype_policy
-        self.token_embedding = TokenEmbedding(
-            self.embed_dim, self.token_dim, self.vocab_size, dtype=policy, name="token_embedding"
-        )
+        if self.segments:
+            self.token_embedding = None
+            self.segment_embeddings = [
+                TokenEmbedding(self.embed_dim, s["token_dim"], s["vocab_size"], dtype=policy,
+                               name=f"token_embedding_{s['name']}")
+                for s in self.segments
+            ]
+        else:
+            self.token_embedding = TokenEmbedding(
+                self.embed_dim, self.token_dim, self.vocab_size, dtype=policy,
+                name="token_embedding"
+            )
         self.blocks = [
             TransformerBlock(
                 self.num_heads, self.mlp_dim, self.dropout, dtype=policy, name=f"block_{i}"
@@ -91,18 +175,32 @@ class Encoder(keras.layers.Layer):
         ]
         self.norm = LayerNorm(dtype=policy, name="norm")
         # Fixed, not a weight: rebuilt from the config, never saved or trained.
-        self._position_table = sincos_position_embedding(self.token_grid, self.embed_dim)
+        if self.segments:
+            self._position_table = segment_position_table(self.segments, self.embed_dim)
+            self._segment_one_hot = segment_one_hot(self.segments)
+        else:
+            self._position_table = sincos_position_embedding(self.token_grid, self.embed_dim)
 
     @property
     def is_discrete(self):
         return self.vocab_size > 0
 
     def build(self, tokens_shape=None):
-        if self.is_discrete:
+        init = keras.initializers.RandomNormal(stddev=0.02)
+        if self.segments:
+            for seg, embedding in zip(self.segments, self.segment_embeddings):
+                if seg["kind"] == "discrete":
+                    embedding.build((None, seg["num_tokens"]))
+                else:
+                    embedding.build((None, seg["num_tokens"], seg["token_dim"]))
+            self.modality_embedding = self.add_weight(
+                shape=(len(self.segments), self.embed_dim), initializer=init,
+                name="modality_embedding"
+            )
+        elif self.is_discrete:
             self.token_embedding.build((None, self.num_tokens))
         else:
             self.token_embedding.build((None, self.num_tokens, self.token_dim))
-        init = keras.initializers.RandomNormal(stddev=0.02)
         self.cls_token = self.add_weight(
             shape=(1, 1, self.embed_dim), initializer=init, name="cls_token"
         )
@@ -115,8 +213,29 @@ class Encoder(keras.layers.Layer):
         self.norm.build((None, None, self.embed_dim))
         self.built = True
 
+    def embed_tokens(self, tokens):
+        """`[B, T, embed_dim]` token (+ modality, for segments) embeddings, no positions."""
+        if not self.segments:
+            return self.token_embedding(tokens)
+        parts = split_segments(tokens, self.segments)
+        x = ops.concatenate(
+            [embedding(part) for embedding, part in zip(self.segment_embeddings, parts)], axis=1
+        )
+        modality = ops.matmul(
+            ops.cast(self._segment_one_hot, x.dtype), ops.cast(self.modality_embedding, x.dtype)
+        )
+        return x + modality
+
+    def tied_embeddings(self):
+        """Segmented encoders: per segment, the `[vocab, embed_dim]` matrix of a discrete
+        segment (for the decoder's tied head) or None."""
+        return [
+            e.embeddings if s["kind"] == "discrete" else None
+            for s, e in zip(self.segments, self.segment_embeddings)
+        ]
+
     def call(self, tokens, keep_indices=None, token_mask=None, training=None):
-        x = self.token_embedding(tokens)  # [B, T, D]
+        x = self.embed_tokens(tokens)  # [B, T, D]
         if token_mask is not None:
             if not self.use_mask_token:
                 raise ValueError("Encoder: token_mask needs use_mask_token=True")
@@ -151,6 +270,7 @@ class Encoder(keras.layers.Layer):
                 "mlp_dim": self.mlp_dim,
                 "dropout": self.dropout,
                 "use_mask_token": self.use_mask_token,
+                "segments": self.segments,
             }
         )
         return config
@@ -187,6 +307,12 @@ class Decoder(keras.layers.Layer):
         num_heads: int, attention heads.
         mlp_dim: int, MLP hidden width.
         dropout: float, dropout of the blocks (0 in the paper).
+        segments: None, or a mixed-token sequence (see `Encoder`): the position table is each
+            segment's own, a learned modality embedding (`modality_embedding`) is added with it
+            (depth > 0), and each segment has its own head (`heads`): `Dense(token_dim)` for a
+            continuous segment, `Dense(embed_dim)` times that segment's tied embedding matrix
+            plus a bias for a discrete one. `call` then returns a list of per-segment outputs
+            and `embeddings` is the list of per-segment matrices (None for continuous ones).
         **kwargs: `keras.layers.Layer` arguments.
     """
 
@@ -202,6 +328,7 @@ class Decoder(keras.layers.Layer):
         num_heads=4,
         mlp_dim=256,
         dropout=0.0,
+        segments=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -215,6 +342,7 @@ class Decoder(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.dropout = float(dropout)
+        self.segments = normalize_segments(segments)
         policy = self.dtype_policy
         if self.depth > 0:
             self.input_projection = keras.layers.Dense(
@@ -227,11 +355,26 @@ class Decoder(keras.layers.Layer):
                 for i in range(self.depth)
             ]
             self.norm = LayerNorm(dtype=policy, name="norm")
-            self._position_table = sincos_position_embedding(
-                self.token_grid, self.decoder_dim
-            )
-        head_dim = self.embed_dim if self.is_discrete else self.token_dim
-        self.head = keras.layers.Dense(head_dim, dtype=policy, name="head")
+            if self.segments:
+                self._position_table = segment_position_table(self.segments, self.decoder_dim)
+                self._segment_one_hot = segment_one_hot(self.segments)
+            else:
+                self._position_table = sincos_position_embedding(
+                    self.token_grid, self.decoder_dim
+                )
+        if self.segments:
+            self.head = None
+            self.heads = [
+                keras.layers.Dense(
+                    self.embed_dim if s["kind"] == "discrete" else s["token_dim"],
+                    dtype=policy,
+                    name=f"head_{s['name']}",
+                )
+                for s in self.segments
+            ]
+        else:
+            head_dim = self.embed_dim if self.is_discrete else self.token_dim
+            self.head = keras.layers.Dense(head_dim, dtype=policy, name="head")
 
     @property
     def is_discrete(self):
@@ -250,8 +393,24 @@ class Decoder(keras.layers.Layer):
                 block.build((None, None, self.decoder_dim))
             self.norm.build((None, None, self.decoder_dim))
             width = self.decoder_dim
-        self.head.build((None, None, width))
-        if self.is_discrete:
+            if self.segments:
+                self.modality_embedding = self.add_weight(
+                    shape=(len(self.segments), self.decoder_dim),
+                    initializer=keras.initializers.RandomNormal(stddev=0.02),
+                    name="modality_embedding",
+                )
+        if self.segments:
+            self.vocab_biases = []
+            for seg, head in zip(self.segments, self.heads):
+                head.build((None, None, width))
+                self.vocab_biases.append(
+                    self.add_weight(shape=(seg["vocab_size"],), initializer="zeros",
+                                    name=f"vocab_bias_{seg['name']}")
+                    if seg["kind"] == "discrete" else None
+                )
+        else:
+            self.head.build((None, None, width))
+        if self.is_discrete and not self.segments:
             self.vocab_bias = self.add_weight(
                 shape=(self.vocab_size,), initializer="zeros", name="vocab_bias"
             )
@@ -269,6 +428,11 @@ class Decoder(keras.layers.Layer):
                     ops.cast(self.mask_token, x.dtype),
                 )
             visible = visible + ops.cast(self._position_table, x.dtype)
+            if self.segments:
+                visible = visible + ops.matmul(
+                    ops.cast(self._segment_one_hot, x.dtype),
+                    ops.cast(self.modality_embedding, x.dtype),
+                )
             x = ops.concatenate([cls, visible], axis=1)
             for block in self.blocks:
                 x = block(x, training=training)
@@ -280,6 +444,8 @@ class Decoder(keras.layers.Layer):
                     "tokens (run the encoder with token_mask, not keep_indices)"
                 )
             x = latent[:, 1:, :]
+        if self.segments:
+            return self._segment_heads(x, embeddings)
         out = self.head(x)
         if self.is_discrete:
             if embeddings is None:
@@ -288,10 +454,27 @@ class Decoder(keras.layers.Layer):
             out = out + ops.cast(self.vocab_bias, out.dtype)
         return out
 
+    def _segment_heads(self, x, embeddings):
+        if embeddings is None or len(embeddings) != len(self.segments):
+            raise ValueError("Decoder: a segmented decoder needs `embeddings`, one entry per "
+                             "segment (the tied matrix of each discrete segment, else None)")
+        outputs, start = [], 0
+        for seg, head, bias, matrix in zip(self.segments, self.heads, self.vocab_biases,
+                                           embeddings):
+            n = seg["num_tokens"]
+            out = head(x[:, start:start + n, :])
+            if seg["kind"] == "discrete":
+                out = ops.einsum("btd,vd->btv", out, ops.cast(matrix, out.dtype))
+                out = out + ops.cast(bias, out.dtype)
+            outputs.append(out)
+            start += n
+        return outputs
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
+                "segments": self.segments,
                 "num_tokens": self.num_tokens,
                 "token_grid": self.token_grid,
                 "token_dim": self.token_dim,

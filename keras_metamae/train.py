@@ -95,17 +95,19 @@ def check_workdir_config(workdir: str, config: config_lib.TrainConfig) -> None:
 
 
 # The token contract a checkpoint was trained on; a resumed run must see the same one.
-_CONTRACT_FIELDS = ("num_tokens", "token_dim", "vocab_size", "token_grid", "input_shape")
+_CONTRACT_FIELDS = ("num_tokens", "token_dim", "vocab_size", "token_grid", "input_shape",
+                    "segments")
 
 
 def check_workdir_spec(workdir: str, spec, version_dir: str) -> None:
     """Records the dataset's spec in the workdir; refuses to resume on a different contract."""
     path = os.path.join(workdir, "dataset_spec.json")
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+        from preprocessing.spec import load_spec
+
+        previous = load_spec(path)  # defaults filled in for fields an older spec lacks
         for name in _CONTRACT_FIELDS:
-            old, new = previous.get(name), getattr(spec, name)
+            old, new = getattr(previous, name), getattr(spec, name)
             if old != new:
                 raise ValueError(
                     f"{version_dir}/spec.json: {name}={new} but {path} (what this workdir was "

@@ -156,22 +156,47 @@ class ComputeStats(beam.PTransform):
         return (
             keyed
             | "TrainOnly" >> beam.Filter(lambda kv: kv[0] == split)
-            | "Inputs" >> beam.Map(lambda kv: kv[1].input)
+            | "Inputs" >> beam.Map(lambda kv: continuous_input(kv[1].input))
             | "MeanStd" >> beam.CombineGlobally(MeanStdCombineFn(self._channels))
         )
 
 
+def continuous_input(raw: Any) -> Any:
+    """The raw values the normalization statistics are computed on: the input itself, or for a
+    segmented (mixed-token) example `{segment name: raw}` the continuous segment's raw values
+    (readers put it under the key "image" or the spec's single continuous segment name)."""
+    if isinstance(raw, dict):
+        arrays = [np.asarray(v) for v in raw.values() if np.asarray(v).dtype.kind == "f"]
+        if len(arrays) != 1:
+            raise ValueError(f"a segmented raw example needs exactly one float segment for the "
+                             f"statistics, got keys {sorted(raw)}")
+        return arrays[0]
+    return raw
+
+
 # === tokenize ===
-def make_example(tokens: np.ndarray, label: Any, example_id: str, spec: DatasetSpec) -> bytes:
-    """The serialized tf.train.Example of the token contract (see DESIGN.md)."""
+def _tokens_features(tokens: Any, spec: DatasetSpec) -> dict[str, Any]:
     import tensorflow as tf
 
-    flat = np.asarray(tokens).reshape(-1)
-    # `.tolist()` first: protobuf converts a Python list ~4x faster than a NumPy array.
-    if spec.is_discrete:
-        tokens_feature = tf.train.Feature(int64_list=tf.train.Int64List(value=flat.astype(np.int64).tolist()))
-    else:
-        tokens_feature = tf.train.Feature(float_list=tf.train.FloatList(value=flat.astype(np.float32).tolist()))
+    def feature(values, discrete):
+        flat = np.asarray(values).reshape(-1)
+        # `.tolist()` first: protobuf converts a Python list ~4x faster than a NumPy array.
+        if discrete:
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=flat.astype(np.int64).tolist()))
+        return tf.train.Feature(float_list=tf.train.FloatList(value=flat.astype(np.float32).tolist()))
+
+    if not spec.is_segmented:
+        return {"tokens": feature(tokens, spec.is_discrete)}
+    return {seg["feature"]: feature(tokens[seg["name"]], seg["kind"] == "discrete")
+            for seg in spec.segments}
+
+
+def make_example(tokens: Any, label: Any, example_id: str, spec: DatasetSpec) -> bytes:
+    """The serialized tf.train.Example of the token contract (see DESIGN.md). For segmented
+    specs `tokens` is `{segment name: tokens}` and each segment is written to its `feature`."""
+    import tensorflow as tf
+
+    features = _tokens_features(tokens, spec)
     label = np.asarray(label).reshape(-1)
     expected = int(np.prod(spec.label_shape)) if spec.label_shape else 1
     if label.size != expected:
@@ -182,7 +207,7 @@ def make_example(tokens: np.ndarray, label: Any, example_id: str, spec: DatasetS
     else:
         label_feature = tf.train.Feature(float_list=tf.train.FloatList(value=label.astype(np.float32)))
     example = tf.train.Example(features=tf.train.Features(feature={
-        "tokens": tokens_feature,
+        **features,
         "label": label_feature,
         "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode()])),
     }))
@@ -207,6 +232,16 @@ class _Tokenize(beam.DoFn):
                 raise ValueError(f"{spec.name}: the train split is empty, so there are no "
                                  f"statistics to normalize with")
             spec = dataclasses.replace(spec, normalization=stats)
+        if spec.is_segmented:
+            raw = {seg["name"]: np.stack([np.asarray(ex.input[seg["name"]]) for _, ex in batch])
+                   for seg in spec.segments}
+            parts = {k: v.numpy() for k, v in tokenize.raw_to_segment_tokens(raw, spec).items()}
+            for i, (split, ex) in enumerate(batch):
+                key = (split, shard_of(ex.id, self._num_shards))
+                example_tokens = {name: values[i] for name, values in parts.items()}
+                yield key, (ex.id, make_example(example_tokens, ex.label, ex.id, spec))
+            self._count.inc(len(batch))
+            return
         raw = np.stack([np.asarray(ex.input) for _, ex in batch])
         if spec.is_discrete:
             raw = raw.astype(np.int64)

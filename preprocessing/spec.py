@@ -13,6 +13,25 @@ Conventions
 - `normalization` holds per-channel `mean` and `std` applied *before* tokenization
   (`x - mean) / std`, and `source`: `"pipeline"` (computed on the train split by the Beam
   job) or `"dabs"` (the fixed published statistics). Empty for discrete tokens.
+
+Mixed-token sequences (`segments`, e.g. the vision-language `mscoco` domain)
+- `segments` is a list of dicts, one per part of the ONE token sequence, in sequence order:
+  `{"name", "kind": "continuous"|"discrete", "num_tokens", "token_grid", "feature",
+  "input_shape", "tokenizer", "patch_shape", "token_dim" (continuous) | "vocab_size" (discrete)}`.
+  Empty (the default) for every single-modality dataset, which then behaves exactly as before.
+- With segments: `tokenizer == "segments"`, `num_tokens` = the total over segments,
+  `token_grid == [num_tokens]` (the per-segment grids are in the segments),
+  `vocab_size == 0` and `token_dim` = the *packed width* `max(1, continuous token_dims)`.
+  `input_shape`/`patch_shape` describe the (single) continuous segment, which the
+  `normalization` statistics apply to.
+- TFRecords: each segment is its own feature named by `feature`: the continuous segment flat
+  float32 `[num_tokens*token_dim]` (conventionally `tokens`), a discrete one int64
+  `[num_tokens]` (e.g. `text_tokens`).
+- In memory (tf.data batches, the model, `embed_tokens`) the segments are *packed* into one
+  float32 tensor `[B, num_tokens, token_dim]` (see `preprocessing.tokenize.pack_segments`):
+  the rows of a continuous segment hold its values (zero-padded to the packed width), the
+  rows of a discrete segment hold the token id in column 0 and zeros elsewhere (ids are exact
+  in float32 below 2**24). So every consumer of `batch["tokens"]` keeps working unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +54,11 @@ MODALITIES = (
     "speech",
     "vision_language",
 )
-TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete")
+TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete", "segments")
+SEGMENT_KINDS = ("continuous", "discrete")
+_SEGMENT_KEYS = {"name", "kind", "num_tokens", "token_grid", "feature", "input_shape",
+                 "tokenizer", "patch_shape", "token_dim", "vocab_size"}
+_RESERVED_FEATURES = ("label", "id")
 TASKS = ("multiclass", "binary", "multilabel", "regression", "per_token_multiclass")
 METRICS = ("accuracy", "weighted_f1", "spearman", "auroc")
 
@@ -86,6 +109,8 @@ class DatasetSpec:
     command: str = ""
     content_hash: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Mixed-token sequences only (see the module docstring); empty for single-modality data.
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     # === derived ===
     @property
@@ -93,8 +118,16 @@ class DatasetSpec:
         return self.vocab_size > 0
 
     @property
+    def is_segmented(self) -> bool:
+        return bool(self.segments)
+
+    @property
     def tokens_feature_length(self) -> int:
-        """Length of the flat `tokens` feature in each tf.train.Example."""
+        """Length of the flat `tokens` feature in each tf.train.Example (for segmented specs:
+        of the segment whose feature is `tokens`, 0 if none)."""
+        if self.is_segmented:
+            lengths = segment_feature_lengths(self.segments)
+            return lengths.get("tokens", 0)
         return self.num_tokens if self.is_discrete else self.num_tokens * self.token_dim
 
     @property
@@ -114,6 +147,8 @@ class DatasetSpec:
             fail(f"task={self.task!r}, expected one of {TASKS}")
         if self.metric not in METRICS:
             fail(f"metric={self.metric!r}, expected one of {METRICS}")
+        if self.segments or self.tokenizer == "segments":
+            self._validate_segments(fail)
         if (self.token_dim > 0) == (self.vocab_size > 0):
             fail(
                 f"exactly one of token_dim ({self.token_dim}) and vocab_size "
@@ -132,6 +167,63 @@ class DatasetSpec:
                 fail(f"split {name!r} has num_examples={split.num_examples}, "
                      f"num_shards={split.num_shards}")
         return self
+
+    def _validate_segments(self, fail) -> None:
+        if not self.segments:
+            fail('tokenizer="segments" needs a non-empty `segments` list')
+        if self.tokenizer != "segments":
+            fail(f'a spec with segments needs tokenizer="segments", got {self.tokenizer!r}')
+        if not isinstance(self.segments, list) or len(self.segments) < 2:
+            fail(f"segments must be a list of at least 2 dicts, got {self.segments!r}")
+        names, features, total, continuous = set(), set(), 0, []
+        for i, seg in enumerate(self.segments):
+            where = f"segments[{i}]"
+            if not isinstance(seg, dict):
+                fail(f"{where} must be a dict, got {type(seg).__name__}")
+            missing = sorted({"name", "kind", "num_tokens", "token_grid", "feature"} - set(seg))
+            if missing:
+                fail(f"{where} lacks {missing}")
+            unknown = sorted(set(seg) - _SEGMENT_KEYS)
+            if unknown:
+                fail(f"{where} has unknown keys {unknown}")
+            name, kind, feature = seg["name"], seg["kind"], seg["feature"]
+            if name in names:
+                fail(f"{where}: segment name {name!r} is used twice")
+            if feature in features or feature in _RESERVED_FEATURES or not feature:
+                fail(f"{where}: feature {feature!r} is empty, reserved or used twice")
+            names.add(name)
+            features.add(feature)
+            if kind not in SEGMENT_KINDS:
+                fail(f"{where}: kind={kind!r}, expected one of {SEGMENT_KINDS}")
+            n = int(seg["num_tokens"])
+            grid = [int(g) for g in seg["token_grid"]]
+            product = 1
+            for g in grid:
+                product *= g
+            if n < 1 or len(grid) not in (1, 2) or product != n:
+                fail(f"{where}: token_grid={grid} must be 1-D or 2-D with product "
+                     f"num_tokens={n} (>= 1)")
+            total += n
+            token_dim, vocab = int(seg.get("token_dim", 0)), int(seg.get("vocab_size", 0))
+            if kind == "continuous":
+                if token_dim < 1 or vocab:
+                    fail(f"{where}: a continuous segment needs token_dim > 0 and no vocab_size "
+                         f"(got token_dim={token_dim}, vocab_size={vocab})")
+                continuous.append(token_dim)
+            elif vocab < 2 or token_dim:
+                fail(f"{where}: a discrete segment needs vocab_size >= 2 and no token_dim "
+                     f"(got vocab_size={vocab}, token_dim={token_dim})")
+        if len(continuous) > 1:
+            fail("at most one continuous segment is supported (normalization is per spec)")
+        if total != self.num_tokens:
+            fail(f"num_tokens={self.num_tokens} must be the total over segments ({total})")
+        if list(self.token_grid) != [self.num_tokens]:
+            fail(f"token_grid={self.token_grid} must be [num_tokens]=[{self.num_tokens}] for a "
+                 f"segmented spec (the per-segment grids are in segments)")
+        packed = max([1] + continuous)
+        if self.token_dim != packed or self.vocab_size != 0:
+            fail(f"a segmented spec needs token_dim = the packed width {packed} and "
+                 f"vocab_size = 0 (got token_dim={self.token_dim}, vocab_size={self.vocab_size})")
 
     # === JSON ===
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +255,17 @@ class DatasetSpec:
             f.write(self.to_json())
         os.replace(tmp, path)
         return path
+
+
+def packed_width(segments: list[dict[str, Any]]) -> int:
+    """Width of the packed in-memory token tensor: max(1, continuous token_dims)."""
+    return max([1] + [int(s["token_dim"]) for s in segments if s["kind"] == "continuous"])
+
+
+def segment_feature_lengths(segments: list[dict[str, Any]]) -> dict[str, int]:
+    """TFRecord feature name -> flat length per example, for each segment."""
+    return {s["feature"]: int(s["num_tokens"]) * (int(s["token_dim"]) if s["kind"] == "continuous" else 1)
+            for s in segments}
 
 
 def load_spec(path: str) -> DatasetSpec:

@@ -12,6 +12,10 @@ Token layouts (all channels-last, see `preprocessing/spec.py`):
   flattened in `(step, channel)` order.
 - `tabular`:  rows `[B, F]` -> `[B, F, 1]`, one token per feature.
 - `discrete`: token ids `[B, L]` -> `[B, L]` int64, unchanged.
+- `segments`: a dict of raw batches, one per segment of `spec.segments` (e.g. `{"image":
+  [B, 32, 32, 3], "text": [B, L]}`) -> a dict of token batches by segment name
+  (`raw_to_segment_tokens`), which `pack_segments` packs into the one float32
+  `[B, num_tokens, token_dim]` tensor the model reads (see `preprocessing/spec.py`).
 
 Normalization `(x - mean) / std` is per channel, i.e. broadcast along the last raw axis
 (the feature axis for tabular rows), and happens before tokenization.
@@ -160,11 +164,93 @@ def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):
             )
 
 
+def _segment_spec(spec: DatasetSpec, segment: Mapping[str, Any]) -> DatasetSpec:
+    """A single-modality view of one segment (its tokenizer, shapes and, if continuous, the
+    spec's normalization)."""
+    import dataclasses
+
+    continuous = segment["kind"] == "continuous"
+    return dataclasses.replace(
+        spec, name=f"{spec.name}/{segment['name']}",
+        input_shape=list(segment.get("input_shape", [segment["num_tokens"]])),
+        tokenizer=segment.get("tokenizer", "patch2d" if continuous else "discrete"),
+        patch_shape=list(segment.get("patch_shape", [])),
+        num_tokens=int(segment["num_tokens"]), token_grid=list(segment["token_grid"]),
+        token_dim=int(segment.get("token_dim", 0)), vocab_size=int(segment.get("vocab_size", 0)),
+        normalization=spec.normalization if continuous else {}, segments=[])
+
+
+def raw_to_segment_tokens(raw: Mapping[str, Any], spec: DatasetSpec) -> dict[str, tf.Tensor]:
+    """Segmented specs: `{segment name: raw batch}` -> `{segment name: tokens}` (continuous
+    float32 `[B, n, token_dim]` normalized with the spec's statistics, discrete int64 `[B, n]`).
+    Discrete ids outside `[0, vocab_size)` raise (InvalidArgumentError in graph mode)."""
+    if not spec.is_segmented:
+        raise ValueError(f"{spec.name}: raw_to_segment_tokens needs a spec with segments")
+    missing = [s["name"] for s in spec.segments if s["name"] not in raw]
+    if missing:
+        raise ValueError(f"{spec.name}: raw batch lacks segments {missing} (has {sorted(raw)})")
+    out = {}
+    for segment in spec.segments:
+        tokens = raw_to_tokens(raw[segment["name"]], _segment_spec(spec, segment))
+        if segment["kind"] == "discrete":
+            vocab = int(segment["vocab_size"])
+            check = tf.debugging.assert_less(
+                tokens, tf.constant(vocab, tf.int64),
+                message=f"{spec.name}: {segment['name']} ids must be < vocab_size={vocab}")
+            check2 = tf.debugging.assert_non_negative(
+                tokens, message=f"{spec.name}: {segment['name']} ids must be >= 0")
+            with tf.control_dependencies([check, check2]):
+                tokens = tf.identity(tokens)
+        out[segment["name"]] = tokens
+    return out
+
+
+def pack_segments(parts: Mapping[str, Any], spec: DatasetSpec) -> tf.Tensor:
+    """`{segment name: tokens}` -> the packed float32 `[B, num_tokens, token_dim]` tensor.
+
+    Continuous segment rows hold their values zero-padded to `token_dim` (the packed width);
+    discrete segment rows hold the id in column 0, zeros elsewhere."""
+    width = int(spec.token_dim)
+    rows = []
+    for segment in spec.segments:
+        x = tf.convert_to_tensor(parts[segment["name"]])
+        n = int(segment["num_tokens"])
+        if segment["kind"] == "discrete":
+            x = tf.cast(tf.reshape(x, [-1, n]), tf.float32)[..., tf.newaxis]
+            dim = 1
+        else:
+            dim = int(segment["token_dim"])
+            x = tf.reshape(tf.cast(x, tf.float32), [-1, n, dim])
+        if dim < width:
+            x = tf.pad(x, [[0, 0], [0, 0], [0, width - dim]])
+        rows.append(x)
+    return tf.ensure_shape(tf.concat(rows, axis=1), [None, spec.num_tokens, width])
+
+
+def unpack_segments(tokens, spec: DatasetSpec) -> dict[str, tf.Tensor]:
+    """Inverse of `pack_segments`: continuous float32 `[B, n, token_dim]`, discrete int64 `[B, n]`."""
+    tokens = tf.convert_to_tensor(tokens)
+    out, start = {}, 0
+    for segment in spec.segments:
+        n = int(segment["num_tokens"])
+        part = tokens[:, start:start + n, :]
+        if segment["kind"] == "discrete":
+            out[segment["name"]] = tf.cast(tf.round(part[..., 0]), tf.int64)
+        else:
+            out[segment["name"]] = part[..., :int(segment["token_dim"])]
+        start += n
+    return out
+
+
 def raw_to_tokens(raw, spec: DatasetSpec) -> tf.Tensor:
     """A raw batch `[B, *spec.input_shape]` -> tokens, as the spec prescribes.
 
     Continuous: normalized float32 `[B, num_tokens, token_dim]`. Discrete: int64 `[B, num_tokens]`.
+    Segmented specs: `raw` is a dict of per-segment batches; returns the packed float32
+    `[B, num_tokens, token_dim]` tensor (`raw_to_segment_tokens` then `pack_segments`).
     """
+    if spec.is_segmented:
+        return pack_segments(raw_to_segment_tokens(raw, spec), spec)
     raw = tf.convert_to_tensor(raw)
     _check_batch_shape(raw, spec)
     if spec.tokenizer == "discrete":
@@ -187,6 +273,9 @@ def tokens_to_raw(tokens, spec: DatasetSpec) -> tf.Tensor:
     Accepts `[B, num_tokens, token_dim]` or the flat `[B, num_tokens*token_dim]` TFRecord layout.
     Returns float32 `[B, *input_shape]` (int64 `[B, L]` for discrete tokens).
     """
+    if spec.is_segmented:
+        raise ValueError(f"{spec.name}: a segmented spec has no single raw layout; use "
+                         f"unpack_segments (tokens per segment) instead of tokens_to_raw")
     tokens = tf.convert_to_tensor(tokens)
     if spec.tokenizer == "discrete":
         return tf.cast(tokens, tf.int64)
@@ -209,6 +298,16 @@ def token_layout(spec: DatasetSpec) -> dict[str, Any]:
 
     Readers use it to fill `num_tokens`, `token_dim` and `token_grid` consistently.
     """
+    if spec.tokenizer == "segments":
+        total = 0
+        for segment in spec.segments:
+            layout = token_layout(_segment_spec(spec, segment))
+            if layout["num_tokens"] != int(segment["num_tokens"]) or \
+                    layout["token_grid"] != [int(g) for g in segment["token_grid"]]:
+                raise ValueError(f"{spec.name}: segment {segment['name']!r} does not match its "
+                                 f"tokenizer's layout {layout}")
+            total += layout["num_tokens"]
+        return {"num_tokens": total, "token_dim": spec.token_dim, "token_grid": [total]}
     shape = [int(s) for s in spec.input_shape]
     patch = [int(p) for p in spec.patch_shape]
     if spec.tokenizer == "patch2d":
