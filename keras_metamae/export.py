@@ -44,6 +44,23 @@ def _all_finite(x, axis_from: int = 1):
     return tf.reduce_all(tf.reshape(finite, [tf.shape(x)[0], -1]), axis=1)
 
 
+def checked_shape(x, expected, name: str, dataset: str):
+    """`x` after a run-time check that its non-batch shape is `expected`.
+
+    Loaded signatures do not enforce their TensorSpec's shape, and TF Serving passes whatever a
+    client sends: a wrong shape is refused here, with the shape that was expected.
+    """
+    import tensorflow as tf
+
+    want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
+    check = tf.debugging.assert_equal(
+        tf.shape(x)[1:], tf.constant(expected, tf.int32),
+        message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {dataset}")
+    with tf.control_dependencies([check]):
+        x = tf.identity(x)
+    return tf.ensure_shape(x, [None, *expected])
+
+
 def build_archive(encoder, spec):
     """A `keras.export.ExportArchive` holding the encoder and the three signatures."""
     import keras
@@ -61,15 +78,7 @@ def build_archive(encoder, spec):
                                    name="tokens")
 
     def check_shape(x, expected, name):
-        # Loaded signatures do not enforce their TensorSpec's shape, and TF Serving passes
-        # whatever a client sends: refuse a wrong shape here, with the shape that was expected.
-        want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
-        check = tf.debugging.assert_equal(
-            tf.shape(x)[1:], tf.constant(expected, tf.int32),
-            message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {spec.name}")
-        with tf.control_dependencies([check]):
-            x = tf.identity(x)
-        return tf.ensure_shape(x, [None, *expected])
+        return checked_shape(x, expected, name, spec.name)
 
     token_shape = [spec.num_tokens] if spec.is_discrete else [spec.num_tokens, spec.token_dim]
 
@@ -135,13 +144,7 @@ def build_segmented_archive(encoder, spec):
                                  name=seg["feature"]) for seg in segments]
 
     def check_shape(x, expected, name):
-        want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
-        check = tf.debugging.assert_equal(
-            tf.shape(x)[1:], tf.constant(expected, tf.int32),
-            message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {spec.name}")
-        with tf.control_dependencies([check]):
-            x = tf.identity(x)
-        return tf.ensure_shape(x, [None, *expected])
+        return checked_shape(x, expected, name, spec.name)
 
     def valid_of(parts):
         valid = None
