@@ -90,6 +90,27 @@ def _checked_variables(model):
     ]
 
 
+def assert_matches_finite_differences(model, inputs, variables, grads, eps=1e-6, samples=2):
+    """Each analytic gradient entry (a few random ones per variable) equals the float64
+    central difference of the full loss `model.compute_losses(*inputs)`."""
+    rng = np.random.default_rng(1)
+    for variable, grad in zip(variables, grads):
+        base = variable.numpy()
+        for _ in range(samples):
+            index = tuple(rng.integers(0, n) for n in base.shape)
+            values = []
+            for sign in (1.0, -1.0):
+                perturbed = base.copy()
+                perturbed[index] += sign * eps
+                variable.assign(perturbed)
+                values.append(float(model.compute_losses(*inputs, training=True)["loss"]))
+            variable.assign(base)
+            numeric = (values[0] - values[1]) / (2 * eps)
+            np.testing.assert_allclose(
+                grad.numpy()[index], numeric, rtol=1e-5, atol=1e-9, err_msg=variable.path
+            )
+
+
 def _analytic_gradients(model, inputs):
     with tf.GradientTape() as tape:
         loss = model.compute_losses(*inputs, training=True)["loss"]
@@ -109,23 +130,7 @@ def test_full_loss_gradient_matches_float64_finite_differences(inner_steps):
 
     loss, grads = _analytic_gradients(model, inputs)
     assert loss.dtype == tf.float64
-    eps = 1e-6
-    rng = np.random.default_rng(1)
-    for variable, grad in zip(_checked_variables(model), grads):
-        base = variable.numpy()
-        for _ in range(2):
-            index = tuple(rng.integers(0, n) for n in base.shape)
-            values = []
-            for sign in (1.0, -1.0):
-                perturbed = base.copy()
-                perturbed[index] += sign * eps
-                variable.assign(perturbed)
-                values.append(float(model.compute_losses(*inputs, training=True)["loss"]))
-            variable.assign(base)
-            numeric = (values[0] - values[1]) / (2 * eps)
-            np.testing.assert_allclose(
-                grad.numpy()[index], numeric, rtol=1e-5, atol=1e-9, err_msg=variable.path
-            )
+    assert_matches_finite_differences(model, inputs, _checked_variables(model), grads)
 
 
 def test_first_order_gradient_differs_from_second_order():

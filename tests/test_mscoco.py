@@ -24,6 +24,7 @@ from preprocessing.datasets.base import BadRecord, RawDataMissing  # noqa: E402
 from preprocessing.spec import DatasetSpec, SpecError  # noqa: E402
 from tests.conftest import TINY_MODEL  # noqa: E402
 from tests.fixtures import make_mscoco  # noqa: E402
+from tests.test_metamae import assert_matches_finite_differences  # noqa: E402
 
 VQA_OPTIONS = {"num_answers": str(make_mscoco.NUM_ANSWERS)}
 
@@ -312,22 +313,7 @@ def test_mixed_gradient_matches_float64_finite_differences():
         loss = model.compute_losses(*inputs, training=True)["loss"]
     grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
     assert loss.dtype == tf.float64
-    eps = 1e-6
-    rng = np.random.default_rng(1)
-    for variable, grad in zip(variables, grads):
-        base = variable.numpy()
-        for _ in range(2):
-            index = tuple(rng.integers(0, n) for n in base.shape)
-            values = []
-            for sign in (1.0, -1.0):
-                perturbed = base.copy()
-                perturbed[index] += sign * eps
-                variable.assign(perturbed)
-                values.append(float(model.compute_losses(*inputs, training=True)["loss"]))
-            variable.assign(base)
-            numeric = (values[0] - values[1]) / (2 * eps)
-            np.testing.assert_allclose(grad.numpy()[index], numeric, rtol=1e-5, atol=1e-9,
-                                       err_msg=variable.path)
+    assert_matches_finite_differences(model, inputs, variables, grads)
 
 
 def test_mixed_train_step_decreases_loss_and_reconstructs_per_segment():
