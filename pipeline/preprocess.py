@@ -36,13 +36,15 @@ import time
 import uuid
 from typing import Any
 
-from preprocessing import registry
+from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
+from preprocessing.official_files import official_files
 from preprocessing.spec import PIPELINE_VERSION, SPEC_FILENAME, DatasetSpec, SpecError, SplitInfo
 
 DEFAULT_DATASET = "digits"
 DEFAULT_RAW_ROOT = os.path.join("data", "raw")
 OUTPUT_DIR_ENV = "KERAS_METAMAE_DATA"
+DOWNLOAD_ENV = "KERAS_METAMAE_DOWNLOAD"  # default of --download (e.g. `never` on offline nodes)
 _MANIFEST_DIR = "_manifest"  # driver-only side files inside the temp dir; removed before rename
 _LIST_BAD_PATHS = 50
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail when more than this fraction of raw records is unreadable")
     parser.add_argument("--list", action="store_true",
                         help="list the registered datasets and whether their raw files are present")
+    parser.add_argument("--download", choices=("auto", "never"),
+                        default=os.environ.get(DOWNLOAD_ENV) or "auto",
+                        help="auto: when the raw files are missing, download the official ones "
+                             "(resumable, checksummed) into --data_dir; never: only report what "
+                             f"is missing (default ${DOWNLOAD_ENV} or auto)")
+    parser.add_argument("--download_mirror", default=None, metavar="URL",
+                        help="fetch the official files by name from this mirror instead "
+                             "(checksums are still verified)")
+    parser.add_argument("--download_timeout", type=float, default=30.0,
+                        help="seconds to wait for the download server")
     custom = parser.add_argument_group(
         "reader options", "forwarded to the dataset reader (e.g. --dataset custom)")
     for flag, help_text in READER_FLAGS.items():
@@ -135,6 +147,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise SystemExit(f"--num_shards={args.num_shards}: expected at least 1")
     if not 0.0 <= args.max_bad_fraction <= 1.0:
         raise SystemExit(f"--max_bad_fraction={args.max_bad_fraction}: expected a value in [0, 1]")
+    if args.download not in ("auto", "never"):  # a bad $KERAS_METAMAE_DOWNLOAD
+        raise SystemExit(f"${DOWNLOAD_ENV}={args.download!r}: expected auto or never")
+    if args.download_timeout <= 0:
+        raise SystemExit(f"--download_timeout={args.download_timeout}: expected a positive number")
     return args, beam_args
 
 
@@ -158,7 +174,7 @@ def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
                 reader.check_raw()
                 present = "yes"
             except RawDataMissing:
-                present = f"no ({data_dir})"
+                present = f"no ({data_dir}); {_download_note(name)}"
             rows.append((name, spec.modality, _token_shape(spec), str(spec.num_classes), spec.metric,
                          present, "; ".join(reader.expected_files())))
         except ValueError as e:  # a reader that needs flags (custom): say which
@@ -170,6 +186,41 @@ def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
     for row in [header] + rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return "\n".join(lines)
+
+
+def _download_note(dataset: str) -> str:
+    files = official_files(dataset)
+    if not files:
+        return "place by hand"
+    sizes = [f.size for f in files]
+    total = f" {download.human_bytes(sum(sizes))}" if all(sizes) else ""
+    return f"auto-download{total}"
+
+
+# === raw files ===
+def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) -> bool:
+    """Returns once the reader finds its raw files (True if they had to be downloaded).
+
+    Raises RawDataMissing (nothing to read and no download possible; the message names the
+    files, URLs and folder) or download.DownloadError (what arrived is not the official file).
+    """
+    try:
+        reader.check_raw()
+        return False
+    except RawDataMissing as missing:
+        files = official_files(dataset)
+        if args.download == "never" or not files:
+            raise
+        logging.info("%s: raw files missing in %s; downloading %s", dataset, data_dir,
+                     ", ".join(f.describe() for f in files))
+        try:
+            download.ensure_raw_files(list(files), data_dir, mirror=args.download_mirror,
+                                      timeout=args.download_timeout)
+        except download.NetworkUnavailable as e:
+            raise RawDataMissing(f"{missing}\nThe automatic download failed: {e}. Place the "
+                                 f"file(s) by hand, or pass --download_mirror URL.") from e
+    reader.check_raw()
+    return True
 
 
 # === runner ===
@@ -339,8 +390,9 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     output_dir = args.output_dir or default_output_dir()
     reader_name, options = resolve_dataset(args, reader_options(args))
     reader = registry.get_reader(reader_name, data_dir=data_dir, **options)
-    spec = reader.spec_template()
-    reader.check_raw()
+    spec = reader.spec_template()  # first: a reader refuses bad flags before looking for data
+    if ensure_raw(reader, reader_name, data_dir, args):
+        spec = reader.spec_template()  # label maps may come from the downloaded files
     sources = reader.list_sources()
     if not sources:
         raise RawDataMissing(f"{args.dataset}: no raw records found in {os.path.abspath(data_dir)}; "
@@ -394,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run(argv)
-    except (RawDataMissing, PreprocessError, SpecError, KeyError) as e:
+    except (RawDataMissing, PreprocessError, SpecError, KeyError, download.DownloadError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2 if isinstance(e, RawDataMissing) else 1

@@ -8,6 +8,9 @@ import sys
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never reach the internet: a missing raw file is reported, not downloaded. The download
+# tests pass `--download auto` with a local mirror.
+os.environ["KERAS_METAMAE_DOWNLOAD"] = "never"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)

@@ -323,7 +323,8 @@ class VqaReader(MscocoReader):
     def expected_files(self):
         return super().expected_files() + [
             "v2_OpenEnded_mscoco_{train,val}2014_questions.json + v2_mscoco_{train,val}2014_"
-            "annotations.json (or the v2_Questions_*/v2_Annotations_* zips)"]
+            f"annotations.json (or the zips {', '.join(VQA_ARCHIVES)} from "
+            f"{URLS[VQA_ARCHIVES[0]].rsplit('/', 1)[0]}/)"]
 
     def _vqa_patterns(self):
         patterns = {}
