@@ -6,7 +6,9 @@ also on Kaggle as "WM-811K wafer map"), a pickled pandas DataFrame of 811,457 ro
 `dieSize`, `lotName`, `waferIndex`, `trianTestLabel` and `failureType`. Labels are stored
 nested, as `[['Edge-Loc']]`, and unlabeled wafers hold an empty `[]`. A pickled dict of those
 columns (e.g. DABS's conversion of the MATLAB release) is accepted too.
-The pickle needs pandas to load (it is a DataFrame), and is loaded once per worker process.
+The pickle is read without pandas (pandas >= 3 cannot load a pandas-0.x pickle; see
+`_pandas_pickle`), once per worker process: the whole table is in memory (~2 GB for the full
+release), since a pickle cannot be read in parts.
 
 - `wafermap`: the labeled wafers (172,950), label = index in FAILURE_TYPES (DABS order:
   none, random, donut, scratch, center, loc, edge-loc, edge-ring, near-full); metric weighted F1.
@@ -31,6 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from preprocessing.datasets import _pandas_pickle
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -44,17 +47,28 @@ _ROWS_PER_SOURCE = 10_000
 @functools.lru_cache(maxsize=1)
 def load_table(path: str, mtime: float) -> tuple[list[Any], list[Any]]:
     """(waferMap column, failureType column) of the pickle; cached per process (`mtime` keys
-    the cache so a replaced file is re-read)."""
-    import pandas as pd
+    the cache so a replaced file is re-read).
 
-    table = pd.read_pickle(path)
+    The original LSWMD.pkl is a pandas-0.x pickle that pandas >= 3 refuses, so its columns are
+    taken out without pandas (`_pandas_pickle`). A table re-saved by a recent pandas in a
+    layout that reader does not know (e.g. Arrow-backed column labels) goes to pandas instead.
+    """
+    wanted = ["waferMap", "failureType"]
     try:
-        maps, failures = table["waferMap"], table["failureType"]
-    except (KeyError, TypeError, IndexError):
-        columns = list(table.keys()) if hasattr(table, "keys") else type(table).__name__
-        raise RawDataMissing(f"{path}: expected the WM-811K table with columns waferMap and "
-                             f"failureType, got {columns}") from None
-    return list(maps), list(failures)
+        columns = _pandas_pickle.read_columns(path, wanted)
+    except _pandas_pickle.ForeignCodeInPickle as e:
+        raise RawDataMissing(f"{path}: not the WM-811K table: {e}") from None
+    except _pandas_pickle.PandasPickleError as legacy_error:
+        import pandas as pd
+
+        try:
+            table = pd.read_pickle(path)
+            columns = {c: table[c] for c in wanted}
+        except Exception as e:
+            raise RawDataMissing(f"{path}: expected the WM-811K table (a pickled DataFrame with "
+                                 f"columns waferMap and failureType): {legacy_error}; pandas: "
+                                 f"{type(e).__name__}: {e}") from None
+    return list(columns["waferMap"]), list(columns["failureType"])
 
 
 def failure_type(value: Any) -> str | None:
