@@ -12,6 +12,7 @@ The pipeline calls `ensure_raw_files` only after a reader said its raw files are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -222,4 +223,11 @@ def _verify(remote: RemoteFile, url: str, part: str, size: int, sha256: str, md5
 def ensure_raw_files(files: list[RemoteFile], folder: str, *, mirror: str | None = None,
                      timeout: float = 30.0, stream: IO[str] | None = None) -> list[str]:
     """Fetches every file of `files` that is not in `folder` yet; returns their paths."""
-    return [fetch(f, folder, mirror=mirror, timeout=timeout, stream=stream) for f in files]
+    created = not os.path.isdir(folder)
+    try:
+        return [fetch(f, folder, mirror=mirror, timeout=timeout, stream=stream) for f in files]
+    except DownloadError:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty: a kept .part stays with its folder
+        raise

@@ -240,6 +240,7 @@ def test_pipeline_offline_error_names_file_url_and_folder(tmp_path):
     message = str(e.value)
     assert "HIGGS.csv.gz" in message and official_files.HIGGS.url in message
     assert str(raw) in message and "automatic download failed" in message
+    assert not raw.exists()  # the failed attempt leaves no empty folder behind
 
 
 def test_download_never_does_not_touch_the_network(tmp_path, monkeypatch):
