@@ -1,8 +1,20 @@
 """TAPE downstream tasks, the DABS protein transfer sets (pretrain_dataset "pfam").
 
-Raw format under `--data_dir` (or its `<task>/` subfolder): TAPE's raw JSON release
-(`http://s3.amazonaws.com/proteindata/data_raw/<task>.tar.gz`), one JSON array of records per
-split file; JSON Lines / CSV files with the same stems work too (see `_protein.py`).
+Raw format under `--data_dir` (or its `<task>/` subfolder), one split per file stem below, in
+either of TAPE's releases:
+- LMDB, TAPE's official distribution (`http://s3.amazonaws.com/songlabdata/proteindata/
+  data_pytorch/<task>.tar.gz`): folders `<task>/<stem>.lmdb/` (`data.mdb`, `lock.mdb`) holding
+  `num_examples` and pickled record dicts under keys `0`, `1`, ... (numpy arrays for `ss3`, and
+  one-element arrays for the regression targets). When only the tarball `<data_dir>/<task>.tar.gz`
+  is there, its `.lmdb` folders are extracted ONCE into `<data_dir>/<task>/` (into a hidden temp
+  folder beside the tarball, then renamed into place, so an interrupted extraction leaves nothing
+  half-written) when the sources are listed; the next run finds them and does not extract again.
+  `data_dir` must be writable for it (or extract the tarball yourself).
+- raw JSON (`http://s3.amazonaws.com/proteindata/data_raw/<task>.tar.gz`, extracted): one JSON
+  array of records per split file `<stem>.json`; JSON Lines / CSV files with the same stems work
+  too. A split file is preferred over an LMDB folder of the same stem (see `_protein.py`).
+An LMDB split is read in ranges of 5,000 records, `(split, lmdb_dir, start, stop)`, each opening
+the environment read-only on its own; a JSON file is one source.
 
 | dataset             | TAPE task           | label field        | files (split)                                   |
 |---------------------|---------------------|--------------------|-------------------------------------------------|
@@ -18,8 +30,10 @@ Inputs are encoded like Pfam (128 residues, vocab of 26, padded with X). Labels:
   with class 3 (`pad`) where the sequence is padded: `label_shape [128]`, 4 classes.
 - stability / fluorescence: one float32, regression, Spearman. TAPE stores these as one-element
   lists (`[0.37]`); a bare number is accepted too.
-A record with a missing/ill-typed label, an ss3 whose length differs from the sequence's, or a
-residue outside the vocabulary becomes a BadRecord `<file>[<record>]`.
+A record with a missing/ill-typed label, an ss3 whose length differs from the sequence's, a
+residue outside the vocabulary, or that does not parse / unpickle becomes a BadRecord
+`<file>[<record>]` (`<lmdb dir>[<key>]` for LMDB). An LMDB folder without `num_examples` is an
+error naming the folder.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from preprocessing.datasets.pfam import protein_spec
 from preprocessing.spec import DatasetSpec
 
 TAPE_RAW_URL = "http://s3.amazonaws.com/proteindata/data_raw/{task}.tar.gz"
+TAPE_LMDB_URL = _protein.TAPE_LMDB_URL  # .format(task=...)
 NUM_FOLDS = 1195
 SS3_NAMES = ("helix", "strand", "coil", "pad")
 SS3_PAD = 3
@@ -63,38 +78,48 @@ class TapeTaskReader(DatasetReader):
     def spec_template(self) -> DatasetSpec:
         fields = self.spec_fields()
         extra = {"raw_url": TAPE_RAW_URL.format(task=self.tape_task),
+                 "lmdb_url": TAPE_LMDB_URL.format(task=self.tape_task),
                  "tape_task": self.tape_task, "label_field": self.label_field}
         return protein_spec(self.name, pretrain_dataset="pfam", extra=extra, **fields)
 
     def expected_files(self) -> list[str]:
-        return [f"{stem}.json" for _, stem in self.split_files]
+        task = self.tape_task
+        return ([f"{task}.tar.gz (TAPE LMDB release {TAPE_LMDB_URL.format(task=task)}; "
+                 f"extracted into {task}/ on first use)"]
+                + [f"{task}/{stem}.lmdb/" for _, stem in self.split_files]
+                + [f"{stem}.json" for _, stem in self.split_files])
 
     def _data_dir(self) -> str:
         return self.data_dir or os.path.join("data", "raw", self.name)
 
     def check_raw(self) -> None:
         train_stem = self.split_files[0][1]
-        if _protein.find_split_file(self._data_dir(), self.tape_task, train_stem) is None:
-            d = os.path.abspath(self._data_dir())
+        task, d = self.tape_task, self._data_dir()
+        if (_protein.find_split_file(d, task, train_stem) is None
+                and not os.path.isfile(_protein.tarball_path(d, task))):
+            d = os.path.abspath(d)
             raise RawDataMissing(
-                f"{self.name}: {train_stem}.json not found in {d} (or {d}/{self.tape_task}). "
-                f"Download TAPE's raw {self.tape_task} data "
-                f"{TAPE_RAW_URL.format(task=self.tape_task)}, extract it and put the "
-                f"{self.tape_task}_*.json files in {d}/, or pass --data_dir to that folder."
+                f"{self.name}: neither {task}/{train_stem}.lmdb/ nor {train_stem}.json found in "
+                f"{d} (or {d}/{task}), and no {task}.tar.gz to extract them from. Download "
+                f"TAPE's LMDB release {TAPE_LMDB_URL.format(task=task)} into {d}/ (it is "
+                f"extracted into {d}/{task}/{task}_*.lmdb/ on the first run), or TAPE's raw "
+                f"JSON data {TAPE_RAW_URL.format(task=task)}, extracted, with the {task}_*.json "
+                f"files in {d}/; or pass --data_dir to that folder."
             )
 
-    def list_sources(self) -> list[tuple[str, str]]:
+    def list_sources(self) -> list[tuple]:
         self.check_raw()
+        _protein.ensure_extracted(self._data_dir(), self.tape_task, self.split_files[0][1])
         sources = []
         for split, stem in self.split_files:
             path = _protein.find_split_file(self._data_dir(), self.tape_task, stem)
             if path:
-                sources.append((split, path))
+                sources.extend(_protein.split_sources(split, path))
         return sources
 
-    def read_source(self, source: tuple[str, str]) -> Iterator[RawExample | BadRecord]:
-        split, path = source
-        for where, record in _protein.iter_records(path):
+    def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
+        split = source[0]
+        for where, record in _protein.iter_source(source):
             if isinstance(record, str):
                 yield BadRecord(path=where, reason=record)
                 continue
