@@ -7,12 +7,13 @@ WM-811K, the genomics_ood CSVs) must be placed by hand; their readers' errors sa
 Sizes and sha256 sums are the published ones: those marked "tfds" are the values
 tensorflow_datasets records for the same URL (`tensorflow_datasets/url_checksums/*.txt`),
 the CIFAR-10 md5 is the one on the dataset's page. Files nobody publishes a checksum for
-(PAMAP2, FGVC-Aircraft, GTSRB, AudioMNIST, VQA) are checked only against the size the
+(PAMAP2, FGVC-Aircraft, GTSRB, AudioMNIST, VQA, TAPE) are checked only against the size the
 server announces; the download prints the sha256 it got so it can be recorded.
 """
 
 from __future__ import annotations
 
+from preprocessing.datasets._protein import TAPE_LMDB_URL
 from preprocessing.download import RemoteFile
 
 _TFDS = "tensorflow_datasets url_checksums"
@@ -83,6 +84,12 @@ VQA_V2 = tuple(_unverified(f"https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/{name
                for name in ("v2_Questions_Train_mscoco.zip", "v2_Questions_Val_mscoco.zip",
                             "v2_Annotations_Train_mscoco.zip", "v2_Annotations_Val_mscoco.zip"))
 
+
+def _tape(task: str) -> RemoteFile:
+    # TAPE's LMDB release (the format TAPE's own loaders read); no checksums are published.
+    return _unverified(TAPE_LMDB_URL.format(task=task))
+
+
 OFFICIAL_FILES: dict[str, tuple[RemoteFile, ...]] = {
     "eurosat": (EUROSAT,),
     "higgs": (HIGGS,),
@@ -101,6 +108,11 @@ OFFICIAL_FILES: dict[str, tuple[RemoteFile, ...]] = {
     "mscoco": COCO_2014,
     "mismatched-caption": COCO_2014,
     "vqa": COCO_2014 + VQA_V2,
+    "pfam": (_tape("pfam"),),
+    "scop": (_tape("remote_homology"),),
+    "secondary-structure": (_tape("secondary_structure"),),
+    "stability": (_tape("stability"),),
+    "fluorescence": (_tape("fluorescence"),),
 }
 
 
