@@ -198,15 +198,15 @@ def _download_note(dataset: str) -> str:
 
 
 # === raw files ===
-def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) -> bool:
-    """Returns once the reader finds its raw files (True if they had to be downloaded).
+def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) -> None:
+    """Returns once the reader finds its raw files, downloading the official ones if allowed.
 
     Raises RawDataMissing (nothing to read and no download possible; the message names the
     files, URLs and folder) or download.DownloadError (what arrived is not the official file).
     """
     try:
         reader.check_raw()
-        return False
+        return
     except RawDataMissing as missing:
         files = official_files(dataset)
         if args.download == "never" or not files:
@@ -220,7 +220,6 @@ def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) ->
             raise RawDataMissing(f"{missing}\nThe automatic download failed: {e}. Place the "
                                  f"file(s) by hand, or pass --download_mirror URL.") from e
     reader.check_raw()
-    return True
 
 
 # === runner ===
@@ -390,9 +389,10 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     output_dir = args.output_dir or default_output_dir()
     reader_name, options = resolve_dataset(args, reader_options(args))
     reader = registry.get_reader(reader_name, data_dir=data_dir, **options)
-    spec = reader.spec_template()  # first: a reader refuses bad flags before looking for data
-    if ensure_raw(reader, reader_name, data_dir, args):
-        spec = reader.spec_template()  # label maps may come from the downloaded files
+    reader.spec_template()  # first: a reader refuses bad flags before looking for data
+    ensure_raw(reader, reader_name, data_dir, args)
+    reader.prepare()
+    spec = reader.spec_template()  # now: label maps may come from downloaded/extracted files
     sources = reader.list_sources()
     if not sources:
         raise RawDataMissing(f"{args.dataset}: no raw records found in {os.path.abspath(data_dir)}; "

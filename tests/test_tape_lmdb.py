@@ -213,3 +213,15 @@ def test_missing_raw_data_names_the_lmdb_tarball_and_folder(name, tmp_path):
     assert f"{module.TASK}/{module.TRAIN_STEM}.lmdb/" in expected
     assert f"{module.TRAIN_STEM}.json" in expected
     assert reader.spec_template().extra["lmdb_url"] == url
+
+
+def test_list_does_not_extract_a_tarball(tmp_path):
+    from pipeline import preprocess
+
+    data_dir = make_pfam.make_tarball(str(tmp_path))
+    raw_root = tmp_path / "raw"
+    raw_root.mkdir()
+    os.rename(data_dir, raw_root / "pfam")
+    rows = {line.split()[0]: line for line in preprocess.list_datasets(str(raw_root)).splitlines()}
+    assert " yes " in rows["pfam"]
+    assert os.listdir(raw_root / "pfam") == ["pfam.tar.gz"]

@@ -3,6 +3,7 @@
 A reader is pure Python + NumPy (no Beam, no Keras). The Beam job calls:
   1. `check_raw(data_dir)` — raises `RawDataMissing` naming the exact file(s) and folder
      when the official raw files are absent (after trying a download where the network allows).
+     Then `prepare()` (usually nothing; e.g. a one-time extraction).
   2. `list_sources(data_dir)` — the units of parallel reading (files, zip members, row ranges).
   3. `read_source(source)` — yields `RawExample`s or `BadRecord`s (never raises on one bad
      record: the job counts them, reports their paths, and applies --max_bad_fraction).
@@ -89,7 +90,13 @@ class DatasetReader:
         return []
 
     def check_raw(self) -> None:
-        """Raises RawDataMissing with the file to download and where to put it."""
+        """Raises RawDataMissing with the file to download and where to put it. No side effects:
+        `--list` calls it for every dataset."""
+
+    def prepare(self) -> None:
+        """Once the raw files are there: turn them into what `list_sources` reads, when the
+        official form cannot be read in place (e.g. LMDB folders inside a tarball). Called by
+        the job before the final `spec_template()`, never by `--list`. Default: nothing."""
 
     def list_sources(self) -> list[Any]:
         raise NotImplementedError

@@ -13,8 +13,8 @@ in either of TAPE's releases:
   tarball `<data_dir>/pfam.tar.gz` is there, its `.lmdb` folders are extracted ONCE into
   `<data_dir>/pfam/` (into a hidden temp folder beside the tarball, then renamed into place, so
   an interrupted extraction leaves nothing half-written); the next run finds the folders and
-  does not extract again. This happens the first time the spec or the sources are asked for,
-  as the label map needs the train split. `data_dir` must be writable for it (or extract the
+  does not extract again. This happens in the job's `prepare()` step (or when the sources are
+  listed), before the final spec, as the label map needs the train split; `--list` never extracts. `data_dir` must be writable for it (or extract the
   tarball yourself).
 - raw JSON (`http://s3.amazonaws.com/proteindata/data_raw/pfam.tar.gz`, extracted):
   `pfam_<split>.json`, each a JSON array of records. JSON Lines (`.jsonl`) and CSV (`.csv`,
@@ -125,8 +125,10 @@ class PfamReader(DatasetReader):
             self._clans = sorted_clans(values)
         return self._clans
 
+    def prepare(self) -> None:
+        self._ensure_extracted()  # before the spec: the label map comes from the train split
+
     def spec_template(self) -> DatasetSpec:
-        self._ensure_extracted()  # the label map comes from the train split
         if self._train_file() is not None:
             clans = self.clans()
             num_classes, names = len(clans), list(clans)
