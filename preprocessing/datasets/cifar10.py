@@ -6,6 +6,12 @@ Python-2 pickles of dicts with byte-string keys `b"data"` (uint8 `[10000, 3072]`
 and `b"labels"` (0..9), plus `batches.meta` (class names; the names are fixed, see CLASSES).
 Splits: the official ones, data_batch_* -> train, test_batch -> test (no val split: the trainer
 then validates on test, as DABS evaluates CIFAR-10). Normalization: computed by the pipeline.
+
+Without those files, a prepared TFDS `cifar10` dataset (`cifar10/<version>/dataset_info.json`,
+nothing downloaded) is read instead: TFDS `train` -> train, `test` -> test, the ClassLabel ids
+are CIFAR's (same class order), the PNG-encoded `image` is decoded to the same uint8 pixels
+and scaled to [0, 1] alike; ids are TFDS's (`train_00012`). A record whose image is not
+32 x 32 RGB becomes a BadRecord `tfds:<dir>:<split>[<index>]`.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import io
 import os
 import pickle
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _archives, _images
+from preprocessing.datasets import _archives, _images, _tfds
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -43,15 +49,18 @@ def parse_batch(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-class Cifar10Reader(_images.NaturalImageReader):
+class Cifar10Reader(_tfds.PreparedTfds, _images.NaturalImageReader):
     name = "cifar10"
     raw_url = URL
     split_fractions = (("train", 5 / 6), ("test", 1 / 6))  # names only: splits are official
+    tfds_builder = "cifar10"
+    tfds_splits = {"train": "train", "test": "test"}
+    tfds_skip_decoding = ("image",)
 
     def label_names(self) -> list[str]:
         return list(CLASSES)
 
-    def expected_files(self) -> list[str]:
+    def raw_expected_files(self) -> list[str]:
         return [f"{ARCHIVE_NAME} (or extracted cifar-10-batches-py/)"]
 
     def _extracted(self) -> dict[str, str]:
@@ -62,7 +71,7 @@ class Cifar10Reader(_images.NaturalImageReader):
                 found[batch] = os.path.join(self._data_dir(), hits[0])
         return found
 
-    def check_raw(self) -> None:
+    def check_raw_files(self) -> None:
         d = self._data_dir()
         if _archives.archives_in(d, [ARCHIVE_NAME]):
             return
@@ -73,7 +82,7 @@ class Cifar10Reader(_images.NaturalImageReader):
                 f"cifar-10-batches-py/{', '.join(missing)}); download it from {URL} into "
                 f"{os.path.abspath(d)}/")
 
-    def list_sources(self) -> list[tuple[str, str]]:
+    def list_raw_sources(self) -> list[tuple[str, str]]:
         self.check_raw()
         extracted = self._extracted()
         if len(extracted) == len(BATCHES):
@@ -81,7 +90,7 @@ class Cifar10Reader(_images.NaturalImageReader):
         archive = _archives.archives_in(self._data_dir(), [ARCHIVE_NAME])[0]
         return [("archive", archive, b) for b in BATCHES]
 
-    def read_source(self, source: tuple[str, str, str]) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: tuple[str, str, str]) -> Iterator[RawExample | BadRecord]:
         kind, path, batch = source
         where = path if kind == "file" else f"{path}:cifar-10-batches-py/{batch}"
         try:
@@ -102,6 +111,11 @@ class Cifar10Reader(_images.NaturalImageReader):
                 yield BadRecord(path=f"{where}:row {i}", reason=f"label {int(label)} is outside 0..9")
                 continue
             yield RawExample(id=f"{batch}-{i:05d}", input=image, label=int(label), split=split)
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        image = _tfds.decode_image(record["image"], shape=(_images.SIZE, _images.SIZE))
+        return RawExample(id=_tfds.text(record["id"]), input=image,
+                          label=_tfds.label_index(record, len(CLASSES)), split=self.tfds_splits[split])
 
 
 READERS = {"cifar10": Cifar10Reader}

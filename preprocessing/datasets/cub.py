@@ -6,21 +6,30 @@ downloaded or extracted: `CUB_200_2011/images/<NNN.Class_Name>/<file>.jpg`, `ima
 `train_test_split.txt` (`<image id> <1 = train, 0 = test>`) and `classes.txt`
 (`<class id> <NNN.Class_Name>`). Whole images are used (no bounding-box crop).
 Labels: class id - 1; label_names: the 200 class folder names. Splits: the official split.
+
+Without the archive, a prepared TFDS `caltech_birds2011` dataset
+(`caltech_birds2011/<version>/dataset_info.json`, nothing downloaded) is read instead: TFDS
+built it from the same archive with label = class id - 1 (our ids) and the official
+`train`/`test` split; whole images (its bbox/mask features are not used), the JPEG bytes decoded
+and resized exactly as the archive's files are. TFDS keeps no image id, so ids are
+`cub-<file stem>` (`cub-Black_Footed_Albatross_0046_18`), and label_names stay empty unless a
+classes.txt is under data_dir (TFDS keeps only lower-cased names per record).
 """
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
-from preprocessing.datasets import _image_files
-from preprocessing.datasets.base import RawDataMissing
+from preprocessing.datasets import _image_files, _tfds
+from preprocessing.datasets.base import RawDataMissing, RawExample
 
 ARCHIVE_NAME = "CUB_200_2011.tgz"
 URL = "https://data.caltech.edu/records/65de6-vzb87 (CUB_200_2011.tgz)"
 NUM_CLASSES = 200
 
 
-class CUBReader(_image_files.ImageFilesReader):
+class CUBReader(_tfds.PreparedTfds, _image_files.ImageFilesReader):
     name = "cub"
     raw_url = URL
     archive_names = (ARCHIVE_NAME,)
@@ -28,6 +37,9 @@ class CUBReader(_image_files.ImageFilesReader):
     metadata_files = {"images": "images.txt", "labels": "image_class_labels.txt",
                       "split": "train_test_split.txt", "classes": "classes.txt"}
     split_fractions = (("train", 0.5), ("test", 0.5))  # names only: splits are official
+    tfds_builder = "caltech_birds2011"
+    tfds_splits = {"train": "train", "test": "test"}
+    tfds_skip_decoding = ("image", "segmentation_mask")
 
     def label_names(self) -> list[str]:
         try:
@@ -56,6 +68,13 @@ class CUBReader(_image_files.ImageFilesReader):
         if not 0 <= label < NUM_CLASSES:
             raise ValueError(f"class {label + 1} of image {image_id} is outside 1..{NUM_CLASSES}")
         return f"cub-{image_id}", label, split, None
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        # `CUB_200_2011/images/<NNN.Class_Name>/<stem>.jpg`
+        stem = posixpath.splitext(posixpath.basename(_tfds.text(record["image/filename"])))[0]
+        image = _tfds.decode_image(record["image"])
+        return RawExample(id=f"cub-{stem}", input=image,
+                          label=_tfds.label_index(record, NUM_CLASSES), split=self.tfds_splits[split])
 
 
 READERS = {"cub": CUBReader}

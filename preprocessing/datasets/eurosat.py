@@ -4,8 +4,9 @@ Raw formats accepted under `--data_dir`, tried in this order:
 1. the official `EuroSATallBands.zip` (any `*.zip` whose members look like
    `<...>/<Class>/<Class>_<n>.tif`, at any depth inside the archive);
 2. that archive extracted: `<Class>/<Class>_<n>.tif` files at any depth below data_dir;
-3. a TFDS `eurosat/all` dataset that was already prepared there (read with
-   `tfds.builder_from_directory`; nothing is ever downloaded).
+3. a TFDS `eurosat/all` dataset that was already prepared there
+   (`eurosat/all/<version>/dataset_info.json`, read with `tfds.builder_from_directory` in ranges
+   of 1,000 examples; nothing is ever downloaded; see `_tfds.py`).
 
 Each tile is read with tifffile as `[64, 64, 13]` (band-first `[13, 64, 64]` files are transposed)
 and normalized per band with the fixed DABS statistics. The example id is `<Class>_<n>` in all
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from preprocessing.datasets import _tfds
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -47,7 +49,6 @@ DABS_STD = [244.0469, 323.4128, 385.0928, 584.1638, 566.0543, 858.5753, 1083.670
 _TIF_RE = re.compile(r"(?:^|/)(?P<cls>" + "|".join(CLASSES) + r")/(?P=cls)_(?P<n>\d+)\.tiff?$")
 # Tiles per read task: opening the zip's central directory once per task, not once per tile.
 _TILES_PER_SOURCE = 256
-_TFDS_EXAMPLES_PER_SOURCE = 1000
 
 
 def parse_tile_path(path: str) -> tuple[str, int] | None:
@@ -73,7 +74,7 @@ def decode_tile(data: bytes | str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-class EuroSATReader(DatasetReader):
+class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
     name = "eurosat"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
     fixed_normalization = {"mean": DABS_MEAN, "std": DABS_STD}
@@ -98,9 +99,13 @@ class EuroSATReader(DatasetReader):
             extra={"raw_url": ARCHIVE_URL},
         )
 
-    def expected_files(self) -> list[str]:
-        return [ARCHIVE_NAME + " (or its extracted <Class>/<Class>_<n>.tif files, "
-                "or a prepared TFDS eurosat/all directory)"]
+    # TFDS `eurosat/all` (nothing is downloaded; see _tfds.py).
+    tfds_builder = "eurosat"
+    tfds_configs = ("all",)
+    tfds_splits = {"train": None}
+
+    def raw_expected_files(self) -> list[str]:
+        return [ARCHIVE_NAME + " (or its extracted <Class>/<Class>_<n>.tif files)"]
 
     # === locating the raw data ===
     def _data_dir(self) -> str:
@@ -127,32 +132,18 @@ class EuroSATReader(DatasetReader):
                     found.append(path)
         return found
 
-    def _tfds_dirs(self) -> list[str]:
-        d = self._data_dir()
-        if not os.path.isdir(d):
-            return []
-        patterns = [os.path.join(d, "eurosat", "all", "*", "dataset_info.json"),
-                    os.path.join(d, "all", "*", "dataset_info.json"),
-                    os.path.join(d, "*", "dataset_info.json"),
-                    os.path.join(d, "dataset_info.json")]
-        for pattern in patterns:
-            hits = sorted(glob.glob(pattern))
-            if hits:
-                return [os.path.dirname(hits[-1])]  # the newest TFDS version
-        return []
-
-    def check_raw(self) -> None:
-        if self._archives() or self._tif_files() or self._tfds_dirs():
+    def check_raw_files(self) -> None:
+        if self._archives() or self._tif_files():
             return
         d = os.path.abspath(self._data_dir())
         raise RawDataMissing(
             f"eurosat: no raw data in {d}. Download {ARCHIVE_NAME} (about 2 GB) from "
             f"{ARCHIVE_URL} and put it in {d}/ (extracted or not), or pass --data_dir to the "
-            f"folder that holds it. A prepared TFDS `eurosat/all` directory there works too."
+            f"folder that holds it."
         )
 
     # === reading ===
-    def list_sources(self) -> list[tuple[Any, ...]]:
+    def list_raw_sources(self) -> list[tuple[Any, ...]]:
         self.check_raw()
         sources: list[tuple[Any, ...]] = []
         archives = self._archives()
@@ -174,20 +165,12 @@ class EuroSATReader(DatasetReader):
         if files:
             return [("files", tuple(files[i:i + _TILES_PER_SOURCE]))
                     for i in range(0, len(files), _TILES_PER_SOURCE)]
-        tfds_dirs = self._tfds_dirs()
-        if tfds_dirs:
-            import tensorflow_datasets as tfds
-
-            builder = tfds.builder_from_directory(tfds_dirs[0])
-            n = builder.info.splits["train"].num_examples
-            return [("tfds", tfds_dirs[0], start, min(start + _TFDS_EXAMPLES_PER_SOURCE, n))
-                    for start in range(0, n, _TFDS_EXAMPLES_PER_SOURCE)]
         raise RawDataMissing(
             f"eurosat: {', '.join(archives)} holds no <Class>/<Class>_<n>.tif members; "
             f"expected the official {ARCHIVE_NAME} from {ARCHIVE_URL}"
         )
 
-    def read_source(self, source: tuple[Any, ...]) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: tuple[Any, ...]) -> Iterator[RawExample | BadRecord]:
         kind = source[0]
         if kind == "zip":
             yield from self._read_zip(source[1], source[2])
@@ -200,8 +183,6 @@ class EuroSATReader(DatasetReader):
                     yield BadRecord(path=path, reason=f"{type(e).__name__}: {e}")
                     continue
                 yield RawExample(id=example_id, input=image, label=label)
-        elif kind == "tfds":
-            yield from self._read_tfds(*source[1:])
         else:
             raise ValueError(f"eurosat: unknown source kind {kind!r}")
 
@@ -217,23 +198,16 @@ class EuroSATReader(DatasetReader):
                     continue
                 yield RawExample(id=example_id, input=image, label=label)
 
-    def _read_tfds(self, builder_dir: str, start: int, stop: int) -> Iterator[RawExample | BadRecord]:
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder_from_directory(builder_dir)
-        names = builder.info.features["label"].names
-        dataset = builder.as_dataset(split=f"train[{start}:{stop}]", shuffle_files=False)
-        for i, record in enumerate(tfds.as_numpy(dataset)):
-            filename = record["filename"].decode()
-            where = f"{builder_dir}:train[{start + i}] ({filename})"
-            image = np.asarray(record["sentinel2"], np.float32)
-            if image.shape != IMAGE_SHAPE:
-                yield BadRecord(path=where, reason=f"expected shape {list(IMAGE_SHAPE)}, "
-                                                   f"got {list(image.shape)}")
-                continue
-            class_name = names[int(record["label"])]
-            yield RawExample(id=os.path.splitext(filename)[0], input=image,
-                             label=CLASSES.index(class_name))
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        filename = _tfds.text(record["filename"])
+        image = np.asarray(record["sentinel2"], np.float32)
+        if image.shape != IMAGE_SHAPE:
+            raise ValueError(f"{filename}: expected shape {list(IMAGE_SHAPE)}, got {list(image.shape)}")
+        class_name = info.features["label"].names[int(record["label"])]
+        if class_name not in CLASSES:
+            raise ValueError(f"{filename}: class {class_name!r} is not one of the 10 EuroSAT classes")
+        return RawExample(id=os.path.splitext(filename)[0], input=image,
+                          label=CLASSES.index(class_name))
 
 
 READERS = {"eurosat": EuroSATReader}

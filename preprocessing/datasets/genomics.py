@@ -22,6 +22,13 @@ A/C/G/T, or whose label is out of range, becomes a BadRecord `<file>:<line>`.
 Labels: in-distribution classes 0..9; `genomics-ood` subtracts the offset 10 from its raw
 labels 10..69 to give classes 0..59. Splits: 90/10 train/test by a seeded hash of the line
 (DABS shuffles with seed 42 and takes 90/10). Files are read in ranges of `rows_per_source` lines.
+
+When a reader's CSV is absent, a prepared TFDS `genomics_ood` dataset
+(`genomics_ood/<version>/dataset_info.json`, nothing downloaded) is read instead: the same TFDS
+split the CSV was written from (`train`, `validation`, `validation_ood`), `seq` and the
+ClassLabel `label` (the same ids 0..129 the CSV holds), `rows_per_source` examples per source.
+The record at TFDS index i is the CSV's line i + 2 (the CSV is the split written in TFDS order
+after a header line), so it gets the same id `<name>-<line>` and lands in the same split.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _line_ranges
+from preprocessing.datasets import _line_ranges, _tfds
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -73,7 +80,7 @@ def sequence_of_field(field: str) -> str:
     return field[:SEQ_LEN]
 
 
-class GenomicsReader(DatasetReader):
+class GenomicsReader(_tfds.PreparedTfds, DatasetReader):
     """In-distribution pretraining set (genomicsPretrain.csv)."""
 
     name = "genomics"
@@ -83,11 +90,14 @@ class GenomicsReader(DatasetReader):
     label_offset = 0
     pretrain_dataset = ""
     split_fractions = (("train", 0.9), ("test", 0.1))
+    tfds_builder = "genomics_ood"
 
     def __init__(self, data_dir: str | None = None, rows_per_source: int = ROWS_PER_SOURCE,
                  **options: Any):
         super().__init__(data_dir, **options)
         self.rows_per_source = int(rows_per_source)
+        self.tfds_splits = {self.tfds_split: None}
+        self.tfds_examples_per_source = self.rows_per_source
 
     def spec_template(self) -> DatasetSpec:
         return DatasetSpec(
@@ -111,7 +121,7 @@ class GenomicsReader(DatasetReader):
                    "tfds_split": self.tfds_split, "raw_label_offset": self.label_offset},
         )
 
-    def expected_files(self) -> list[str]:
+    def raw_expected_files(self) -> list[str]:
         return [self.file_name]
 
     def _data_dir(self) -> str:
@@ -120,7 +130,7 @@ class GenomicsReader(DatasetReader):
     def raw_file(self) -> str:
         return os.path.join(self._data_dir(), self.file_name)
 
-    def check_raw(self) -> None:
+    def check_raw_files(self) -> None:
         path = self.raw_file()
         if not os.path.isfile(path):
             d = os.path.abspath(self._data_dir())
@@ -132,7 +142,7 @@ class GenomicsReader(DatasetReader):
                 f"pass --data_dir to the folder that holds it."
             )
 
-    def list_sources(self) -> list[_line_ranges.LineRange]:
+    def list_raw_sources(self) -> list[_line_ranges.LineRange]:
         self.check_raw()
         return _line_ranges.plan_line_ranges(self.raw_file(), self.rows_per_source)
 
@@ -142,7 +152,7 @@ class GenomicsReader(DatasetReader):
             return header.index("label"), header.index("seq")
         return DEFAULT_LABEL_COLUMN, DEFAULT_SEQUENCE_COLUMN
 
-    def read_source(self, source: _line_ranges.LineRange) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: _line_ranges.LineRange) -> Iterator[RawExample | BadRecord]:
         label_col, seq_col = self._columns(source.path)
         for number, line in _line_ranges.iter_lines(source):
             if number == 1 or not line.strip():  # header
@@ -153,19 +163,27 @@ class GenomicsReader(DatasetReader):
                 if len(fields) <= max(label_col, seq_col):
                     raise ValueError(f"expected at least {max(label_col, seq_col) + 1} "
                                      f"columns, got {len(fields)}")
-                sequence = sequence_of_field(fields[seq_col])
-                if len(sequence) != SEQ_LEN:
-                    raise ValueError(f"sequence has {len(sequence)} bases, expected {SEQ_LEN}")
-                tokens = encode_bases(sequence)
-                label = int(fields[label_col]) - self.label_offset
-                if not 0 <= label < self.num_classes:
-                    raise ValueError(
-                        f"label {fields[label_col]} outside {self.label_offset}.."
-                        f"{self.label_offset + self.num_classes - 1}")
+                example = self._example(number, sequence_of_field(fields[seq_col]),
+                                        fields[label_col])
             except (ValueError, csv.Error) as e:
                 yield BadRecord(path=where, reason=str(e))
                 continue
-            yield RawExample(id=f"{self.name}-{number:08d}", input=tokens, label=label)
+            yield example
+
+    def _example(self, line_number: int, sequence: str, raw_label: str | int) -> RawExample:
+        if len(sequence) != SEQ_LEN:
+            raise ValueError(f"sequence has {len(sequence)} bases, expected {SEQ_LEN}")
+        tokens = encode_bases(sequence)
+        label = int(raw_label) - self.label_offset
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label {raw_label} outside {self.label_offset}.."
+                             f"{self.label_offset + self.num_classes - 1}")
+        return RawExample(id=f"{self.name}-{line_number:08d}", input=tokens, label=label)
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        # TFDS index i is line i + 2 of the CSV written from the split (line 1: the header).
+        return self._example(index + 2, sequence_of_field(_tfds.text(record["seq"])),
+                             int(record["label"]))
 
 
 class GenomicsTransferIDReader(GenomicsReader):

@@ -10,6 +10,12 @@ label is the index in `LABELS` (the 35 words sorted, then `_background_noise_`).
 Splits (official): files in testing_list.txt -> test, in validation_list.txt -> val, all other
 files (including the noise recordings) -> train.
 Input: DABS log-mel, fixed DABS statistics mean -46.847, std 19.151.
+
+A prepared TFDS `speech_commands` dataset is NOT accepted in place of the archive (its folder is
+recognized, and the error says why): the TFDS builder keeps 12 labels (10 words, `_silence_`,
+`_unknown_`), folds the other 25 words into `_unknown_` without keeping file names, cuts the
+background-noise recordings into 1-second `_silence_` clips and takes its test split from a
+different archive, so neither the 36 DABS classes nor the official lists can be recovered.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import re
 from typing import Iterator
 
-from preprocessing.datasets import _archives, _speech
+from preprocessing.datasets import _archives, _speech, _tfds
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
 
 ARCHIVE_NAME = "speech_commands_v0.02.tar.gz"
@@ -31,6 +37,12 @@ LABELS = WORDS + ("_background_noise_",)
 WAV_PATTERN = r"(?:^|/)(" + "|".join(LABELS) + r")/([^/]+\.wav)$"
 LIST_FILES = {"val": "validation_list.txt", "test": "testing_list.txt"}
 LIST_PATTERNS = {split: rf"(?:^|/){re.escape(name)}$" for split, name in LIST_FILES.items()}
+TFDS_BUILDER = "speech_commands"
+TFDS_UNUSABLE = (
+    f"a prepared TFDS `{TFDS_BUILDER}` dataset cannot stand in for it: TFDS keeps 12 labels (10 "
+    "words, _silence_, _unknown_), folds the other 25 words into _unknown_ without their file "
+    "names and cuts the background noise into 1-second clips, so the 36 DABS classes and the "
+    "official validation/testing lists cannot be recovered from it")
 
 
 class GoogleSpeechReader(_speech.SpeechReader):
@@ -45,7 +57,8 @@ class GoogleSpeechReader(_speech.SpeechReader):
         self._split_lists: dict[str, str] | None = None
 
     def expected_files(self) -> list[str]:
-        return [f"{ARCHIVE_NAME} (or extracted <word>/*.wav + validation_list.txt + testing_list.txt)"]
+        return [f"{ARCHIVE_NAME} (or extracted <word>/*.wav + validation_list.txt + testing_list.txt; "
+                f"a prepared TFDS {TFDS_BUILDER} dataset cannot stand in: it keeps 12 of the 36 classes)"]
 
     def split_lists(self) -> dict[str, str]:
         """relative wav path -> "val" | "test", from the official list files."""
@@ -70,9 +83,12 @@ class GoogleSpeechReader(_speech.SpeechReader):
         if _archives.archives_in(d, [ARCHIVE_NAME]) or _archives.walk_files(d, WAV_PATTERN):
             self.split_lists()
             return
-        raise RawDataMissing(
-            f"{self.name}: no Speech Commands audio in {os.path.abspath(d)}. Download {ARCHIVE_NAME} "
-            f"from {URL} and put it in {os.path.abspath(d)}/ (as downloaded or extracted).")
+        message = (f"{self.name}: no Speech Commands audio in {os.path.abspath(d)}. Download {ARCHIVE_NAME} "
+                   f"from {URL} and put it in {os.path.abspath(d)}/ (as downloaded or extracted).")
+        builder_dir = _tfds.find_builder_dir(d, TFDS_BUILDER)
+        if builder_dir:
+            message += f" The {TFDS_BUILDER} dataset in {builder_dir} is not used: {TFDS_UNUSABLE}."
+        raise RawDataMissing(message)
 
     def list_sources(self) -> list[tuple]:
         self.check_raw()

@@ -12,6 +12,15 @@ lines, which UCI designates as its test set, are `higgs-transfer`. The boundary 
 are split 90/10 train/test by a seeded hash of the line number (`--seed`, default 42): the same
 line lands in the same split on every run, runner and machine.
 
+A prepared TFDS `higgs` dataset (`higgs/<version>/dataset_info.json`; one `train` split of
+11,000,000 examples: `class_label` float32 and the 28 features as float64, named as in
+TFDS_FEATURE_NAMES) is read instead when the CSV is absent, `rows_per_source` examples per
+source, nothing downloaded. TFDS stores the rows in its own (hashed) order and not the line
+numbers, so the boundary counts TFDS examples: the first `pretrain_rows` are `higgs`, the rest
+`higgs-transfer` - the same sizes as UCI's partition, but not UCI's test rows. Example ids are
+`higgs-tfds-<index>` and split 90/10 by the same seeded hash. A record with a non-finite value
+or a label other than 0/1 becomes a BadRecord `tfds:<dir>:train[<index>]`.
+
 The 11M-line file is never loaded whole: the driver counts lines once (for a `.gz` file that is
 one decompression pass) and the Beam job reads `rows_per_source` lines per source, one line at a
 time. Malformed lines (wrong column count, non-numeric or non-finite values, a label other
@@ -25,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _line_ranges
+from preprocessing.datasets import _line_ranges, _tfds
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -44,6 +53,15 @@ FEATURE_NAMES = (
     "m_jj", "m_jjj", "m_lv", "m_jlv", "m_bb", "m_wbb", "m_wwbb",
 )
 LABEL_NAMES = ("background", "signal")
+# The same 28 features as named by the TFDS `higgs` builder (its CSV field names).
+TFDS_FEATURE_NAMES = (
+    "lepton_pT", "lepton_eta", "lepton_phi", "missing_energy_magnitude", "missing_energy_phi",
+    "jet_1_pt", "jet_1_eta", "jet_1_phi", "jet_1_b-tag",
+    "jet_2_pt", "jet_2_eta", "jet_2_phi", "jet_2_b-tag",
+    "jet_3_pt", "jet_3_eta", "jet_3_phi", "jet_3_b-tag",
+    "jet_4_pt", "jet_4_eta", "jet_4_phi", "jet_4_b-tag",
+    "m_jj", "m_jjj", "m_lv", "m_jlv", "m_bb", "m_wbb", "m_wwbb",
+)
 
 
 def parse_row(line: str) -> tuple[int, np.ndarray]:
@@ -52,7 +70,11 @@ def parse_row(line: str) -> tuple[int, np.ndarray]:
     if len(fields) != NUM_FEATURES + 1:
         raise ValueError(f"expected {NUM_FEATURES + 1} comma-separated numbers (label, "
                          f"{NUM_FEATURES} features), got {len(fields)} fields")
-    values = np.array(fields, dtype=np.float64)  # ValueError on non-numeric text
+    return check_values(np.array(fields, dtype=np.float64))  # ValueError on non-numeric text
+
+
+def check_values(values: np.ndarray) -> tuple[int, np.ndarray]:
+    """`(label, features[28] float32)` of `[label, 28 features]` as float64; ValueError if bad."""
     if not np.isfinite(values).all():
         raise ValueError("non-finite value (nan/inf)")
     if values[0] not in (0.0, 1.0):
@@ -60,12 +82,14 @@ def parse_row(line: str) -> tuple[int, np.ndarray]:
     return int(values[0]), values[1:].astype(np.float32)
 
 
-class HiggsReader(DatasetReader):
+class HiggsReader(_tfds.PreparedTfds, DatasetReader):
     """The pretraining part: lines 1 .. pretrain_rows."""
 
     name = "higgs"
     split_fractions = (("train", 0.9), ("test", 0.1))
     pretrain_dataset = ""
+    tfds_builder = "higgs"
+    tfds_splits = {"train": None}
 
     def __init__(self, data_dir: str | None = None, pretrain_rows: int = PRETRAIN_ROWS,
                  rows_per_source: int = ROWS_PER_SOURCE, **options: Any):
@@ -102,7 +126,7 @@ class HiggsReader(DatasetReader):
                    "pretrain_rows": self.pretrain_rows},
         )
 
-    def expected_files(self) -> list[str]:
+    def raw_expected_files(self) -> list[str]:
         return [f"{FILE_NAMES[0]} (or the decompressed {FILE_NAMES[1]})"]
 
     def _data_dir(self) -> str:
@@ -115,7 +139,7 @@ class HiggsReader(DatasetReader):
                 return path
         return None
 
-    def check_raw(self) -> None:
+    def check_raw_files(self) -> None:
         if self.raw_file() is None:
             d = os.path.abspath(self._data_dir())
             raise RawDataMissing(
@@ -124,14 +148,14 @@ class HiggsReader(DatasetReader):
                 f"or pass --data_dir to the folder that holds it."
             )
 
-    def list_sources(self) -> list[_line_ranges.LineRange]:
+    def list_raw_sources(self) -> list[_line_ranges.LineRange]:
         self.check_raw()
         first, last = self._line_bounds()
         ranges = _line_ranges.plan_line_ranges(self.raw_file(), self.rows_per_source)
         return [r for r in ranges
                 if r.first_line <= last and r.first_line + r.num_lines - 1 >= first]
 
-    def read_source(self, source: _line_ranges.LineRange) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: _line_ranges.LineRange) -> Iterator[RawExample | BadRecord]:
         first, last = self._line_bounds()
         for number, line in _line_ranges.iter_lines(source):
             if not first <= number <= last:
@@ -142,6 +166,19 @@ class HiggsReader(DatasetReader):
                 yield BadRecord(path=f"{source.path}:{number}", reason=str(e))
                 continue
             yield RawExample(id=f"higgs-{number:08d}", input=features, label=label)
+
+    # === a prepared TFDS `higgs` dataset ===
+    def tfds_sources(self) -> list[_tfds.TfdsSource]:
+        first, last = self._line_bounds()  # 1-based line numbers -> 0-based TFDS indices
+        return _tfds.plan_sources(self.name, self.tfds_dir(), list(self.tfds_splits),
+                                  self.rows_per_source, first=first - 1,
+                                  last=None if last == float("inf") else int(last))
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        values = np.array([record["class_label"]] + [record[k] for k in TFDS_FEATURE_NAMES],
+                          dtype=np.float64)
+        label, features = check_values(values)
+        return RawExample(id=f"higgs-tfds-{index:08d}", input=features, label=label)
 
 
 class HiggsTransferReader(HiggsReader):

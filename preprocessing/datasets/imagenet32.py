@@ -12,6 +12,13 @@ Labels: the 1-based class number minus one; label_names are the official class n
 hash of the id, for the trainer's validation), `val_data` (ImageNet's validation set) -> test.
 Normalization: per-channel statistics computed by the pipeline on the train split.
 Each batch file (~400 MB) is one read task and is loaded whole by its worker.
+
+Without batch files, a prepared TFDS `imagenet_resized/32x32` dataset
+(`imagenet_resized/32x32/<version>/dataset_info.json`, nothing downloaded) is read instead, in
+ranges of 1,000 examples. TFDS built it from the same Imagenet32 npz files with label =
+class number - 1, i.e. our label ids; TFDS `train` -> train/val (the same 99/1 hash rule),
+`validation` -> test; ids `imagenet_resized-<split>-<index>`. The PNG-encoded images decode to
+the same uint8 pixels, scaled to [0, 1] alike; one that is not 32 x 32 RGB is a BadRecord.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _archives, _images
+from preprocessing.datasets import _archives, _images, _tfds
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample, split_by_fractions
 
 URL = "https://image-net.org/download-images.php (Downsampled ImageNet 32x32)"
@@ -46,22 +53,26 @@ def load_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(batch["data"]), np.asarray(batch["labels"]).reshape(-1)
 
 
-class ImageNet32Reader(_images.NaturalImageReader):
+class ImageNet32Reader(_tfds.PreparedTfds, _images.NaturalImageReader):
     name = "imagenet32"
     pretrain_dataset = ""
     raw_url = URL
     split_fractions = (("train", 1.0 - _VAL_FRACTION), ("val", _VAL_FRACTION), ("test", 0.0))
+    tfds_builder = "imagenet_resized"
+    tfds_configs = ("32x32",)
+    tfds_splits = {"train": None, "validation": "test"}  # train: train/val by split_of
+    tfds_skip_decoding = ("image",)
 
     def label_names(self) -> list[str]:
         return [str(i) for i in range(1, NUM_CLASSES + 1)]
 
-    def expected_files(self) -> list[str]:
+    def raw_expected_files(self) -> list[str]:
         return [f"Imagenet32_train/train_data_batch_{{1..{NUM_TRAIN_BATCHES}}}", "Imagenet32_val/val_data"]
 
     def _batch_files(self) -> list[str]:
         return _archives.walk_files(self._data_dir(), BATCH_PATTERN)
 
-    def check_raw(self) -> None:
+    def check_raw_files(self) -> None:
         d = os.path.abspath(self._data_dir())
         names = {re.search(BATCH_PATTERN, rel).group(1) for rel in self._batch_files()}
         missing = [f"train_data_batch_{i}" for i in range(1, NUM_TRAIN_BATCHES + 1)
@@ -77,11 +88,11 @@ class ImageNet32Reader(_images.NaturalImageReader):
             raise RawDataMissing(f"{self.name}: {', '.join(missing)} missing in {d}; extract "
                                  f"Imagenet32_train.zip and Imagenet32_val.zip from {URL} there.")
 
-    def list_sources(self) -> list[str]:
+    def list_raw_sources(self) -> list[str]:
         self.check_raw()
         return [os.path.join(self._data_dir(), rel) for rel in self._batch_files()]
 
-    def read_source(self, source: str) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: str) -> Iterator[RawExample | BadRecord]:
         stem = re.search(BATCH_PATTERN, source.replace(os.sep, "/")).group(1)
         try:
             data, labels = load_batch(source)
@@ -100,6 +111,11 @@ class ImageNet32Reader(_images.NaturalImageReader):
             # Train rows get their train/val split in split_of (seeded by --seed).
             yield RawExample(id=example_id, input=image, label=int(label) - 1,
                              split=None if is_train else "test")
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        image = _tfds.decode_image(record["image"], shape=(_images.SIZE, _images.SIZE))
+        return RawExample(id=f"imagenet_resized-{split}-{index:08d}", input=image,
+                          label=_tfds.label_index(record, NUM_CLASSES), split=self.tfds_splits[split])
 
     def split_of(self, example: RawExample, seed: int) -> str:
         if example.split is not None:

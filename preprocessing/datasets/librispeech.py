@@ -20,15 +20,25 @@ Splits (seeded hash of the utterance id, so every speaker appears in every split
 speaker-id probe needs): `librispeech` train/val/test 90/5/5; `librispeech-dev-clean` train/test
 80/20 (DABS: 80/20 per speaker with seed 42; a per-utterance hash gives 80/20 per speaker in
 expectation and does not need to see all of a speaker's utterances at once).
+
+Without the tarballs, a prepared TFDS `librispeech` dataset (config `default` or `lazy_decode`,
+`librispeech/<config>/<version>/dataset_info.json`, nothing downloaded) is read instead, 128
+utterances per source: splits `train_clean100`, `train_clean360`, `train_other500`
+(`librispeech`) or `dev_clean` (`librispeech-dev-clean`). Its `speech` samples (int16, or int64
+in older TFDS versions; the `lazy_decode` config keeps the FLAC bytes, decoded with soundfile as
+above) are scaled by 1 / 32768 exactly as libsndfile scales the FLAC's 16-bit samples, then go
+through the same log-mel; its `id` is the utterance id above, so splits are the same. The label
+map comes from SPEAKERS.TXT when one is under data_dir, else from the `speakers` (id -> subset)
+that the TFDS builder stores in the dataset's metadata.json, which is SPEAKERS.TXT's content.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
-from preprocessing.datasets import _archives, _speech
+from preprocessing.datasets import _archives, _logmel, _speech, _tfds
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
 
 URL_TEMPLATE = "https://www.openslr.org/resources/12/{}.tar.gz"
@@ -52,7 +62,15 @@ def parse_speakers(text: str, subsets: tuple[str, ...]) -> list[str]:
     return [str(i) for i in sorted(ids)]
 
 
-class LibriSpeechReader(_speech.SpeechReader):
+def speakers_of_metadata(speakers: dict[str, Any], subsets: tuple[str, ...]) -> list[str]:
+    """Sorted (numerically) speaker ids of `subsets` in a TFDS librispeech metadata.json's
+    `speakers` ({"<id>": {"subset": "train-clean-100", ...}})."""
+    ids = {int(k) for k, v in speakers.items() if str(k).strip().isdigit() and isinstance(v, dict)
+           and str(v.get("subset", "")).strip() in subsets}
+    return [str(i) for i in sorted(ids)]
+
+
+class LibriSpeechReader(_tfds.PreparedTfds, _speech.SpeechReader):
     name = "librispeech"
     subsets: tuple[str, ...] = ("train-clean-100", "train-clean-360", "train-other-500")
     official_num_speakers = 2338
@@ -61,6 +79,10 @@ class LibriSpeechReader(_speech.SpeechReader):
     pretrain_dataset = ""
     raw_url = URL_TEMPLATE.format("train-clean-100")
     _files_per_source = 128
+    tfds_builder = "librispeech"
+    tfds_configs = ("default", "lazy_decode")
+    tfds_splits = {"train_clean100": None, "train_clean360": None, "train_other500": None}
+    tfds_examples_per_source = _files_per_source
 
     def __init__(self, data_dir: str | None = None, **options):
         super().__init__(data_dir, **options)
@@ -74,7 +96,7 @@ class LibriSpeechReader(_speech.SpeechReader):
         subsets = "|".join(self.subsets)
         return rf"(?:^|/)(?:{subsets})/(\d+)/(\d+)/\1-\2-(\d+)\.flac$"
 
-    def expected_files(self) -> list[str]:
+    def raw_expected_files(self) -> list[str]:
         return [f"{a} (or extracted LibriSpeech/{a[:-7]}/...) from {URL_TEMPLATE.format(a[:-7])}"
                 for a in self.archive_names()]
 
@@ -83,14 +105,24 @@ class LibriSpeechReader(_speech.SpeechReader):
         if self._speakers is None:
             found = _archives.read_small_files(self._data_dir(), self.archive_names(),
                                                {"speakers": rf"(?:^|/){SPEAKERS_FILE}$"})
+            tfds_speakers = None
             if "speakers" not in found:
-                raise RawDataMissing(
-                    f"{self.name}: {SPEAKERS_FILE} not found in {os.path.abspath(self._data_dir())} "
-                    f"(it is in every official LibriSpeech tarball at LibriSpeech/{SPEAKERS_FILE}); "
-                    f"download {self.archive_names()[0]} from {URL_TEMPLATE.format(self.subsets[0])}"
-                )
-            where, data = found["speakers"]
-            self._speakers = parse_speakers(data.decode("utf-8", "replace"), self.subsets)
+                builder_dir = self.tfds_dir()
+                tfds_speakers = _tfds.read_metadata(builder_dir).get("speakers") if builder_dir else None
+                if not isinstance(tfds_speakers, dict):
+                    raise RawDataMissing(
+                        f"{self.name}: {SPEAKERS_FILE} not found in {os.path.abspath(self._data_dir())} "
+                        f"(it is in every official LibriSpeech tarball at LibriSpeech/{SPEAKERS_FILE}, "
+                        f"and a prepared TFDS librispeech dataset keeps it as `speakers` in its "
+                        f"metadata.json); download {self.archive_names()[0]} from "
+                        f"{URL_TEMPLATE.format(self.subsets[0])}"
+                    )
+            if tfds_speakers is not None:
+                where = os.path.join(self.tfds_dir(), "metadata.json")
+                self._speakers = speakers_of_metadata(tfds_speakers, self.subsets)
+            else:
+                where, data = found["speakers"]
+                self._speakers = parse_speakers(data.decode("utf-8", "replace"), self.subsets)
             if not self._speakers:
                 raise RawDataMissing(f"{self.name}: {where} lists no speaker of subsets {self.subsets}")
         return self._speakers
@@ -105,7 +137,7 @@ class LibriSpeechReader(_speech.SpeechReader):
         names = self.label_names()
         return len(names) if names else self.official_num_speakers
 
-    def check_raw(self) -> None:
+    def check_raw_files(self) -> None:
         d = self._data_dir()
         if _archives.archives_in(d, self.archive_names()) or _archives.walk_files(d, self.audio_pattern()):
             self.speakers()
@@ -117,13 +149,13 @@ class LibriSpeechReader(_speech.SpeechReader):
         )
 
     # === reading ===
-    def list_sources(self) -> list[tuple]:
+    def list_raw_sources(self) -> list[tuple]:
         self.check_raw()
         return _archives.file_sources(self._data_dir(), self.archive_names(), self.audio_pattern(),
                                       files_per_source=self._files_per_source,
                                       archive_shards=int(self.options.get("archive_shards", 8)))
 
-    def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
+    def read_raw_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
         index = {s: i for i, s in enumerate(self.speakers())}
         regex = re.compile(self.audio_pattern())
         for where, rel, data in _archives.iter_source_files(source):
@@ -138,10 +170,36 @@ class LibriSpeechReader(_speech.SpeechReader):
                 continue
             yield _speech.speech_example(where, data, f"{speaker}-{chapter}-{utterance}", index[speaker_id])
 
+    # === a prepared TFDS `librispeech` dataset ===
+    def check_tfds(self) -> None:
+        self.speakers()
+
+    def tfds_decoders(self, info: Any) -> tuple[str, ...]:
+        # The lazy_decode config stores the FLAC bytes: decode them with soundfile, as above.
+        lazy = getattr(info.features["speech"].to_json_content(), "lazy_decode", False)
+        return ("speech",) if lazy else ()
+
+    def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:
+        if self.__dict__.get("_speaker_index") is None:
+            self._speaker_index = {s: i for i, s in enumerate(self.speakers())}
+        utterance = _tfds.text(record["id"])
+        speaker_id = str(int(record["speaker_id"]))
+        if speaker_id not in self._speaker_index:
+            raise ValueError(f"{utterance}: speaker {speaker_id} is not listed for subsets "
+                             f"{', '.join(self.subsets)}")
+        speech = record["speech"]
+        if isinstance(speech, (bytes, bytearray)):
+            spectrogram = _speech.audio_to_input(bytes(speech))
+        else:
+            sample_rate = info.features["speech"].sample_rate or 16000
+            spectrogram = _logmel.log_mel_spectrogram(_tfds.pcm_to_float(speech), sample_rate)
+        return RawExample(id=utterance, input=spectrogram, label=self._speaker_index[speaker_id])
+
 
 class LibriSpeechDevCleanReader(LibriSpeechReader):
     name = "librispeech-dev-clean"
     subsets = ("dev-clean",)
+    tfds_splits = {"dev_clean": None}
     official_num_speakers = 40
     split_fractions = (("train", 0.8), ("test", 0.2))
     pretrain_dataset = "librispeech"
