@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=DEFAULT_DATASET,
                         help=f"registered dataset name (default {DEFAULT_DATASET}; see --list)")
     parser.add_argument("--data_dir", default=None,
-                        help="folder holding the raw files (default data/raw/<dataset>)")
+                        help="folder holding the raw files (default data/raw/<dataset>; datasets "
+                             "made from the same files share one, e.g. vqa -> data/raw/mscoco)")
     parser.add_argument("--output_dir", default=None,
                         help=f"root of processed datasets (default ${OUTPUT_DIR_ENV} or data/processed)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split hash")
@@ -166,7 +167,7 @@ def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
     header = ("dataset", "modality", "tokens", "classes", "metric", "raw present", "expected raw files")
     rows = []
     for name in registry.names():
-        data_dir = os.path.join(raw_root, name)
+        data_dir = os.path.join(raw_root, registry.raw_folder(name))
         try:
             reader = registry.get_reader(name, data_dir=data_dir)
             spec = reader.spec_template()
@@ -385,9 +386,9 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
         print(list_datasets())
         return None
     start = time.time()
-    data_dir = args.data_dir or os.path.join(DEFAULT_RAW_ROOT, args.dataset)
-    output_dir = args.output_dir or default_output_dir()
     reader_name, options = resolve_dataset(args, reader_options(args))
+    data_dir = args.data_dir or os.path.join(DEFAULT_RAW_ROOT, registry.raw_folder(reader_name))
+    output_dir = args.output_dir or default_output_dir()
     reader = registry.get_reader(reader_name, data_dir=data_dir, **options)
     reader.spec_template()  # first: a reader refuses bad flags before looking for data
     ensure_raw(reader, reader_name, data_dir, args)

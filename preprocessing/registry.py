@@ -42,3 +42,10 @@ def get_reader(dataset: str, data_dir: str | None = None, **options) -> DatasetR
         raise KeyError(f"--dataset={dataset!r} is not known; known datasets: "
                        f"{', '.join(sorted(readers))}")
     return readers[dataset](data_dir=data_dir, **options)
+
+
+def raw_folder(dataset: str) -> str:
+    """The folder name under data/raw/ where `dataset` looks for its raw files by default."""
+    readers = _collect()
+    cls = readers.get(dataset)
+    return (cls.raw_folder or cls.name or dataset) if cls else dataset

@@ -270,3 +270,17 @@ def test_official_files_are_the_ones_the_reader_asks_for(dataset):
         assert remote.filename in named, (dataset, remote.filename)
         assert remote.url.startswith(("http://", "https://"))
         assert remote.sha256 is None or len(remote.sha256) == 64
+
+
+def test_datasets_made_from_the_same_files_share_one_raw_folder():
+    """vqa and mismatched-caption read (and download) COCO where mscoco does, and so on."""
+    shared = {"higgs-transfer": "higgs", "genomics-ood": "genomics", "genomics-id": "genomics",
+              "vqa": "mscoco", "mismatched-caption": "mscoco", "wafermap-unlabeled": "wafermap",
+              "librispeech-dev-clean": "librispeech", "fluent-speech-action": "fluent-speech",
+              "cifar10": "cifar10"}
+    for dataset, folder in shared.items():
+        assert registry.raw_folder(dataset) == folder
+        reader = registry.get_reader(dataset)
+        assert reader.default_data_dir() == os.path.join("data", "raw", folder)
+    rows = {line.split()[0]: line for line in preprocess.list_datasets("/r").splitlines()[1:]}
+    assert "no (/r/mscoco)" in rows["vqa"]

@@ -88,7 +88,7 @@ class NaturalImageReader(DatasetReader):
         )
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
 
 def chw_rows_to_images(rows: np.ndarray, size: int = SIZE) -> np.ndarray:

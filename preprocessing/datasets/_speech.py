@@ -108,7 +108,7 @@ class SpeechReader(DatasetReader):
         return len(self.label_names_)
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
 
 def file_chunks(paths: list[Any], per_source: int) -> list[tuple[Any, ...]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -77,6 +78,15 @@ class DatasetReader:
     # None: per-channel statistics computed by the pipeline on the train split.
     # Otherwise {"mean": [...], "std": [...]} fixed by DABS.
     fixed_normalization: dict[str, list[float]] | None = None
+
+    # Folder under data/raw/ that holds the raw files by default; datasets made from the same
+    # files share one (higgs-transfer reads data/raw/higgs, vqa reads data/raw/mscoco), so
+    # nothing is downloaded or stored twice. Empty: the dataset's own name.
+    raw_folder: str = ""
+
+    @classmethod
+    def default_data_dir(cls) -> str:
+        return os.path.join("data", "raw", cls.raw_folder or cls.name)
 
     def __init__(self, data_dir: str | None = None, **options: Any):
         self.data_dir = data_dir

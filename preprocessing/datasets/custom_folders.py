@@ -44,7 +44,7 @@ class _FolderReader(DatasetReader):
             self.name = options["name"]
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
     def pattern(self) -> str:
         return r"^([^/]+)/(?:[^/]+/)*[^/]+\.(?i:" + "|".join(self.extensions) + r")$"

@@ -109,7 +109,7 @@ class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
 
     # === locating the raw data ===
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
     def _archives(self) -> list[str]:
         d = self._data_dir()

@@ -37,6 +37,7 @@ WAV_PATTERN = r"(?:^|/)(wavs/speakers/([^/]+)/[^/]+\.wav)$"
 
 class FluentSpeechReader(_speech.SpeechReader):
     """Base: `label_column` picks the slot; the three registered subclasses set it."""
+    raw_folder = "fluent-speech"
 
     label_column = ""
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed

@@ -82,6 +82,7 @@ def sequence_of_field(field: str) -> str:
 
 class GenomicsReader(_tfds.PreparedTfds, DatasetReader):
     """In-distribution pretraining set (genomicsPretrain.csv)."""
+    raw_folder = "genomics"
 
     name = "genomics"
     file_name = "genomicsPretrain.csv"
@@ -125,7 +126,7 @@ class GenomicsReader(_tfds.PreparedTfds, DatasetReader):
         return [self.file_name]
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", "genomics")
+        return self.data_dir or self.default_data_dir()
 
     def raw_file(self) -> str:
         return os.path.join(self._data_dir(), self.file_name)

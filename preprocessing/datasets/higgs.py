@@ -84,6 +84,7 @@ def check_values(values: np.ndarray) -> tuple[int, np.ndarray]:
 
 class HiggsReader(_tfds.PreparedTfds, DatasetReader):
     """The pretraining part: lines 1 .. pretrain_rows."""
+    raw_folder = "higgs"
 
     name = "higgs"
     split_fractions = (("train", 0.9), ("test", 0.1))
@@ -130,7 +131,7 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
         return [f"{FILE_NAMES[0]} (or the decompressed {FILE_NAMES[1]})"]
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", "higgs")
+        return self.data_dir or self.default_data_dir()
 
     def raw_file(self) -> str | None:
         for name in FILE_NAMES:

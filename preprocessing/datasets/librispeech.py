@@ -71,6 +71,7 @@ def speakers_of_metadata(speakers: dict[str, Any], subsets: tuple[str, ...]) -> 
 
 
 class LibriSpeechReader(_tfds.PreparedTfds, _speech.SpeechReader):
+    raw_folder = "librispeech"  # one LibriSpeech/ tree holds every subset
     name = "librispeech"
     subsets: tuple[str, ...] = ("train-clean-100", "train-clean-360", "train-other-500")
     official_num_speakers = 2338

@@ -109,6 +109,7 @@ def _split_of_val(image_id: int) -> str:
 
 
 class MscocoReader(DatasetReader):
+    raw_folder = "mscoco"  # vqa and mismatched-caption read the same COCO files
     name = "mscoco"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = None
@@ -130,7 +131,7 @@ class MscocoReader(DatasetReader):
 
     # === files ===
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
     def expected_files(self) -> list[str]:
         return ["train2014.zip + val2014.zip (or extracted train2014/, val2014/)",

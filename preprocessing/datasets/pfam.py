@@ -92,7 +92,7 @@ class PfamReader(DatasetReader):
         self._clans: list[str] | None = None  # the label map, computed once on the driver
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
     def _split_files(self) -> list[tuple[str, str]]:
         found = []

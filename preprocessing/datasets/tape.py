@@ -90,7 +90,7 @@ class TapeTaskReader(DatasetReader):
                 + [f"{stem}.json" for _, stem in self.split_files])
 
     def _data_dir(self) -> str:
-        return self.data_dir or os.path.join("data", "raw", self.name)
+        return self.data_dir or self.default_data_dir()
 
     def check_raw(self) -> None:
         train_stem = self.split_files[0][1]

@@ -99,6 +99,7 @@ def wafer_to_image(wafer_map: Any) -> np.ndarray:
 
 
 class WaferMapReader(DatasetReader):
+    raw_folder = "wafermap"
     name = "wafermap"
     labeled = True
     split_fractions = (("train", 0.9), ("test", 0.1))
@@ -120,7 +121,7 @@ class WaferMapReader(DatasetReader):
         return [f"{PICKLE_NAME} (WM-811K pandas pickle)"]
 
     def _pickle_path(self) -> str:
-        d = self.data_dir or os.path.join("data", "raw", "wafermap")
+        d = self.data_dir or self.default_data_dir()
         return d if os.path.isfile(d) else os.path.join(d, PICKLE_NAME)
 
     def check_raw(self) -> None:
