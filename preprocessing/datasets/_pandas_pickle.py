@@ -13,10 +13,11 @@ the file, so loading it runs no code named by the file.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import numpy as np
+
+from preprocessing.datasets._numpy_unpickle import NumpyUnpickler
 
 
 class PandasPickleError(ValueError):
@@ -51,26 +52,22 @@ def _placeholder(module: str, name: str) -> type:
     return _PLACEHOLDERS[key]
 
 
-_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray",
-                  "numpy.core.numeric", "numpy._core.numeric")
-_NUMPY_NAMES = ("_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer")
 _BUILTINS = {"object", "slice", "set", "frozenset", "complex", "bytearray", "list", "dict",
              "tuple", "int", "float", "str", "bytes", "range"}
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
+class _Unpickler(NumpyUnpickler):
+    """NumPy globals, plus placeholders for pandas and the plain containers a frame holds."""
+
+    def refuse(self, module: str, name: str) -> Any:
         if module == "pandas" or module.startswith("pandas."):
             return _placeholder(module, name)
-        if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
-            return super().find_class(module, name)
         if module in ("copyreg", "copy_reg") and name in ("_reconstructor", "__newobj__"):
-            return super().find_class("copyreg", name)
+            return self.resolve("copyreg", name)
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
-            return super().find_class("builtins", name)
-        if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
-            # _codecs.encode: how a protocol-2 pickle written by Python 3 stores bytes.
-            return super().find_class(module, name)
+            return self.resolve("builtins", name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return self.resolve(module, name)
         if module.split(".")[0] in ("pyarrow", "numpy"):
             # A table re-saved by a recent pandas (Arrow strings, ...): pandas itself can load it.
             raise PandasPickleError(f"the pickle names {module}.{name} (not the 0.14.1 layout of "

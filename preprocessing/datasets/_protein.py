@@ -38,7 +38,6 @@ import csv
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import tarfile
@@ -48,6 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from preprocessing.datasets._numpy_unpickle import NumpyUnpickler
 from preprocessing.datasets.base import RawDataMissing
 
 VOCAB = "XARNDCQEGHILKMFPSTWYVUOBZJ"
@@ -209,24 +209,8 @@ def is_lmdb(path: str) -> bool:
 
 
 # (module, name) pairs a TAPE record may reference; anything else is refused.
-_PICKLE_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # bytes inside protocol-2 pickles
-}
-
-
-class _RecordUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
 def _loads(raw: bytes) -> Any:
-    return _RecordUnpickler(io.BytesIO(raw)).load()
+    return NumpyUnpickler(io.BytesIO(raw)).load()
 
 
 def _plain(value: Any) -> Any:
