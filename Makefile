@@ -22,6 +22,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/memory_bench.py
 
 clean:
 	rm -rf data/processed workdirs .pytest_cache
