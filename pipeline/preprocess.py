@@ -11,9 +11,11 @@ with `--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engi
 DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetch Prism).
 `--runner=PrismRunner` still selects Prism explicitly.
 
-Graph: Create(sources) | read (good / bad records) -> split -> per-channel mean/std on the
-train split (unless the reader has fixed DABS statistics) -> tokenize with the statistics as
-a side input -> tf.train.Example -> GZIP TFRecord shards, sorted by id within each shard.
+Graph: (unless the reader has fixed DABS statistics or discrete tokens) a first pass reads the
+sources for the per-channel mean/std of the train split; the main pass reads each source again,
+splits, tokenizes with the statistics as a side input and spills id-sorted runs of
+tf.train.Examples, which are merged into GZIP TFRecord shards sorted by id. Only file names
+pass between the stages, so memory stays bounded on the local runner too (pipeline/transforms.py).
 
 Output: `<output_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
 The version is built in `<output_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
@@ -250,21 +252,28 @@ def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str,
     from pipeline import transforms
 
     manifest = os.path.join(work_dir, _MANIFEST_DIR)
-    read = p | "ReadRaw" >> transforms.ReadRaw(reader, sources)
-    (read[transforms.BAD_TAG]
-     | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason})
-     | "WriteBad" >> transforms.WriteJson(os.path.join(manifest, "bad.json")))
-    keyed = read[transforms.GOOD_TAG] | "AssignSplit" >> transforms.AssignSplit(reader, seed)
     if spec.is_discrete:
         stats = p | "NoStats" >> beam.Create([None])
     elif reader.fixed_normalization is not None:
         stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
-    else:
-        stats = keyed | "ComputeStats" >> transforms.ComputeStats(int(spec.input_shape[-1]))
+    else:  # a first pass over the raw data; its bad records are reported by the main pass
+        first_pass = p | "ReadForStats" >> transforms.ReadRaw(reader, sources)
+        stats = (first_pass[transforms.GOOD_TAG]
+                 | "AssignSplit" >> transforms.AssignSplit(reader, seed)
+                 | "ComputeStats" >> transforms.ComputeStats(int(spec.input_shape[-1])))
     stats | "WriteStats" >> transforms.WriteJson(os.path.join(manifest, "stats.json"))
-    (keyed
-     | "ToExamples" >> transforms.ToExamples(spec, num_shards, stats)
-     | "WriteShards" >> transforms.WriteShards(work_dir, num_shards)
+    spill_dir = os.path.join(manifest, "spill")
+    spilled = (p
+               | "Sources" >> beam.Create(list(enumerate(sources)), reshuffle=False)
+               # Spreads the (few, heavy) sources over workers before reading.
+               | "Spread" >> beam.Reshuffle()
+               | "TokenizeAndSpill" >> transforms.TokenizeAndSpill(
+                   reader, spec, seed, num_shards, spill_dir, stats))
+    (spilled[transforms.BAD_TAG]
+     | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason})
+     | "WriteBad" >> transforms.WriteJson(os.path.join(manifest, "bad.json")))
+    (spilled[transforms.RUNS_TAG]
+     | "MergeShards" >> transforms.MergeShards(work_dir, num_shards, spill_dir)
      | "WriteManifest" >> transforms.WriteJson(os.path.join(manifest, "shards.json")))
 
 

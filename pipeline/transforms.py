@@ -1,21 +1,31 @@
 """Beam PTransforms of the preprocessing job (see `pipeline/preprocess.py` for the graph).
 
-ReadRaw -> AssignSplit -> ComputeStats (train split only) -> ToExamples (tokenize with the
-stats as a side input) -> WriteShards. The dataset-specific parts come from a
-`DatasetReader`; the tokenizer is `preprocessing.tokenize`, the same ops the exported model runs.
+Statistics pass (only when the pipeline computes the normalization): ReadRaw -> AssignSplit ->
+ComputeStats over the train split. Main pass: TokenizeAndSpill reads each source again, splits,
+tokenizes with the statistics as a side input and writes id-sorted runs to spill files, at most
+SPILL_BUDGET_BYTES of examples in memory at a time; MergeShards merges each (split, shard)'s runs
+into its GZIP TFRecord shard. The dataset-specific parts come from a `DatasetReader`; the
+tokenizer is `preprocessing.tokenize`, the same ops the exported model runs.
 
-Determinism: the shard of an example is a hash of its id, and each shard is written by one
-worker with its examples sorted by id, so a rerun with the same inputs and flags produces
+Memory: nothing but source descriptions, run-file names and statistics passes between stages,
+so a local runner (which keeps what passes between stages in memory) stays bounded however
+large the dataset. The price is reading the raw data twice when statistics are computed.
+
+Determinism: the shard of an example is a hash of its id, and each shard holds its examples
+sorted by id (a merge of id-sorted runs), so a rerun with the same inputs and flags produces
 byte-identical shards whatever the runner's parallelism or bundle order.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import os
+import struct
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
@@ -26,11 +36,19 @@ from preprocessing.spec import DatasetSpec
 
 BAD_TAG = "bad"
 GOOD_TAG = "good"
+RUNS_TAG = "runs"
 _METRICS_NAMESPACE = "keras_metamae.preprocess"
 # A worker logs one progress line per this many tokenized examples.
 LOG_EVERY = 1000
 # Standard deviations below this are replaced by 1 so constant channels do not blow up.
 MIN_STD = 1e-6
+# Serialized examples a worker holds before writing them out as sorted runs.
+SPILL_BUDGET_BYTES = 64 << 20
+# Runs merged at once (open files); more are merged in rounds.
+MERGE_FAN_IN = 128
+TOKENIZE_BATCH = 64
+# Python's own bytes per held (id, record) pair (tuple, str and bytes headers, list slot).
+_ITEM_OVERHEAD = 150
 
 
 def shard_path(split: str, shard: int, num_shards: int) -> str:
@@ -214,66 +232,160 @@ def make_example(tokens: Any, label: Any, example_id: str, spec: DatasetSpec) ->
     return example.SerializeToString(deterministic=True)
 
 
-class _Tokenize(beam.DoFn):
-    """A batch of (split, RawExample) -> ((split, shard), (id, serialized Example))."""
+def normalized_spec(spec: DatasetSpec, stats: dict[str, Any] | None) -> DatasetSpec:
+    """`spec` with the pipeline's statistics as its normalization (None: fixed or discrete)."""
+    if stats is None:
+        return spec
+    if not stats.get("mean"):
+        raise ValueError(f"{spec.name}: the train split is empty, so there are no "
+                         f"statistics to normalize with")
+    return dataclasses.replace(spec, normalization=stats)
 
-    def __init__(self, spec: DatasetSpec, num_shards: int):
+
+def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec,
+                   num_shards: int) -> Iterator[tuple[tuple[str, int], tuple[str, bytes]]]:
+    """(split, RawExample)s -> ((split, shard), (id, serialized Example)); one TF call per batch."""
+    from preprocessing import tokenize
+
+    if spec.is_segmented:
+        raw = {seg["name"]: np.stack([np.asarray(ex.input[seg["name"]]) for _, ex in batch])
+               for seg in spec.segments}
+        parts = {k: v.numpy() for k, v in tokenize.raw_to_segment_tokens(raw, spec).items()}
+        per_example = [{name: values[i] for name, values in parts.items()} for i in range(len(batch))]
+    else:
+        raw = np.stack([np.asarray(ex.input) for _, ex in batch])
+        raw = raw.astype(np.int64) if spec.is_discrete else raw.astype(np.float32)
+        per_example = tokenize.raw_to_tokens(raw, spec).numpy()
+    for (split, ex), example_tokens in zip(batch, per_example):
+        key = (split, shard_of(ex.id, num_shards))
+        yield key, (ex.id, make_example(example_tokens, ex.label, ex.id, spec))
+
+
+# === spill files: id-sorted runs of (id, serialized Example) ===
+def _open(path: str, mode: str):
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode, buffering=1 << 20)
+
+
+def write_run(path: str, items: Iterable[tuple[str, bytes]]) -> int:
+    """Writes (id, record) pairs, already sorted by id, to a run file; returns their number."""
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    count = 0
+    with _open(path, "wb") as f:
+        for example_id, record in items:
+            key = example_id.encode()
+            f.write(struct.pack("<II", len(key), len(record)))
+            f.write(key)
+            f.write(record)
+            count += 1
+    return count
+
+
+def read_run(path: str) -> Iterator[tuple[str, bytes]]:
+    with _open(path, "rb") as f:
+        while header := f.read(8):
+            if len(header) != 8:
+                raise IOError(f"{path}: truncated run file")
+            id_len, record_len = struct.unpack("<II", header)
+            key, record = f.read(id_len), f.read(record_len)
+            if len(key) != id_len or len(record) != record_len:
+                raise IOError(f"{path}: truncated run file")
+            yield key.decode(), record
+
+
+def merged_runs(paths: list[str], scratch_prefix: str,
+                fan_in: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """The id-ordered merge of sorted runs, with at most `fan_in` (default MERGE_FAN_IN) files
+    open at once: more runs are first merged in groups into runs `<scratch_prefix>-<round>-<group>`."""
+    fan_in = fan_in or MERGE_FAN_IN
+    round_ = 0
+    while len(paths) > fan_in:
+        merged = []
+        for g in range(0, len(paths), fan_in):
+            out = f"{scratch_prefix}-{round_}-{g // fan_in:05d}.run"
+            write_run(out, heapq.merge(*(read_run(p) for p in paths[g:g + fan_in]),
+                                       key=lambda kv: kv[0]))
+            merged.append(out)
+        paths, round_ = merged, round_ + 1
+    # heapq.merge is stable: equal ids keep the order of `paths`.
+    yield from heapq.merge(*(read_run(p) for p in paths), key=lambda kv: kv[0])
+
+
+class _ReadTokenizeSpill(beam.DoFn):
+    """(index, source) -> run-file dicts {"split", "shard", "run"}; BadRecords to BAD_TAG."""
+
+    def __init__(self, reader: DatasetReader, spec: DatasetSpec, seed: int, num_shards: int,
+                 spill_dir: str, budget_bytes: int):
+        self._reader = reader
         self._spec = spec
+        self._seed = seed
         self._num_shards = num_shards
+        self._spill_dir = spill_dir
+        self._budget = budget_bytes
+        self._read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_read")
+        self._bad = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "bad_records")
         self._count = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_tokenized")
         self._seen = 0
 
-    def process(self, batch: list[tuple[str, RawExample]], stats: dict[str, Any]):
-        from preprocessing import tokenize
+    def process(self, indexed_source, stats):
+        index, source = indexed_source
+        spec = normalized_spec(self._spec, stats)
+        buffers: dict[tuple[str, int], list[tuple[str, bytes]]] = collections.defaultdict(list)
+        held, runs, batch = 0, 0, []
+        for record in self._reader.read_source(source):
+            if isinstance(record, BadRecord):
+                self._bad.inc()
+                yield beam.pvalue.TaggedOutput(BAD_TAG, record)
+                continue
+            self._read.inc()
+            batch.append((self._reader.split_of(record, self._seed), record))
+            if len(batch) == TOKENIZE_BATCH:
+                held += self._tokenize(batch, spec, buffers)
+                batch = []
+            if held >= self._budget:
+                yield from self._spill(index, runs, buffers)
+                held, runs = 0, runs + 1
+        if batch:
+            self._tokenize(batch, spec, buffers)
+        yield from self._spill(index, runs, buffers)
 
-        spec = self._spec
-        if stats is not None:
-            if not stats.get("mean"):
-                raise ValueError(f"{spec.name}: the train split is empty, so there are no "
-                                 f"statistics to normalize with")
-            spec = dataclasses.replace(spec, normalization=stats)
-        if spec.is_segmented:
-            raw = {seg["name"]: np.stack([np.asarray(ex.input[seg["name"]]) for _, ex in batch])
-                   for seg in spec.segments}
-            parts = {k: v.numpy() for k, v in tokenize.raw_to_segment_tokens(raw, spec).items()}
-            for i, (split, ex) in enumerate(batch):
-                key = (split, shard_of(ex.id, self._num_shards))
-                example_tokens = {name: values[i] for name, values in parts.items()}
-                yield key, (ex.id, make_example(example_tokens, ex.label, ex.id, spec))
-            self._count.inc(len(batch))
-            return
-        raw = np.stack([np.asarray(ex.input) for _, ex in batch])
-        if spec.is_discrete:
-            raw = raw.astype(np.int64)
-        else:
-            raw = raw.astype(np.float32)
-        tokens = tokenize.raw_to_tokens(raw, spec).numpy()
-        for (split, ex), example_tokens in zip(batch, tokens):
-            key = (split, shard_of(ex.id, self._num_shards))
-            yield key, (ex.id, make_example(example_tokens, ex.label, ex.id, spec))
+    def _tokenize(self, batch, spec, buffers) -> int:
+        size = 0
+        for key, (example_id, record) in tokenize_batch(batch, spec, self._num_shards):
+            buffers[key].append((example_id, record))
+            size += len(record) + len(example_id) + _ITEM_OVERHEAD
         self._count.inc(len(batch))
         before, self._seen = self._seen, self._seen + len(batch)
         if before // LOG_EVERY != self._seen // LOG_EVERY:
             logging.info("%s: this worker tokenized %d examples", spec.name, self._seen)
+        return size
+
+    def _spill(self, index: int, run: int, buffers) -> Iterator[dict[str, Any]]:
+        for (split, shard), items in sorted(buffers.items()):
+            items.sort(key=lambda kv: kv[0])
+            path = os.path.join(self._spill_dir, f"{split}-{shard:05d}", f"{index:06d}-{run:04d}.run")
+            write_run(path, items)
+            yield {"split": split, "shard": shard, "run": path}
+        buffers.clear()
 
 
-class ToExamples(beam.PTransform):
-    """(split, RawExample) -> ((split, shard), (id, serialized tf.train.Example))."""
+class TokenizeAndSpill(beam.PTransform):
+    """(index, source) -> {"runs": run-file dicts, BAD_TAG: BadRecords}."""
 
-    def __init__(self, spec: DatasetSpec, num_shards: int, stats):
+    def __init__(self, reader: DatasetReader, spec: DatasetSpec, seed: int, num_shards: int,
+                 spill_dir: str, stats, budget_bytes: int | None = None):
         super().__init__()
-        self._spec = spec
-        self._num_shards = num_shards
-        self._stats = stats  # a singleton PCollection of normalization dicts
+        self._fn = _ReadTokenizeSpill(reader, spec, seed, num_shards, spill_dir,
+                                      budget_bytes or SPILL_BUDGET_BYTES)
+        self._stats = stats  # a singleton PCollection: the statistics dict, or None
 
-    def expand(self, keyed):
-        return (
-            keyed
-            # Tokenizing a batch is one TF call instead of one per example.
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
-            | "Tokenize" >> beam.ParDo(_Tokenize(self._spec, self._num_shards),
-                                       stats=beam.pvalue.AsSingleton(self._stats))
-        )
+    def expand(self, indexed_sources):
+        return indexed_sources | "ReadTokenizeSpill" >> beam.ParDo(
+            self._fn, stats=beam.pvalue.AsSingleton(self._stats)).with_outputs(BAD_TAG, main=RUNS_TAG)
 
 
 # === write ===
@@ -291,33 +403,42 @@ def write_records(path: str, records: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-class _WriteShard(beam.DoFn):
-    def __init__(self, version_dir: str, num_shards: int):
+class _MergeShard(beam.DoFn):
+    def __init__(self, version_dir: str, num_shards: int, spill_dir: str):
         self._dir = version_dir
         self._num_shards = num_shards
+        self._spill_dir = spill_dir
 
     def process(self, element):
-        (split, shard), items = element
-        # Sorted by id: the file's content does not depend on bundle order.
-        items = sorted(items, key=lambda kv: kv[0])
+        (split, shard), runs = element
+        runs = sorted(runs)  # by (source index, run): a fixed merge order
+        scratch = os.path.join(self._spill_dir, f"{split}-{shard:05d}", "merged")
+        count = 0
+
+        def records():
+            nonlocal count
+            for _, record in merged_runs(runs, scratch):
+                count += 1
+                yield record
+
         rel = shard_path(split, shard, self._num_shards)
-        sha = write_records(os.path.join(self._dir, rel), (record for _, record in items))
-        yield {"split": split, "shard": shard, "path": rel, "num_examples": len(items), "sha256": sha}
+        sha = write_records(os.path.join(self._dir, rel), records())
+        yield {"split": split, "shard": shard, "path": rel, "num_examples": count, "sha256": sha}
 
 
-class WriteShards(beam.PTransform):
-    """((split, shard), (id, record)) -> one manifest dict per written shard."""
+class MergeShards(beam.PTransform):
+    """Run-file dicts -> one manifest dict per written shard (only file names are grouped)."""
 
-    def __init__(self, version_dir: str, num_shards: int):
+    def __init__(self, version_dir: str, num_shards: int, spill_dir: str):
         super().__init__()
-        self._dir = version_dir
-        self._num_shards = num_shards
+        self._fn = _MergeShard(version_dir, num_shards, spill_dir)
 
-    def expand(self, keyed_records):
+    def expand(self, runs):
         return (
-            keyed_records
+            runs
+            | "KeyByShard" >> beam.Map(lambda r: ((r["split"], r["shard"]), r["run"]))
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteShard(self._dir, self._num_shards))
+            | "Merge" >> beam.ParDo(self._fn)
         )
 
 
