@@ -144,7 +144,7 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
         if self.raw_file() is None:
             d = os.path.abspath(self._data_dir())
             raise RawDataMissing(
-                f"{self.name}: no {FILE_NAMES[0]} in {d}. Download {FILE_NAMES[0]} (2.6 GB) from "
+                f"{self.name}: no {FILE_NAMES[0]} in {d}. Download {FILE_NAMES[0]} (2.8 GB) from "
                 f"{FILE_URL} and put it in {d}/ (gzipped or decompressed as {FILE_NAMES[1]}), "
                 f"or pass --data_dir to the folder that holds it."
             )
