@@ -257,7 +257,8 @@ def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str,
     elif reader.fixed_normalization is not None:
         stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
     else:  # a first pass over the raw data; its bad records are reported by the main pass
-        first_pass = p | "ReadForStats" >> transforms.ReadRaw(reader, sources)
+        first_pass = p | "ReadForStats" >> transforms.ReadRaw(reader, sources,
+                                                               metrics_prefix="stats_pass_")
         stats = (first_pass[transforms.GOOD_TAG]
                  | "AssignSplit" >> transforms.AssignSplit(reader, seed)
                  | "ComputeStats" >> transforms.ComputeStats(int(spec.input_shape[-1])))

@@ -69,10 +69,10 @@ def shard_of(example_id: str, num_shards: int) -> int:
 class _ReadSource(beam.DoFn):
     """Reads one source; routes BadRecords to a separate output instead of failing."""
 
-    def __init__(self, reader: DatasetReader):
+    def __init__(self, reader: DatasetReader, metrics_prefix: str):
         self._reader = reader
-        self._read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_read")
-        self._bad = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "bad_records")
+        self._read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, metrics_prefix + "examples_read")
+        self._bad = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, metrics_prefix + "bad_records")
 
     def process(self, source) -> Iterator[Any]:
         for record in self._reader.read_source(source):
@@ -85,12 +85,17 @@ class _ReadSource(beam.DoFn):
 
 
 class ReadRaw(beam.PTransform):
-    """sources -> {good: RawExample, bad: BadRecord}."""
+    """sources -> {good: RawExample, bad: BadRecord}.
 
-    def __init__(self, reader: DatasetReader, sources: list[Any]):
+    `metrics_prefix` keeps a second read of the same sources (the statistics pass) from adding
+    to the job's `examples_read` / `bad_records` counters, which TokenizeAndSpill reports.
+    """
+
+    def __init__(self, reader: DatasetReader, sources: list[Any], metrics_prefix: str = ""):
         super().__init__()
         self._reader = reader
         self._sources = sources
+        self._metrics_prefix = metrics_prefix
 
     def expand(self, pbegin):
         return (
@@ -98,7 +103,8 @@ class ReadRaw(beam.PTransform):
             | "Sources" >> beam.Create(self._sources, reshuffle=False)
             # Spreads the (few, heavy) sources over workers before reading.
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadSource(self._reader)).with_outputs(BAD_TAG, main=GOOD_TAG)
+            | "Read" >> beam.ParDo(_ReadSource(self._reader, self._metrics_prefix))
+            .with_outputs(BAD_TAG, main=GOOD_TAG)
         )
 
 
