@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import tensorflow as tf
 
@@ -187,7 +187,7 @@ def find_corrupt_shards(spec: DatasetSpec, files: list[str]) -> list[tuple[str, 
 
 
 @contextlib.contextmanager
-def explain_data_errors(spec: DatasetSpec, version_dir: str, split: str) -> Iterator[None]:
+def explain_data_errors(spec: DatasetSpec, version_dir: str, split: str | Sequence[str]) -> Iterator[None]:
     """Re-raises tf.data read/parse errors as DataError naming the broken shard(s).
 
         with explain_data_errors(spec, version_dir, "train"):
@@ -196,7 +196,9 @@ def explain_data_errors(spec: DatasetSpec, version_dir: str, split: str) -> Iter
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        broken = find_corrupt_shards(spec, split_files(spec, version_dir, split))
+        names = [split] if isinstance(split, str) else list(split)
+        broken = find_corrupt_shards(spec, [f for name in names
+                                            for f in split_files(spec, version_dir, name)])
         if not broken:
             raise
         listed = "\n".join(f"  {path}: {problem}" for path, problem in broken)
@@ -207,7 +209,7 @@ def explain_data_errors(spec: DatasetSpec, version_dir: str, split: str) -> Iter
 def make_dataset(
     spec: DatasetSpec | None,
     version_dir: str,
-    split: str,
+    split: str | Sequence[str],
     batch_size: int,
     *,
     shuffle: bool = True,
@@ -217,25 +219,35 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of {"tokens", "label", "id"} from one split of a preprocessed version.
+    """Batches of {"tokens", "label", "id"} from one split (or several, read as one) of a
+    preprocessed version.
 
     `batch_size` is the global batch size; with an `input_context` (from
     `strategy.distribute_datasets_from_function`) each input pipeline reads its share of the
     shard files and batches `input_context.get_per_replica_batch_size(batch_size)`.
     Shuffling is seeded, so the same `seed` gives the same batches; `skip_batches` skips the
     batches a resumed run has already consumed.
+
+    Mixing: the pipeline stores each shard in a seeded, label-independent order, and this
+    reader shuffles the shard files each epoch, interleaves all of them one record at a time
+    and shuffles again in a buffer of up to `_MAX_SHUFFLE_BUFFER` examples, so a batch's class
+    mix looks like uniform sampling whatever order the raw data came in.
     """
     if spec is None:
         spec = load_spec(version_dir)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected at least 1")
-    files = split_files(spec, version_dir, split)
-    num_examples = spec.splits[split].num_examples
+    splits = [split] if isinstance(split, str) else list(split)
+    if not splits:
+        raise ValueError("make_dataset: no split given")
+    split_label = "+".join(splits)
+    files = [path for name in splits for path in split_files(spec, version_dir, name)]
+    num_examples = sum(spec.splits[name].num_examples for name in splits)
     if num_examples == 0:
-        raise DataError(f"{version_dir}: split {split!r} has no examples (spec.json num_examples=0)")
+        raise DataError(f"{version_dir}: split {split_label!r} has no examples (spec.json num_examples=0)")
     if drop_remainder and num_examples < batch_size:
         raise DataError(
-            f"{version_dir}: split {split!r} has {num_examples} examples, fewer than "
+            f"{version_dir}: split {split_label!r} has {num_examples} examples, fewer than "
             f"batch_size={batch_size} with drop_remainder=True, so it would yield no batch; "
             f"lower the batch size"
         )
@@ -245,9 +257,10 @@ def make_dataset(
     if input_context is not None:
         n, index = input_context.num_input_pipelines, input_context.input_pipeline_id
         if n > len(files):
-            raise DataError(f"{version_dir}: split {split!r} has {len(files)} shard files, fewer than "
+            raise DataError(f"{version_dir}: split {split_label!r} has {len(files)} shard files, fewer than "
                             f"the {n} input pipelines; re-run the preprocessing with --num_shards >= {n}")
         files = files[index::n]
+        num_examples = max(1, num_examples // n)  # about this pipeline's share
         per_pipeline_batch = input_context.get_per_replica_batch_size(batch_size)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -255,15 +268,15 @@ def make_dataset(
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=min(len(files), 8),
+        # Every shard open at once, one record from each in turn: a batch draws on all of them.
+        cycle_length=len(files),
+        block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,  # same seed -> same batches, needed for exact resumption
     )
     if shuffle:
-        bytes_per_example = max(1, spec.tokens_feature_length * 4)
-        buffer = min(num_examples, _MAX_SHUFFLE_BUFFER,
-                     max(per_pipeline_batch, _SHUFFLE_BUFFER_BYTES // bytes_per_example))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer_size(spec, num_examples, per_pipeline_batch),
+                        seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(per_pipeline_batch, drop_remainder=drop_remainder)
@@ -273,7 +286,15 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def shuffle_buffer_size(spec: DatasetSpec, num_examples: int, batch_size: int) -> int:
+    """Examples held by the element shuffle: the whole split when it is small, else as many as
+    `_SHUFFLE_BUFFER_BYTES` of serialized tokens allow, at most `_MAX_SHUFFLE_BUFFER`."""
+    bytes_per_example = max(1, spec.tokens_feature_length * 4)
+    return int(min(num_examples, _MAX_SHUFFLE_BUFFER,
+                   max(batch_size, _SHUFFLE_BUFFER_BYTES // bytes_per_example)))
+
+
 __all__ = [
     "DataError", "SpecError", "explain_data_errors", "feature_spec", "find_corrupt_shards",
-    "find_dataset_dir", "make_dataset", "parse_batch", "split_files",
+    "find_dataset_dir", "make_dataset", "parse_batch", "shuffle_buffer_size", "split_files",
 ]

@@ -241,16 +241,21 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     strategy = build_strategy(config.strategy)
 
-    train_split = "train"
-    if train_split not in spec.splits:
-        raise ValueError(f"{version_dir}/spec.json: no 'train' split to pretrain on")
-    # Validation on 'val', else 'test', when it holds at least one batch; none otherwise.
-    val_split = next((s for s in ("val", "test") if spec.splits.get(s)
-                      and spec.splits[s].num_examples >= config.batch_size), None)
-    examples = spec.splits[train_split].num_examples
+    # The spec's protocol names the pretraining splits (EuroSAT: `pretrain`, never the held-out
+    # transfer part).
+    train_split = spec.protocol_splits("pretrain")
+    missing = [s for s in train_split if s not in spec.splits]
+    if missing:
+        raise ValueError(f"{version_dir}/spec.json: no split {missing[0]!r} to pretrain on "
+                         f"(the spec has {sorted(spec.splits)})")
+    # Validation on the probe's validation split, else its test split, when it holds at least
+    # one batch; none otherwise.
+    val_split = next((s for s in (*spec.protocol_splits("probe_val"), *spec.protocol_splits("probe_test"))
+                      if spec.splits.get(s) and spec.splits[s].num_examples >= config.batch_size), None)
+    examples = sum(spec.splits[s].num_examples for s in train_split)
     if examples < config.batch_size:
         raise ValueError(
-            f"{version_dir}: split 'train' has {examples} examples, fewer than "
+            f"{version_dir}: split {'+'.join(train_split)!r} has {examples} examples, fewer than "
             f"--batch_size={config.batch_size}")
     batches_per_epoch = examples // config.batch_size
 
@@ -291,7 +296,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     ]
     if spec.is_image_like and not spec.is_discrete:
         callbacks.append(cb.ReconstructionImages(
-            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split or train_split, 4),
+            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split or train_split[0], 4),
             every_epochs=max(1, config.checkpoint_every // config.log_every)))
 
     chunk = config.log_every

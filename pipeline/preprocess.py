@@ -308,8 +308,10 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
     if spec.is_discrete:
         normalization = {}
     elif reader.fixed_normalization is not None:
+        # "dabs": published statistics; "none": the reference feeds raw values / [0, 1] pixels.
         normalization = {"mean": list(reader.fixed_normalization["mean"]),
-                         "std": list(reader.fixed_normalization["std"]), "source": "dabs"}
+                         "std": list(reader.fixed_normalization["std"]),
+                         "source": reader.fixed_normalization.get("source", "dabs")}
     else:
         (stats,) = _read_json(os.path.join(manifest, "stats.json"))
         if not stats["mean"]:
@@ -318,7 +320,8 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
     content_hash = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
     return dataclasses.replace(spec, splits=splits, normalization=normalization,
                                pipeline_version=PIPELINE_VERSION, command=command,
-                               content_hash=content_hash)
+                               content_hash=content_hash,
+                               protocol=dict(spec.protocol or reader.protocol or {}))
 
 
 def _check_bad_records(name: str, bad: list[dict[str, str]], num_good: int, max_fraction: float):

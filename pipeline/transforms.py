@@ -11,9 +11,11 @@ Memory: nothing but source descriptions, run-file names and statistics passes be
 so a local runner (which keeps what passes between stages in memory) stays bounded however
 large the dataset. The price is reading the raw data twice when statistics are computed.
 
-Determinism: the shard of an example is a hash of its id, and each shard holds its examples
-sorted by id (a merge of id-sorted runs), so a rerun with the same inputs and flags produces
-byte-identical shards whatever the runner's parallelism or bundle order.
+Determinism and mixing: the shard of an example is a hash of its id, and each shard holds its
+examples sorted by `order_key` — a seeded hash of the id, then the id — (a merge of sorted runs),
+so a rerun with the same inputs and flags produces byte-identical shards whatever the runner's
+parallelism or bundle order, and the order inside a shard never follows the label even where
+ids start with the class or speaker (EuroSAT `AnnualCrop_1`, LibriSpeech `103-1240-0000`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ def shard_path(split: str, shard: int, num_shards: int) -> str:
 
 def shard_pattern(split: str, num_shards: int) -> str:
     return f"{split}/data-*-of-{num_shards:05d}.tfrecord.gz"
+
+
+def order_key(example_id: str, seed: int) -> str:
+    """Where an example goes inside its shard: a seeded hash (so the order is independent of
+    any class or speaker prefix of the id), then the id itself (unique, so ties are impossible)."""
+    digest = hashlib.blake2b(f"order/{seed}/{example_id}".encode(), digest_size=8).hexdigest()
+    return f"{digest}/{example_id}"
 
 
 def shard_of(example_id: str, num_shards: int) -> int:
@@ -248,9 +257,10 @@ def normalized_spec(spec: DatasetSpec, stats: dict[str, Any] | None) -> DatasetS
     return dataclasses.replace(spec, normalization=stats)
 
 
-def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec,
-                   num_shards: int) -> Iterator[tuple[tuple[str, int], tuple[str, bytes]]]:
-    """(split, RawExample)s -> ((split, shard), (id, serialized Example)); one TF call per batch."""
+def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec, num_shards: int,
+                   seed: int = 0) -> Iterator[tuple[tuple[str, int], tuple[str, bytes]]]:
+    """(split, RawExample)s -> ((split, shard), (order_key, serialized Example)); one TF call
+    per batch."""
     from preprocessing import tokenize
 
     if spec.is_segmented:
@@ -264,10 +274,10 @@ def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec,
         per_example = tokenize.raw_to_tokens(raw, spec).numpy()
     for (split, ex), example_tokens in zip(batch, per_example):
         key = (split, shard_of(ex.id, num_shards))
-        yield key, (ex.id, make_example(example_tokens, ex.label, ex.id, spec))
+        yield key, (order_key(ex.id, seed), make_example(example_tokens, ex.label, ex.id, spec))
 
 
-# === spill files: id-sorted runs of (id, serialized Example) ===
+# === spill files: runs of (order key, serialized Example) sorted by key ===
 def _open(path: str, mode: str):
     if "://" in path:
         import tensorflow as tf
@@ -277,7 +287,7 @@ def _open(path: str, mode: str):
 
 
 def write_run(path: str, items: Iterable[tuple[str, bytes]]) -> int:
-    """Writes (id, record) pairs, already sorted by id, to a run file; returns their number."""
+    """Writes (key, record) pairs, already sorted by key, to a run file; returns their number."""
     if "://" not in path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     count = 0
@@ -305,7 +315,7 @@ def read_run(path: str) -> Iterator[tuple[str, bytes]]:
 
 def merged_runs(paths: list[str], scratch_prefix: str,
                 fan_in: int | None = None) -> Iterator[tuple[str, bytes]]:
-    """The id-ordered merge of sorted runs, with at most `fan_in` (default MERGE_FAN_IN) files
+    """The key-ordered merge of sorted runs, with at most `fan_in` (default MERGE_FAN_IN) files
     open at once: more runs are first merged in groups into runs `<scratch_prefix>-<round>-<group>`."""
     fan_in = fan_in or MERGE_FAN_IN
     round_ = 0
@@ -317,7 +327,7 @@ def merged_runs(paths: list[str], scratch_prefix: str,
                                        key=lambda kv: kv[0]))
             merged.append(out)
         paths, round_ = merged, round_ + 1
-    # heapq.merge is stable: equal ids keep the order of `paths`.
+    # heapq.merge is stable: equal keys keep the order of `paths`.
     yield from heapq.merge(*(read_run(p) for p in paths), key=lambda kv: kv[0])
 
 
@@ -361,9 +371,9 @@ class _ReadTokenizeSpill(beam.DoFn):
 
     def _tokenize(self, batch, spec, buffers) -> int:
         size = 0
-        for key, (example_id, record) in tokenize_batch(batch, spec, self._num_shards):
-            buffers[key].append((example_id, record))
-            size += len(record) + len(example_id) + _ITEM_OVERHEAD
+        for key, (sort_key, record) in tokenize_batch(batch, spec, self._num_shards, self._seed):
+            buffers[key].append((sort_key, record))
+            size += len(record) + len(sort_key) + _ITEM_OVERHEAD
         self._count.inc(len(batch))
         before, self._seen = self._seen, self._seen + len(batch)
         if before // LOG_EVERY != self._seen // LOG_EVERY:

@@ -32,6 +32,15 @@ Mixed-token sequences (`segments`, e.g. the vision-language `mscoco` domain)
   the rows of a continuous segment hold its values (zero-padded to the packed width), the
   rows of a discrete segment hold the token id in column 0 and zeros elsewhere (ids are exact
   in float32 below 2**24). So every consumer of `batch["tokens"]` keeps working unchanged.
+
+The evaluation protocol (`protocol`)
+- Which splits pretraining reads and which the linear probe trains, selects and reports on:
+  `{"pretrain": [...], "probe_train": [...], "probe_val": [...], "probe_test": [...]}` plus
+  optional `"probe_batch_size"` (DABS's probe batch where it differs from pretraining).
+  Every key is optional; a missing one takes the default `pretrain=["train"]`,
+  `probe_train=["train"]`, `probe_val=["val"]` (if that split exists, else none),
+  `probe_test=["test"]`. So EuroSAT pretrains on `pretrain` and probes on the held-out
+  `transfer_train`/`transfer_test`, and AudioMNIST probes on `train` + `val` as DABS does.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import tempfile
 from typing import Any
 
 SPEC_FILENAME = "spec.json"
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: seeded label-independent order inside shards; protocol
 
 MODALITIES = (
     "image",
@@ -59,6 +68,7 @@ SEGMENT_KINDS = ("continuous", "discrete")
 _SEGMENT_KEYS = {"name", "kind", "num_tokens", "token_grid", "feature", "input_shape",
                  "tokenizer", "patch_shape", "token_dim", "vocab_size"}
 _RESERVED_FEATURES = ("label", "id")
+PROTOCOL_ROLES = ("pretrain", "probe_train", "probe_val", "probe_test")
 TASKS = ("multiclass", "binary", "multilabel", "regression", "per_token_multiclass")
 METRICS = ("accuracy", "weighted_f1", "spearman", "auroc")
 
@@ -111,6 +121,24 @@ class DatasetSpec:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Mixed-token sequences only (see the module docstring); empty for single-modality data.
     segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Which splits pretraining and the linear probe use (see the module docstring).
+    protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # === protocol ===
+    def protocol_splits(self, role: str) -> list[str]:
+        """The split names `role` (one of PROTOCOL_ROLES) reads, defaults filled in."""
+        if role not in PROTOCOL_ROLES:
+            raise ValueError(f"role={role!r}, expected one of {PROTOCOL_ROLES}")
+        if role in self.protocol:
+            return list(self.protocol[role])
+        if role == "probe_val":
+            return ["val"] if "val" in self.splits else []
+        return ["test"] if role == "probe_test" else ["train"]
+
+    @property
+    def probe_batch_size(self) -> int:
+        """The probe's batch size fixed by the benchmark (0: use the pretraining batch)."""
+        return int(self.protocol.get("probe_batch_size", 0))
 
     # === derived ===
     @property
@@ -162,6 +190,18 @@ class DatasetSpec:
                 f"token_grid={self.token_grid} must be 1-D or 2-D with product "
                 f"num_tokens={self.num_tokens}"
             )
+        unknown = sorted(set(self.protocol) - set(PROTOCOL_ROLES) - {"probe_batch_size"})
+        if unknown:
+            fail(f"protocol has unknown keys {unknown}; expected {PROTOCOL_ROLES} or probe_batch_size")
+        for role in PROTOCOL_ROLES:
+            names = self.protocol.get(role, [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                fail(f"protocol[{role!r}] must be a list of split names, got {names!r}")
+            if self.splits:
+                missing = [n for n in names if n not in self.splits]
+                if missing:
+                    fail(f"protocol[{role!r}] names splits {missing} that the spec does not "
+                         f"have ({sorted(self.splits)})")
         for name, split in self.splits.items():
             if split.num_examples < 0 or split.num_shards < 1:
                 fail(f"split {name!r} has num_examples={split.num_examples}, "

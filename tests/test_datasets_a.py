@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from preprocessing import registry
+from preprocessing.spec import PIPELINE_VERSION
 from preprocessing.datasets import _line_ranges, _protein
 from preprocessing.datasets.base import BadRecord, RawDataMissing
 from tests.fixtures import (make_custom, make_fluorescence, make_genomics, make_higgs,
@@ -361,7 +362,7 @@ def test_custom_formats_through_the_pipeline_flags(flags, expected_good, raw_roo
                              "--output_dir", out, "--num_shards", "1",
                              "--max_bad_fraction", "0.5"] + flags)
     name = flags[flags.index("--name") + 1]
-    assert result.version_dir == os.path.join(out, name, "1")
+    assert result.version_dir == os.path.join(out, name, PIPELINE_VERSION)
     assert result.spec.name == name
     assert result.num_examples == expected_good
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from preprocessing import registry
+from preprocessing.spec import PIPELINE_VERSION
 from preprocessing.datasets import _logmel
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
 
@@ -328,6 +329,6 @@ def test_custom_image_folder_through_the_pipeline_flags(tmp_path):
         "--data_dir", make_custom_folders.make_raw(str(tmp_path)),
         "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
         "--reader_option", "image_size=16", "--reader_option", "patch_size=4", "--name", "pets"])
-    assert result.version_dir == os.path.join(str(tmp_path / "out"), "pets", "1")
+    assert result.version_dir == os.path.join(str(tmp_path / "out"), "pets", PIPELINE_VERSION)
     assert result.spec.name == "pets" and result.spec.input_shape == [16, 16, 3]
     assert result.num_examples == 3 and len(result.bad_records) == 1

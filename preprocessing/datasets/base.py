@@ -76,8 +76,12 @@ class DatasetReader:
     # Split fractions used by the default `split_of` (by hash of `group or id`).
     split_fractions: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
     # None: per-channel statistics computed by the pipeline on the train split.
-    # Otherwise {"mean": [...], "std": [...]} fixed by DABS.
-    fixed_normalization: dict[str, list[float]] | None = None
+    # Otherwise {"mean": [...], "std": [...]} fixed by DABS, optionally with "source": "none"
+    # for an identity (mean 0, std 1) where the reference feeds raw values or [0, 1] pixels.
+    fixed_normalization: dict[str, Any] | None = None
+    # Which splits pretraining and the probe use (DatasetSpec.protocol); None: the defaults
+    # train / train / val / test.
+    protocol: dict[str, Any] | None = None
 
     # Folder under data/raw/ that holds the raw files by default; datasets made from the same
     # files share one (higgs-transfer reads data/raw/higgs, vqa reads data/raw/mscoco), so
