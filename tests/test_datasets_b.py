@@ -30,7 +30,7 @@ MINIATURES = {
     "imagenet32": ("make_imagenet32", 22, "train_data_batch_3:row 1"),
     "cifar10": ("make_cifar10", 15, "cifar-10-batches-py/data_batch_4"),
     "cub": ("make_cub", 3, "017.Cardinal/Cardinal_0002_4.jpg"),
-    "vgg-flower": ("make_vgg_flower", 5, "jpg/image_00005.jpg"),
+    "vgg-flower": ("make_vgg_flower", 11, "jpg/image_00005.jpg"),
     "dtd": ("make_dtd", 4, "zigzagged/zigzagged_0002.jpg"),
     "traffic-sign": ("make_traffic_sign", 8, "00042/00001_00001.ppm"),
     "aircraft": ("make_aircraft", 4, "images/1000003.jpg"),

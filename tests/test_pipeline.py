@@ -105,7 +105,7 @@ def test_eurosat_zip_end_to_end(tmp_path):
     assert spec.normalization["source"] == "dabs" and len(spec.normalization["mean"]) == 13
     reader = registry.get_reader("eurosat", data_dir=data_dir)
     examples = {ex.id: ex for ex in reader.read_all()}
-    stored = read_split(result.version_dir, spec, "train")
+    stored = read_split(result.version_dir, spec, "pretrain")  # EuroSAT's 90 % pretraining part
     assert stored and set(stored) <= set(examples)
     some = sorted(stored)[0]
     expected = tokenize.raw_to_tokens(examples[some].input[None], spec).numpy().reshape(-1)

@@ -23,7 +23,6 @@ class ImageFilesReader(_images.NaturalImageReader):
     image_pattern = ""
     # key -> file name of each metadata file; found by this name at any depth / in the archives.
     metadata_files: dict[str, str] = {}
-    crop_bottom = 0  # rows of the image to drop before resizing (Aircraft's copyright banner)
     _files_per_source = 256
     _archive_shards = 8
 
@@ -40,6 +39,11 @@ class ImageFilesReader(_images.NaturalImageReader):
         """(id, label, split, group) of the image whose path matched with `groups`; None if
         the image is not part of the dataset; raises ValueError for an inconsistent record."""
         raise NotImplementedError
+
+    def crop_box(self, example_id: str, metadata: Any) -> tuple[int, int, int, int] | None:
+        """(xmin, ymin, xmax, ymax), 1-based and inclusive, to crop the image to before resizing;
+        None: the whole image. Raises ValueError when the image should have one and has none."""
+        return None
 
     # === locating ===
     def expected_files(self) -> list[str]:
@@ -85,6 +89,7 @@ class ImageFilesReader(_images.NaturalImageReader):
                 continue
             try:
                 described = self.describe(regex.search(rel).groups(), metadata)
+                box = None if described is None else self.crop_box(described[0], metadata)
             except ValueError as e:
                 yield BadRecord(path=where, reason=str(e))
                 continue
@@ -92,7 +97,7 @@ class ImageFilesReader(_images.NaturalImageReader):
                 continue
             example_id, label, split, group = described
             yield _images.image_example(where, data, example_id, label, split=split, group=group,
-                                        crop_bottom=self.crop_bottom)
+                                        box=box)
 
 
 def text_lines(found: dict[str, tuple[str, bytes]], key: str) -> list[str]:

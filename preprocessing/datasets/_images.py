@@ -2,8 +2,8 @@
 
 ImageNet32 and its transfer sets (CIFAR-10, CUB, VGG Flowers, DTD, Traffic Sign, Aircraft) all
 use `[32, 32, 3]` RGB inputs with values in [0, 1] (torchvision's ToTensor scale), 4 x 4 patches
--> an 8 x 8 grid of 64 tokens of 48 values. Per-channel normalization statistics are computed by
-the pipeline on each dataset's train split (DABS normalizes each set with its own statistics).
+-> an 8 x 8 grid of 64 tokens of 48 values. The model sees those [0, 1] values as the reference
+does (torchvision Resize + ToTensor, no Normalize): identity normalization, source "none".
 
 Decoding uses Pillow (JPEG, PNG and the PPM of GTSRB, which tf.io.decode_image does not read);
 grey, palette, CMYK and alpha images are converted to RGB. Resizing uses tf.image.resize
@@ -23,6 +23,8 @@ from preprocessing.spec import DatasetSpec
 
 SIZE = 32
 INPUT_SHAPE = [SIZE, SIZE, 3]
+# The readers already store ToTensor's [0, 1] scale, which the reference feeds unnormalized.
+UNIT_SCALE_NORMALIZATION = {"mean": [0.0] * 3, "std": [1.0] * 3, "source": "none"}
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -48,15 +50,26 @@ def resize_to_input(pixels: np.ndarray, size: int = SIZE) -> np.ndarray:
     return np.clip(pixels.astype(np.float32) / 255.0, 0.0, 1.0)
 
 
+def crop_to_box(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The part of `[H, W, C]` inside `box` = (xmin, ymin, xmax, ymax), 1-based pixel coordinates
+    with both ends included (FGVC-Aircraft's images_box.txt); ValueError if it is not inside."""
+    xmin, ymin, xmax, ymax = (int(v) for v in box)
+    height, width = pixels.shape[:2]
+    if not (1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height):
+        raise ValueError(f"bounding box (xmin {xmin}, ymin {ymin}, xmax {xmax}, ymax {ymax}) is not "
+                         f"inside the {width}x{height} image (1-based, inclusive coordinates)")
+    return pixels[ymin - 1:ymax, xmin - 1:xmax]
+
+
 def image_example(where: str, data: bytes, example_id: str, label: int, split: str | None = None,
-                  group: str | None = None, crop_bottom: int = 0, size: int = SIZE) -> RawExample | BadRecord:
-    """A RawExample for one encoded image, or a BadRecord naming `where` if it cannot be decoded."""
+                  group: str | None = None, box: tuple[int, int, int, int] | None = None,
+                  size: int = SIZE) -> RawExample | BadRecord:
+    """A RawExample for one encoded image, or a BadRecord naming `where` if it cannot be decoded
+    (or `box`, a bounding box to crop to before resizing, is not inside it)."""
     try:
         pixels = decode_rgb(data)
-        if crop_bottom:
-            if pixels.shape[0] <= crop_bottom:
-                raise ValueError(f"image is {pixels.shape[0]} px high, cannot drop {crop_bottom} banner rows")
-            pixels = pixels[:-crop_bottom]
+        if box is not None:
+            pixels = crop_to_box(pixels, box)
         image = resize_to_input(pixels, size)
     except ValueError as e:
         return BadRecord(path=where, reason=str(e))
@@ -68,7 +81,7 @@ class NaturalImageReader(DatasetReader):
 
     pretrain_dataset = "imagenet32"
     raw_url = ""
-    fixed_normalization = None
+    fixed_normalization = UNIT_SCALE_NORMALIZATION
 
     def label_names(self) -> list[str]:
         raise NotImplementedError

@@ -5,7 +5,8 @@ in data_dir, as downloaded or extracted: `cifar-10-batches-py/data_batch_1..5` a
 Python-2 pickles of dicts with byte-string keys `b"data"` (uint8 `[10000, 3072]`, R, G, B planes)
 and `b"labels"` (0..9), plus `batches.meta` (class names; the names are fixed, see CLASSES).
 Splits: the official ones, data_batch_* -> train, test_batch -> test (no val split: the trainer
-then validates on test, as DABS evaluates CIFAR-10). Normalization: computed by the pipeline.
+then validates on test, as DABS evaluates CIFAR-10). Pixels in [0, 1], not normalized further
+(as the reference's ToTensor; see `_images`).
 
 Without those files, a prepared TFDS `cifar10` dataset (`cifar10/<version>/dataset_info.json`,
 nothing downloaded) is read instead: TFDS `train` -> train, `test` -> test, the ClassLabel ids

@@ -4,6 +4,8 @@ Raw format: `dtd-r1.0.1.tar.gz` (https://www.robots.ox.ac.uk/~vgg/data/dtd/) in 
 downloaded or extracted: `dtd/images/<class>/<class>_<n>.jpg` and `dtd/labels/train1.txt`,
 `val1.txt`, `test1.txt` (one `<class>/<file>.jpg` per line). We use the first of the ten
 official splits. Labels: index of the class folder in the sorted list CLASSES.
+Protocol (as the reference): the linear probe trains on train1 + val1 (1,880 images) and reports
+on test1 (1,880); no split is held out for model selection.
 
 Without the archive, a prepared TFDS `dtd` dataset (`dtd/<version>/dataset_info.json`, nothing
 downloaded; TFDS also uses split 1) is read instead: TFDS `train`/`validation`/`test` ->
@@ -37,6 +39,7 @@ class DTDReader(_tfds.PreparedTfds, _image_files.ImageFilesReader):
     image_pattern = r"(?:^|/)images/(([^/]+)/[^/]+\.jpg)$"
     metadata_files = dict(SPLIT_FILES)
     split_fractions = (("train", 1 / 3), ("val", 1 / 3), ("test", 1 / 3))  # names only: splits are official
+    protocol = {"probe_train": ["train", "val"], "probe_val": []}
     tfds_builder = "dtd"
     tfds_splits = {"train": "train", "validation": "val", "test": "test"}
     tfds_skip_decoding = ("image",)

@@ -12,9 +12,13 @@ Each tile is read with tifffile as `[64, 64, 13]` (band-first `[13, 64, 64]` fil
 and normalized per band with the fixed DABS statistics. The example id is `<Class>_<n>` in all
 three formats, so the same tile lands in the same split whatever format it came from.
 
-Splits: DABS holds out 10 % (seed 42) for transfer and then splits 90/10 train/test; we keep one
-level and split train/val/test 80/10/10 by a seeded hash of the id (`--seed`, default 42), which
-is stable across runs, machines and raw formats.
+Splits (DABS protocol): 10 % of the 27,000 tiles are held out as the transfer set and never
+pretrained on; the linear probe trains and tests 90/10 on that part (about 2,430 / 270 tiles).
+One seeded hash of the tile id (`--seed`, default 42) assigns each tile to `pretrain` (90 %),
+`transfer_train` (9 %) or `transfer_test` (1 %): stable across runs, machines and the three raw
+formats (DABS shuffles with seed 42 and cuts 90/10 twice; a hash gives the same proportions
+without a global shuffle). The spec's protocol names them: pretraining reads `pretrain`, the
+probe trains on `transfer_train` and reports on `transfer_test`.
 """
 
 from __future__ import annotations
@@ -76,7 +80,10 @@ def decode_tile(data: bytes | str) -> np.ndarray:
 
 class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
     name = "eurosat"
-    split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    # 90 % pretraining; the 10 % transfer part split 90/10 for the probe (0.09 / 0.01 overall).
+    split_fractions = (("pretrain", 0.9), ("transfer_train", 0.09), ("transfer_test", 0.01))
+    protocol = {"pretrain": ["pretrain"], "probe_train": ["transfer_train"],
+                "probe_test": ["transfer_test"]}
     fixed_normalization = {"mean": DABS_MEAN, "std": DABS_STD}
 
     def spec_template(self) -> DatasetSpec:

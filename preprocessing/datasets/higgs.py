@@ -5,19 +5,24 @@ Raw format under `--data_dir`: the official `HIGGS.csv.gz` (or the decompressed 
 (1.0 = signal, 0.0 = background), then 21 low-level kinematic features and 7 high-level
 features derived from them. Example: input float32 `[28]`, one token per feature (28 tokens of 1).
 
-Pretrain/transfer partition (DABS: "pretrain = first part, transfer = the rest"): we use UCI's
-own boundary - the first 10,500,000 lines are `higgs` (pretraining) and the last 500,000
-lines, which UCI designates as its test set, are `higgs-transfer`. The boundary is the
-`pretrain_rows` reader option (so miniature files can be cut anywhere). Within each, examples
-are split 90/10 train/test by a seeded hash of the line number (`--seed`, default 42): the same
-line lands in the same split on every run, runner and machine.
+Pretrain/transfer partition as DABS (`PRETRAIN_PROPORTION = 0.9` of the 11,000,000 rows, its
+head `math.ceil` and tail `math.floor`): the first 9,900,000 rows are `higgs` (pretraining) and
+the last 1,100,000 are `higgs-transfer`. (UCI's own test set is only the last 500,000; DABS
+does not use it.) The boundary is the `pretrain_rows` reader option (so miniature files can be
+cut anywhere). Within each, examples are split 90/10 train/test by a seeded hash of the line
+number (`--seed`, default 42; DABS shuffles with seed 42 and cuts 90/10): the same line lands
+in the same split on every run, runner and machine. The probe trains on `higgs-transfer`'s
+train split (~990,000 rows) and reports on its test split (~110,000).
+
+Input scale: the raw feature values, as the reference feeds them (identity normalization,
+source "none"; no per-feature z-score).
 
 A prepared TFDS `higgs` dataset (`higgs/<version>/dataset_info.json`; one `train` split of
 11,000,000 examples: `class_label` float32 and the 28 features as float64, named as in
 TFDS_FEATURE_NAMES) is read instead when the CSV is absent, `rows_per_source` examples per
 source, nothing downloaded. TFDS stores the rows in its own (hashed) order and not the line
 numbers, so the boundary counts TFDS examples: the first `pretrain_rows` are `higgs`, the rest
-`higgs-transfer` - the same sizes as UCI's partition, but not UCI's test rows. Example ids are
+`higgs-transfer` - exactly DABS's partition, which DABS cut from the same TFDS order. Example ids are
 `higgs-tfds-<index>` and split 90/10 by the same seeded hash. A record with a non-finite value
 or a label other than 0/1 becomes a BadRecord `tfds:<dir>:train[<index>]`.
 
@@ -42,7 +47,7 @@ FILE_NAMES = ("HIGGS.csv.gz", "HIGGS.csv")
 FILE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00280/HIGGS.csv.gz"
 NUM_FEATURES = 28
 TOTAL_ROWS = 11_000_000
-PRETRAIN_ROWS = 10_500_000  # UCI: "the last 500,000 examples are used as a test set"
+PRETRAIN_ROWS = 9_900_000  # DABS: math.ceil(0.9 * 11,000,000); the rest (1,100,000) is transfer
 ROWS_PER_SOURCE = 500_000
 FEATURE_NAMES = (
     "lepton_pT", "lepton_eta", "lepton_phi", "missing_energy_magnitude", "missing_energy_phi",
@@ -88,6 +93,9 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
 
     name = "higgs"
     split_fractions = (("train", 0.9), ("test", 0.1))
+    # The reference feeds the raw feature values (no z-score): identity, per feature.
+    fixed_normalization = {"mean": [0.0] * NUM_FEATURES, "std": [1.0] * NUM_FEATURES,
+                           "source": "none"}
     pretrain_dataset = ""
     tfds_builder = "higgs"
     tfds_splits = {"train": None}
@@ -183,7 +191,7 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
 
 
 class HiggsTransferReader(HiggsReader):
-    """The transfer part: the lines after pretrain_rows (UCI's last 500,000)."""
+    """The transfer part: the lines after pretrain_rows (the last 1,100,000)."""
 
     name = "higgs-transfer"
     pretrain_dataset = "higgs"

@@ -10,7 +10,7 @@ The `_npz` release (same names + `.npz`, same keys) works too. Files are found a
 Labels: the 1-based class number minus one; label_names are the official class numbers "1".."1000"
 (the batches carry no WordNet ids). Splits: the train batches -> train (99 %) / val (1 %, seeded
 hash of the id, for the trainer's validation), `val_data` (ImageNet's validation set) -> test.
-Normalization: per-channel statistics computed by the pipeline on the train split.
+Pixels in [0, 1], not normalized further (as the reference's ToTensor; see `_images`).
 Each batch file (~400 MB) is one read task and is loaded whole by its worker.
 
 Without batch files, a prepared TFDS `imagenet_resized/32x32` dataset

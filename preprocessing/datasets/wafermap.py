@@ -20,9 +20,10 @@ release), since a pickle cannot be read in parts.
 Input `[32, 32, 3]`: the map resized to 32 x 32 by nearest neighbour (half-pixel centres, no
 new values), then each die value v in {0, 1, 2} becomes the grey level v / 2 in all three
 channels: no die -> black (0), good die -> grey (0.5), defect -> white (1.0). This is DABS's
-`v * 127.5` grey RGB image scaled by ToTensor's 1/255 (DABS resized with bilinear
-interpolation; nearest keeps the three die states distinct). Per-channel normalization
-statistics are computed by the pipeline on the train split.
+`v * 127.5` grey RGB image (0, 127, 255) scaled by ToTensor's 1/255 (0, 0.498, 1; DABS resized
+with bilinear interpolation; nearest keeps the three die states distinct). The model sees these
+[0, 1] values as the reference does: identity normalization (source "none"), no per-channel
+z-score.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class WaferMapReader(DatasetReader):
     name = "wafermap"
     labeled = True
     split_fractions = (("train", 0.9), ("test", 0.1))
-    fixed_normalization = None
+    # The reference feeds the ToTensor [0, 1] image (no z-score); the reader already gives [0, 1].
+    fixed_normalization = {"mean": [0.0] * 3, "std": [1.0] * 3, "source": "none"}
 
     def spec_template(self) -> DatasetSpec:
         return DatasetSpec(
