@@ -30,7 +30,7 @@ CASES = {
                     f"genomicsTransferID.csv:{make_genomics.MALFORMED_LINE_NUMBER}"),
     "genomics-ood": (make_genomics, {}, 12,
                      f"genomicsTransferOOD.csv:{make_genomics.MALFORMED_LINE_NUMBER}"),
-    "pfam": (make_pfam, {}, 19, f"pfam_train.json[{make_pfam.MALFORMED_INDEX}]"),
+    "pfam": (make_pfam, {}, 27, f"pfam_train.json[{make_pfam.MALFORMED_INDEX}]"),
     "scop": (make_scop, {}, 14, f"remote_homology_train.json[{make_scop.MALFORMED_INDEX}]"),
     "secondary-structure": (make_secondary_structure, {}, 10,
                             f"secondary_structure_train.json[{make_secondary_structure.MALFORMED_INDEX}]"),
@@ -208,7 +208,7 @@ def test_pfam_label_map_is_sorted_numerically_and_tokens_pad_with_x(read):
     reader, good, _ = read("pfam")
     assert reader.clans() == ["0", "3", "7", "12"]
     for ex in good:
-        assert ex.split in ("train", "val", "test")
+        assert ex.split in ("train", "val", "transfer_train", "transfer_test", "holdout")
     short = [ex for ex in good if (ex.input == 0).any()]
     assert short, "some miniature sequences are shorter than 128 and must be padded with X=0"
     first = short[0].input

@@ -24,6 +24,11 @@ from preprocessing.spec import DatasetSpec
 INPUT_SHAPE = [_logmel.NUM_MELS, _logmel.NUM_MELS, 1]
 PATCH_SHAPE = [16, 16]
 TOKEN_GRID = [INPUT_SHAPE[0] // PATCH_SHAPE[0], INPUT_SHAPE[1] // PATCH_SHAPE[1]]
+# DABS trains the linear probe of the speech transfer sets (AudioMNIST, Fluent Speech x3, Google
+# Speech Commands, VoxCeleb1) on train + val and reports on test; no split is left to select
+# hyper-parameters on (dabs_datasets.md, "Probe training data").
+PROBE_ON_TRAIN_AND_VAL = {"pretrain": ["train"], "probe_train": ["train", "val"],
+                          "probe_val": [], "probe_test": ["test"]}
 
 
 def decode_audio(data: bytes | str) -> tuple[np.ndarray, int]:

@@ -7,7 +7,8 @@ GitHub zip `AudioMNIST-master.zip`, in data_dir: `data/<speaker 01..60>/<digit>_
 Input: the DABS log-mel spectrogram at the native 48 kHz (DABS does not resample), normalized
 with the fixed DABS AudioMNIST statistics mean -90.293, std 11.799.
 Splits: the fixed DABS speaker lists (AudioMNIST's digit-task fold 0): 36 train, 12 val and 12
-test speakers (DABS trains the probe on train + val).
+test speakers. As DABS, the linear probe trains on train + val and reports on test (spec
+`protocol`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class AudioMNISTReader(_speech.SpeechReader):
     label_names_ = tuple(str(d) for d in range(10))
     split_fractions = (("train", 0.6), ("val", 0.2), ("test", 0.2))  # names only: splits are fixed
     fixed_normalization = {"mean": [-90.293], "std": [11.799]}
+    protocol = _speech.PROBE_ON_TRAIN_AND_VAL  # the probe trains on train + val
     raw_url = REPO_URL
 
     def expected_files(self) -> list[str]:

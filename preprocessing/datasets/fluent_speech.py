@@ -9,7 +9,8 @@ object,location`; the first column is pandas' index) and `wavs/speakers/<speaker
 Each utterance carries three labels (action 6, object 14, location 4 classes); the model takes
 one class label per example, so the three are three datasets sharing the same spectrograms:
 `fluent-speech-action`, `fluent-speech-object`, `fluent-speech-location`. Class order is DABS's.
-Splits: the official CSVs (train / valid -> val / test).
+Splits: the official CSVs (train / valid -> val / test); as DABS, the linear probe trains
+on train + val and reports on test (spec `protocol`).
 Input: DABS log-mel, fixed DABS statistics mean -31.809, std 13.127.
 """
 
@@ -42,6 +43,7 @@ class FluentSpeechReader(_speech.SpeechReader):
     label_column = ""
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = {"mean": [-31.809], "std": [13.127]}
+    protocol = _speech.PROBE_ON_TRAIN_AND_VAL  # the probe trains on train + val
     raw_url = URL
 
     def __init__(self, data_dir: str | None = None, **options):

@@ -22,6 +22,8 @@ A/C/G/T, or whose label is out of range, becomes a BadRecord `<file>:<line>`.
 Labels: in-distribution classes 0..9; `genomics-ood` subtracts the offset 10 from its raw
 labels 10..69 to give classes 0..59. Splits: 90/10 train/test by a seeded hash of the line
 (DABS shuffles with seed 42 and takes 90/10). Files are read in ranges of `rows_per_source` lines.
+Linear probe (paper Table 16, spec `protocol`): on train, reported on test, batch 64 for
+`genomics-id` and 32 for `genomics-ood` (pretraining batch 32).
 
 When a reader's CSV is absent, a prepared TFDS `genomics_ood` dataset
 (`genomics_ood/<version>/dataset_info.json`, nothing downloaded) is read instead: the same TFDS
@@ -194,6 +196,8 @@ class GenomicsTransferIDReader(GenomicsReader):
     file_name = "genomicsTransferID.csv"
     tfds_split = "validation"
     pretrain_dataset = "genomics"
+    # Table 16: the in-distribution probe runs with batch 64 (pretraining: 32).
+    protocol = {"probe_batch_size": 64}
 
 
 class GenomicsTransferOODReader(GenomicsReader):
@@ -205,6 +209,9 @@ class GenomicsTransferOODReader(GenomicsReader):
     num_classes = NUM_OOD_CLASSES
     label_offset = OOD_LABEL_OFFSET
     pretrain_dataset = "genomics"
+    # Table 16: batch 32 for the OOD probe, the pretraining batch; stated so it does not follow
+    # a pretraining run with another batch.
+    protocol = {"probe_batch_size": 32}
 
 
 READERS = {

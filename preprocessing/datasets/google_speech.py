@@ -8,7 +8,8 @@ as downloaded or extracted in data_dir: `<word>/<speaker>_nohash_<n>.wav` (16 kH
 Class set (as DABS): the 35 words of v0.02 plus `_background_noise_`, i.e. 36 classes; the
 label is the index in `LABELS` (the 35 words sorted, then `_background_noise_`).
 Splits (official): files in testing_list.txt -> test, in validation_list.txt -> val, all other
-files (including the noise recordings) -> train.
+files (including the noise recordings) -> train. As DABS, the linear probe trains on
+train + val and reports on test (spec `protocol`).
 Input: DABS log-mel, fixed DABS statistics mean -46.847, std 19.151.
 
 A prepared TFDS `speech_commands` dataset is NOT accepted in place of the archive (its folder is
@@ -50,6 +51,7 @@ class GoogleSpeechReader(_speech.SpeechReader):
     label_names_ = LABELS
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = {"mean": [-46.847], "std": [19.151]}
+    protocol = _speech.PROBE_ON_TRAIN_AND_VAL  # the probe trains on train + val
     raw_url = URL
 
     def __init__(self, data_dir: str | None = None, **options):

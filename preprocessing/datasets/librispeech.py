@@ -16,10 +16,16 @@ utterance whose speaker is not listed is a BadRecord.
 Input: the DABS log-mel spectrogram `[224, 224, 1]` (see `_logmel.py`), normalized with the
 fixed DABS statistics mean -22.924, std 12.587 (both datasets, as in DABS).
 
-Splits (seeded hash of the utterance id, so every speaker appears in every split, which the
-speaker-id probe needs): `librispeech` train/val/test 90/5/5; `librispeech-dev-clean` train/test
-80/20 (DABS: 80/20 per speaker with seed 42; a per-utterance hash gives 80/20 per speaker in
-expectation and does not need to see all of a speaker's utterances at once).
+Splits: `librispeech` train/val/test 90/5/5 by a seeded hash of the utterance id (every
+speaker appears in every split). `librispeech-dev-clean` train/test exactly as DABS's
+`LibriSpeechTransfer.train_test_split`: the utterance ids of dev-clean sorted as text (torchaudio's
+file list), then for each speaker in numeric order, one `numpy.random.RandomState(42)` shuffles
+that speaker's utterances and the first int(0.8 * n) are train, the rest test, so each speaker
+is split 80/20 and the sets are the reference's (the seed is DABS's fixed 42, not `--seed`).
+That needs every utterance id before any is assigned: the driver lists them once when the
+sources are listed (the extracted tree's file names, the tarball's member names - one pass over
+dev-clean.tar.gz that reads no audio -, or the prepared TFDS split's `id`s with the audio left
+encoded) and the map travels to the workers with the reader.
 
 Without the tarballs, a prepared TFDS `librispeech` dataset (config `default` or `lazy_decode`,
 `librispeech/<config>/<version>/dataset_info.json`, nothing downloaded) is read instead, 128
@@ -36,7 +42,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterator
+import tarfile
+import zipfile
+import zlib
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from preprocessing.datasets import _archives, _logmel, _speech, _tfds
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample
@@ -45,6 +56,44 @@ URL_TEMPLATE = "https://www.openslr.org/resources/12/{}.tar.gz"
 SPEAKERS_FILE = "SPEAKERS.TXT"
 LIBRISPEECH_MEAN = [-22.924]
 LIBRISPEECH_STD = [12.587]
+DABS_DEV_CLEAN_SEED = 42  # LibriSpeechTransfer.train_test_split: np.random.RandomState(42)
+DABS_DEV_CLEAN_TRAIN_FRACTION = 0.8
+
+
+def dabs_dev_clean_splits(utterance_ids: Iterable[str]) -> dict[str, str]:
+    """utterance id (`<speaker>-<chapter>-<utt>`) -> "train" / "test", as DABS splits dev-clean:
+    torchaudio lists the files sorted by name; per speaker (numerically sorted) one shared
+    RandomState(42) shuffles the indices of that speaker's files and the first int(0.8 * n)
+    are train."""
+    stems = sorted(set(utterance_ids))
+    speaker_of = np.array([int(stem.split("-", 1)[0]) for stem in stems], dtype=np.int64)
+    rs = np.random.RandomState(DABS_DEV_CLEAN_SEED)
+    splits = {}
+    for speaker in sorted(set(speaker_of.tolist())):
+        indices = np.where(speaker_of == speaker)[0]
+        rs.shuffle(indices)
+        num_train = int(DABS_DEV_CLEAN_TRAIN_FRACTION * len(indices))
+        for rank, index in enumerate(indices.tolist()):
+            splits[stems[index]] = "train" if rank < num_train else "test"
+    return splits
+
+
+def archive_member_names(archive: str, pattern: str) -> list[str]:
+    """Names of the archive's files matching `pattern`, without reading their data. An archive
+    that breaks mid-way gives the names before the break (reading it reports the break)."""
+    regex = re.compile(pattern)
+    names = []
+    try:
+        if archive.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                return [i.filename for i in zf.infolist() if regex.search(i.filename)]
+        with tarfile.open(archive, mode="r|*") as tf:
+            for member in tf:
+                if member.isfile() and regex.search(member.name):
+                    names.append(member.name)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError):
+        pass
+    return names
 
 
 def parse_speakers(text: str, subsets: tuple[str, ...]) -> list[str]:
@@ -202,9 +251,58 @@ class LibriSpeechDevCleanReader(LibriSpeechReader):
     subsets = ("dev-clean",)
     tfds_splits = {"dev_clean": None}
     official_num_speakers = 40
-    split_fractions = (("train", 0.8), ("test", 0.2))
+    split_fractions = (("train", 0.8), ("test", 0.2))  # names; the split is DABS's, see split_of
     pretrain_dataset = "librispeech"
     raw_url = URL_TEMPLATE.format("dev-clean")
+
+    def utterance_ids(self) -> list[str]:
+        """Every dev-clean utterance id present (sorted), decodable or not, as torchaudio's
+        file list holds them: from the extracted tree, else the tarball, else TFDS."""
+        regex = re.compile(self.audio_pattern())
+        if self.reads_tfds():
+            return sorted(self._tfds_utterance_ids())
+        d = self._data_dir()
+        names = _archives.walk_files(d, self.audio_pattern()) if os.path.isdir(d) else []
+        if not names:
+            for archive in _archives.archives_in(d, self.archive_names()):
+                names += archive_member_names(archive, self.audio_pattern())
+        ids = []
+        for name in names:
+            speaker, chapter, utterance = regex.search(name).groups()
+            ids.append(f"{speaker}-{chapter}-{utterance}")
+        return sorted(ids)
+
+    def _tfds_utterance_ids(self) -> list[str]:
+        import tensorflow_datasets as tfds
+
+        builder = _tfds.open_builder(self.tfds_dir())
+        ids = []
+        for split in self.tfds_splits:
+            if split not in builder.info.splits:
+                continue
+            dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                         decoders={"speech": tfds.decode.SkipDecoding()},
+                                         read_config=tfds.ReadConfig(try_autocache=False))
+            ids += [_tfds.text(i) for i in tfds.as_numpy(dataset.map(lambda r: r["id"]))]
+        return ids
+
+    def dabs_splits(self) -> dict[str, str]:
+        """utterance id -> split (`dabs_dev_clean_splits`), computed once on the driver."""
+        if self.__dict__.get("_dabs_splits") is None:
+            self._dabs_splits = dabs_dev_clean_splits(self.utterance_ids())
+        return self._dabs_splits
+
+    def list_sources(self) -> list[Any]:
+        sources = super().list_sources()
+        self.dabs_splits()  # here, so the map travels to the workers with the reader
+        return sources
+
+    def split_of(self, example: RawExample, seed: int) -> str:
+        split = self.dabs_splits().get(example.id)
+        if split is None:  # not listed (e.g. a file added after listing): never silently train
+            raise ValueError(f"{self.name}: utterance {example.id} was not in the dev-clean file "
+                             f"list the DABS split was drawn from; rerun the job")
+        return split
 
 
 READERS = {"librispeech": LibriSpeechReader, "librispeech-dev-clean": LibriSpeechDevCleanReader}

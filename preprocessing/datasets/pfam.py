@@ -1,10 +1,10 @@
 """`pfam`: DABS protein domain, the TAPE Pfam pretraining corpus.
 
-Raw format under `--data_dir` (or its `pfam/` subfolder), one split per stem,
+Raw format under `--data_dir` (or its `pfam/` subfolder), one file per stem:
 
-    pfam_train   -> split train
-    pfam_valid   -> split val
-    pfam_holdout -> split test  (TAPE's held-out families)
+    pfam_train   -> split train           (pretraining)
+    pfam_valid   -> splits val, transfer_train, transfer_test  (see "Splits" below)
+    pfam_holdout -> split holdout         (TAPE's held-out families; no protocol role)
 
 in either of TAPE's releases:
 - LMDB, TAPE's official distribution (`http://s3.amazonaws.com/songlabdata/proteindata/
@@ -33,6 +33,21 @@ field, or that is not valid JSON / does not unpickle becomes a BadRecord naming 
 (`<file>:<line>`, or `<pfam_train.lmdb dir>[<key>]`). An LMDB folder without `num_examples` is
 an error naming the folder.
 
+Splits and protocol (paper Table 1 / DABS `PfamTransfer`): pretraining reads `train`
+(pfam_train). The linear probe does NOT use the held-out families: its transfer set is
+`NUM_TRANSFER_EXAMPLES` = 200,000 records of pfam_valid (same families as pretraining), chosen
+exactly as DABS does: pfam_valid in file order is shuffled as pandas'
+`sample(frac=1, random_state=42)` (= `numpy.random.RandomState(42).permutation(n)`), the LAST
+200,000 rows of the shuffled order are the transfer set (all rows when pfam_valid has fewer),
+of which the first ceil(0.9 * 200,000) = 180,000 are `transfer_train` and the remaining 20,000
+`transfer_test`; the rows before them are `val` (DABS's pretraining validation set). The seed is
+DABS's fixed 42, not `--seed`, so the sets are the reference's. spec.json's `protocol`: pretrain
+`train`, probe on `transfer_train`, report on `transfer_test`, no selection split. The size is a
+reader option: `--reader_option transfer_examples=N`. A record's position is its index in the
+file (JSON array / JSON Lines / CSV record order, LMDB key), so both TAPE releases give the same
+sets; this needs pfam_valid's record count on the driver, which the LMDB stores (`num_examples`)
+and a JSON/CSV file gives by one streaming pass when the sources are listed.
+
 Each split file is one read source (a JSON array cannot be split without parsing it); an LMDB
 split is read in ranges of 5,000 records, `(split, lmdb_dir, start, stop)`, each opening the
 environment read-only on its own, so reading is parallel and memory-bounded.
@@ -40,8 +55,12 @@ environment read-only on its own, so reading is parallel and memory-bounded.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Any, Iterator
+
+import numpy as np
 
 from preprocessing.datasets import _protein
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
@@ -49,8 +68,32 @@ from preprocessing.spec import DatasetSpec
 
 TAPE_RAW_URL = "http://s3.amazonaws.com/proteindata/data_raw/pfam.tar.gz"
 TAPE_LMDB_URL = _protein.TAPE_LMDB_URL.format(task="pfam")
-SPLIT_FILES = (("train", "pfam_train"), ("val", "pfam_valid"), ("test", "pfam_holdout"))
+# (split, or the splits the file is cut into, file stem); the first is the train file.
+SPLIT_FILES = (("train", "pfam_train"), ("valid", "pfam_valid"), ("holdout", "pfam_holdout"))
 NUM_CLANS_TAPE = 623  # used in the spec only when the train file is not there to count
+NUM_TRANSFER_EXAMPLES = 200_000  # DABS Pfam.NUM_TRANSFER_EXAMPLES (rows of pfam_valid)
+TRANSFER_TRAIN_PROPORTION = 0.9  # DABS: head(ceil(0.9 * n)) train, the rest test
+DABS_SHUFFLE_SEED = 42  # DABS Pfam.RANDOM_SEED: pandas sample(frac=1, random_state=42)
+
+
+@functools.lru_cache(maxsize=2)
+def _shuffled_positions(count: int) -> np.ndarray:
+    """position[i]: where record i of pfam_valid lands in DABS's shuffled frame. pandas'
+    `sample(frac=1, random_state=42)` draws `RandomState(42).choice(n, n, replace=False)`, which
+    is `RandomState(42).permutation(n)`: row j of the shuffled frame is record permutation[j]."""
+    order = np.random.RandomState(DABS_SHUFFLE_SEED).permutation(count)
+    position = np.empty(count, dtype=np.int64)
+    position[order] = np.arange(count, dtype=np.int64)
+    return position
+
+
+def valid_split_of(index: int, count: int, transfer_examples: int) -> str:
+    """The split of record `index` of a pfam_valid holding `count` records (module docstring)."""
+    transfer = min(transfer_examples, count)
+    row = int(_shuffled_positions(count)[index]) - (count - transfer)  # row in the transfer frame
+    if row < 0:
+        return "val"
+    return "transfer_train" if row < math.ceil(TRANSFER_TRAIN_PROPORTION * transfer) else "transfer_test"
 
 
 def _clan_key(value: Any) -> str:
@@ -84,12 +127,42 @@ def protein_spec(name: str, **fields: Any) -> DatasetSpec:
 
 class PfamReader(DatasetReader):
     name = "pfam"
-    # Only the names and their order matter: the split comes from the file.
-    split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    # Only the names and their order matter: the split comes from the file (and, in
+    # pfam_valid, from the record's position; see the module docstring).
+    split_fractions = (("train", 0.0), ("val", 0.0), ("transfer_train", 0.0),
+                       ("transfer_test", 0.0), ("holdout", 0.0))
+    protocol = {"pretrain": ["train"], "probe_train": ["transfer_train"], "probe_val": [],
+                "probe_test": ["transfer_test"]}
 
     def __init__(self, data_dir: str | None = None, **options: Any):
         super().__init__(data_dir, **options)
         self._clans: list[str] | None = None  # the label map, computed once on the driver
+        self._valid_count: int | None = None  # pfam_valid's records, counted once on the driver
+
+    def transfer_examples(self) -> int:
+        """`--reader_option transfer_examples=N` (default 200,000); raises ValueError."""
+        value = self.options.get("transfer_examples", NUM_TRANSFER_EXAMPLES)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            raise ValueError(f"pfam: --reader_option transfer_examples={value!r}: expected a "
+                             f"positive number of pfam_valid records (default "
+                             f"{NUM_TRANSFER_EXAMPLES})")
+        return number
+
+    def valid_count(self) -> int:
+        """pfam_valid's record count (LMDB `num_examples`, or one pass over the file)."""
+        if self._valid_count is None:
+            path = _protein.find_split_file(self._data_dir(), "pfam", "pfam_valid")
+            if path is None:
+                self._valid_count = 0
+            elif _protein.is_lmdb(path):
+                self._valid_count = _protein.lmdb_num_examples(path)
+            else:
+                self._valid_count = sum(1 for _ in _protein.iter_records(path))
+        return self._valid_count
 
     def _data_dir(self) -> str:
         return self.data_dir or self.default_data_dir()
@@ -129,6 +202,7 @@ class PfamReader(DatasetReader):
         self._ensure_extracted()  # before the spec: the label map comes from the train split
 
     def spec_template(self) -> DatasetSpec:
+        transfer = self.transfer_examples()  # a bad option fails before any data is read
         if self._train_file() is not None:
             clans = self.clans()
             num_classes, names = len(clans), list(clans)
@@ -138,7 +212,11 @@ class PfamReader(DatasetReader):
             self.name, task="multiclass", metric="accuracy", num_classes=num_classes,
             label_names=names, label_shape=[], label_dtype="int64",
             extra={"raw_url": TAPE_RAW_URL, "lmdb_url": TAPE_LMDB_URL,
-                   "label": "index of clan in the sorted clans of pfam_train"},
+                   "label": "index of clan in the sorted clans of pfam_train",
+                   "transfer": f"the last {transfer} rows of pfam_valid shuffled as pandas "
+                               f"sample(frac=1, random_state={DABS_SHUFFLE_SEED}); first "
+                               f"{TRANSFER_TRAIN_PROPORTION:.0%} transfer_train, rest "
+                               f"transfer_test; earlier rows val"},
         )
 
     def expected_files(self) -> list[str]:
@@ -162,6 +240,7 @@ class PfamReader(DatasetReader):
 
     def list_sources(self) -> list[tuple]:
         self.clans()  # computed here on the driver, so workers receive it with the reader
+        self.valid_count()  # likewise: a record's split in pfam_valid depends on the count
         sources = []
         for split, path in self._split_files():
             sources.extend(_protein.split_sources(split, path))
@@ -170,7 +249,13 @@ class PfamReader(DatasetReader):
     def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
         split = source[0]
         label_of = {clan: i for i, clan in enumerate(self.clans())}
-        for where, record in _protein.iter_source(source):
+        first_index = source[2] if len(source) == 4 else 0  # an LMDB range starts at its key
+        for offset, (where, record) in enumerate(_protein.iter_source(source)):
+            if split == "valid":
+                split_here = valid_split_of(first_index + offset, self.valid_count(),
+                                            self.transfer_examples())
+            else:
+                split_here = split
             if isinstance(record, str):
                 yield BadRecord(path=where, reason=record)
                 continue
@@ -188,8 +273,8 @@ class PfamReader(DatasetReader):
             record_id = record.get("id")
             if record_id in (None, ""):
                 record_id = where.rsplit(os.sep, 1)[-1]
-            yield RawExample(id=f"{split}/{record_id}", input=tokens, label=label_of[clan],
-                             split=split)
+            yield RawExample(id=f"{split_here}/{record_id}", input=tokens, label=label_of[clan],
+                             split=split_here)
 
 
 READERS = {"pfam": PfamReader}

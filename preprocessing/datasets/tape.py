@@ -24,6 +24,14 @@ the environment read-only on its own; a JSON file is one source.
 | fluorescence        | fluorescence        | `log_fluorescence` | `fluorescence_train`, `_valid`, `_test`         |
 
 The extra TAPE test sets become splits of their own (`test_superfamily`, `test_casp12`, ...).
+
+Linear probe (spec `protocol`): as the MetaMAE/DABS reference, the probe trains on `train` and
+reports on `val` (TAPE's `_valid` file), with no split to select on. TAPE's own test sets stay
+available: `python -m pipeline.preprocess --dataset scop --reader_option test_split=test` (or
+any other split above, e.g. `test_split=test_superfamily`, one per run as TAPE reports each
+separately) makes the probe report on it and select on `val`. Reader options reach the reader as strings
+through `--reader_option KEY=VALUE` (pipeline/preprocess.py); the split files read are the same
+either way, only spec.json's `protocol` differs.
 Inputs are encoded like Pfam (128 residues, vocab of 26, padded with X). Labels:
 - scop: one class id, 1,195 folds, accuracy.
 - secondary-structure: per-residue ss3 (0 helix, 1 strand, 2 coil) truncated to 128 and padded
@@ -54,6 +62,7 @@ TAPE_LMDB_URL = _protein.TAPE_LMDB_URL  # .format(task=...)
 NUM_FOLDS = 1195
 SS3_NAMES = ("helix", "strand", "coil", "pad")
 SS3_PAD = 3
+DEFAULT_TEST_SPLIT = "val"  # the reference probes on train and tests on TAPE's `_valid` file
 
 
 class TapeTaskReader(DatasetReader):
@@ -75,7 +84,27 @@ class TapeTaskReader(DatasetReader):
     def split_fractions(self):  # names and order only: the split comes from the file
         return tuple((split, 0.0) for split, _ in self.split_files)
 
+    def test_split(self) -> str:
+        """The split the probe reports on: `--reader_option test_split=NAME`, by default `val`
+        (the reference tests on TAPE's `_valid` file); raises ValueError for another name."""
+        name = str(self.options.get("test_split", DEFAULT_TEST_SPLIT)).strip()
+        allowed = [split for split, _ in self.split_files if split != "train"]
+        if name not in allowed:
+            raise ValueError(f"{self.name}: --reader_option test_split={name!r} is not a split of "
+                             f"this dataset; expected one of {', '.join(allowed)}")
+        return name
+
+    @property
+    def protocol(self) -> dict[str, list[str]]:
+        """The probe trains on TAPE's train file; it reports on `test_split()` (by default the
+        `_valid` file, as the reference, so nothing is left to select on); when TAPE's own test
+        files are chosen, `val` is there to select on."""
+        test = self.test_split()
+        return {"pretrain": ["train"], "probe_train": ["train"],
+                "probe_val": [] if test == "val" else ["val"], "probe_test": [test]}
+
     def spec_template(self) -> DatasetSpec:
+        self.test_split()  # a bad --reader_option test_split fails before any data is read
         fields = self.spec_fields()
         extra = {"raw_url": TAPE_RAW_URL.format(task=self.tape_task),
                  "lmdb_url": TAPE_LMDB_URL.format(task=self.tape_task),

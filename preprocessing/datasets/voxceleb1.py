@@ -7,7 +7,8 @@ dev + test audio merged into `wav/<speaker id>/<video>/<n>.wav` (16 kHz PCM), in
 
 Labels: speaker ids are `id10001` .. `id11251`; label = index in that sorted list (as DABS:
 sorted unique speakers). A wav listed for a speaker outside the range is a BadRecord.
-Splits: iden_split.txt. Input: DABS log-mel, fixed DABS statistics mean -37.075, std 19.776.
+Splits: iden_split.txt; as DABS, the linear probe trains on train + val and reports on test
+(spec `protocol`). Input: DABS log-mel, fixed DABS statistics mean -37.075, std 19.776.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class VoxCeleb1Reader(_speech.SpeechReader):
     label_names_ = SPEAKERS
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = {"mean": [-37.075], "std": [19.776]}
+    protocol = _speech.PROBE_ON_TRAIN_AND_VAL  # the probe trains on train + val
     raw_url = URL
 
     def expected_files(self) -> list[str]:
