@@ -251,6 +251,12 @@ def make_dataset(
             f"batch_size={batch_size} with drop_remainder=True, so it would yield no batch; "
             f"lower the batch size"
         )
+    if set(splits) & set(spec.windowed_splits):  # series to draw windows from (spec.windows)
+        from keras_metamae import windows
+
+        return windows.make_window_dataset(
+            spec, version_dir, splits, files, batch_size, repeat=repeat, seed=seed,
+            drop_remainder=drop_remainder, input_context=input_context, skip_batches=skip_batches)
     _check_first_records(files, spec)
 
     per_pipeline_batch = batch_size

@@ -305,6 +305,7 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
             lines.append(f"{entry['path']} {entry['sha256']}\n")
         splits[split] = SplitInfo(num_examples=count, num_shards=num_shards,
                                   file_pattern=transforms.shard_pattern(split, num_shards))
+    windows = _count_windows(spec, splits)
     if spec.is_discrete:
         normalization = {}
     elif reader.fixed_normalization is not None:
@@ -321,7 +322,19 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
     return dataclasses.replace(spec, splits=splits, normalization=normalization,
                                pipeline_version=PIPELINE_VERSION, command=command,
                                content_hash=content_hash,
-                               protocol=dict(spec.protocol or reader.protocol or {}))
+                               protocol=dict(spec.protocol or reader.protocol or {}),
+                               windows=windows)
+
+
+def _count_windows(spec: DatasetSpec, splits: dict[str, SplitInfo]) -> dict[str, Any]:
+    """`spec.windows` with each windowed split's stored series count as `records`; that split's
+    `num_examples` becomes what one pass draws (`windows_per_epoch`; 0 without any series)."""
+    windows = json.loads(json.dumps(spec.windows))
+    for split, entry in windows.get("splits", {}).items():
+        if split in splits:
+            entry["records"] = splits[split].num_examples
+            splits[split].num_examples = int(entry["windows_per_epoch"]) if entry["records"] else 0
+    return windows
 
 
 def _check_bad_records(name: str, bad: list[dict[str, str]], num_good: int, max_fraction: float):

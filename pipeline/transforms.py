@@ -34,6 +34,7 @@ import apache_beam as beam
 import numpy as np
 
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawExample, hash_fraction
+from preprocessing.series_records import RawSeries, make_series_example
 from preprocessing.spec import DatasetSpec
 
 BAD_TAG = "bad"
@@ -263,6 +264,12 @@ def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec, num_s
     per batch."""
     from preprocessing import tokenize
 
+    series, batch = _split_off_series(batch, spec)
+    for split, ex in series:  # stored as they are; windows are drawn at read time
+        yield (split, shard_of(ex.id, num_shards)), (order_key(ex.id, seed),
+                                                     make_series_example(ex, spec))
+    if not batch:
+        return
     if spec.is_segmented:
         raw = {seg["name"]: np.stack([np.asarray(ex.input[seg["name"]]) for _, ex in batch])
                for seg in spec.segments}
@@ -275,6 +282,21 @@ def tokenize_batch(batch: list[tuple[str, RawExample]], spec: DatasetSpec, num_s
     for (split, ex), example_tokens in zip(batch, per_example):
         key = (split, shard_of(ex.id, num_shards))
         yield key, (order_key(ex.id, seed), make_example(example_tokens, ex.label, ex.id, spec))
+
+
+def _split_off_series(batch, spec: DatasetSpec):
+    """(series, examples): the RawSeries of `batch` (stored untokenized for a `spec.windows`
+    split, see preprocessing/series_records.py) and the fixed examples to tokenize. A series
+    outside the windowed splits, or a fixed example inside one, is a reader bug."""
+    windowed = set(spec.windowed_splits)
+    series, examples = [], []
+    for split, ex in batch:
+        if isinstance(ex, RawSeries) != (split in windowed):
+            raise ValueError(f"{spec.name}: {type(ex).__name__} {ex.id} is in split {split!r}; "
+                             f"spec.windows stores series for {sorted(windowed)} only, "
+                             f"and only series there")
+        (series if isinstance(ex, RawSeries) else examples).append((split, ex))
+    return series, examples
 
 
 # === spill files: runs of (order key, serialized Example) sorted by key ===

@@ -33,6 +33,21 @@ Mixed-token sequences (`segments`, e.g. the vision-language `mscoco` domain)
   rows of a discrete segment hold the token id in column 0 and zeros elsewhere (ids are exact
   in float32 below 2**24). So every consumer of `batch["tokens"]` keeps working unchanged.
 
+Windows drawn at read time (`windows`, e.g. `pamap2`)
+- `{"length": L, "sampling": "group_label", "splits": {split: {"windows_per_epoch": N,
+  "records": R}}}`; empty (the default) for every other dataset.
+- A split named here stores one record per variable-length *series* (raw, un-normalized
+  float32 `[length, C]` in the feature `series`, with `length`, `label`, `id` and `group`; see
+  `preprocessing/series_records.py`) instead of token examples. The tf.data reader
+  (`keras_metamae/windows.py`) draws `L` consecutive steps at a fresh seeded random offset each
+  time an example is needed, normalizes and tokenizes them with the spec, so batches are the
+  same `{"tokens", "label", "id"}` as for any dataset. `input_shape`, `num_tokens`, ... describe
+  the window (`input_shape[0] == L`).
+- `sampling` "group_label": a (group, label) pair (PAMAP2: subject x activity) uniformly, then
+  one of that pair's windows uniformly (so a pair split over several series keeps its weight).
+- `splits[split].num_examples` is `windows_per_epoch`, what one pass yields (the trainer's
+  epoch, the probe's feature set); `records` is the number of stored series.
+
 The evaluation protocol (`protocol`)
 - Which splits pretraining reads and which the linear probe trains, selects and reports on:
   `{"pretrain": [...], "probe_train": [...], "probe_val": [...], "probe_test": [...]}` plus
@@ -69,6 +84,7 @@ _SEGMENT_KEYS = {"name", "kind", "num_tokens", "token_grid", "feature", "input_s
                  "tokenizer", "patch_shape", "token_dim", "vocab_size"}
 _RESERVED_FEATURES = ("label", "id")
 PROTOCOL_ROLES = ("pretrain", "probe_train", "probe_val", "probe_test")
+WINDOW_SAMPLINGS = ("group_label",)
 TASKS = ("multiclass", "binary", "multilabel", "regression", "per_token_multiclass")
 METRICS = ("accuracy", "weighted_f1", "spearman", "auroc")
 
@@ -123,6 +139,8 @@ class DatasetSpec:
     segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Which splits pretraining and the linear probe use (see the module docstring).
     protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Splits whose windows are drawn at read time from stored series (see the module docstring).
+    windows: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # === protocol ===
     def protocol_splits(self, role: str) -> list[str]:
@@ -157,6 +175,11 @@ class DatasetSpec:
             lengths = segment_feature_lengths(self.segments)
             return lengths.get("tokens", 0)
         return self.num_tokens if self.is_discrete else self.num_tokens * self.token_dim
+
+    @property
+    def windowed_splits(self) -> list[str]:
+        """The splits that store series to draw windows from (empty for most datasets)."""
+        return sorted(self.windows.get("splits", {}))
 
     @property
     def is_image_like(self) -> bool:
@@ -202,11 +225,36 @@ class DatasetSpec:
                 if missing:
                     fail(f"protocol[{role!r}] names splits {missing} that the spec does not "
                          f"have ({sorted(self.splits)})")
+        if self.windows:
+            self._validate_windows(fail)
         for name, split in self.splits.items():
             if split.num_examples < 0 or split.num_shards < 1:
                 fail(f"split {name!r} has num_examples={split.num_examples}, "
                      f"num_shards={split.num_shards}")
         return self
+
+    def _validate_windows(self, fail) -> None:
+        w = self.windows
+        unknown = sorted(set(w) - {"length", "sampling", "splits"})
+        if unknown:
+            fail(f"windows has unknown keys {unknown}; expected length, sampling, splits")
+        if self.is_discrete or self.is_segmented or self.tokenizer != "patch1d":
+            fail(f"windows need a continuous patch1d spec (time series), got "
+                 f"tokenizer={self.tokenizer!r}")
+        if int(w.get("length", 0)) != int(self.input_shape[0]):
+            fail(f"windows.length={w.get('length')} must equal input_shape[0]="
+                 f"{self.input_shape[0]} (the window is what gets tokenized)")
+        if w.get("sampling") not in WINDOW_SAMPLINGS:
+            fail(f"windows.sampling={w.get('sampling')!r}, expected one of {WINDOW_SAMPLINGS}")
+        splits = w.get("splits")
+        if not isinstance(splits, dict) or not splits:
+            fail(f"windows.splits must name at least one split, got {splits!r}")
+        for name, entry in splits.items():
+            if not isinstance(entry, dict) or int(entry.get("windows_per_epoch", 0)) < 1:
+                fail(f"windows.splits[{name!r}] needs windows_per_epoch >= 1, got {entry!r}")
+            if self.splits and name not in self.splits:
+                fail(f"windows.splits names split {name!r} that the spec does not have "
+                     f"({sorted(self.splits)})")
 
     def _validate_segments(self, fail) -> None:
         if not self.segments:

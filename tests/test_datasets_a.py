@@ -6,6 +6,7 @@ including one malformed record that must come back as a BadRecord naming where i
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -16,13 +17,17 @@ from preprocessing import registry
 from preprocessing.spec import PIPELINE_VERSION
 from preprocessing.datasets import _line_ranges, _protein
 from preprocessing.datasets.base import BadRecord, RawDataMissing
+from preprocessing.series_records import RawSeries
 from tests.fixtures import (make_custom, make_fluorescence, make_genomics, make_higgs,
                             make_pamap2, make_pfam, make_scop, make_secondary_structure,
                             make_stability)
 
 # dataset -> (fixture module, reader options, good examples, where the bad record is)
 CASES = {
-    "pamap2": (make_pamap2, {}, 6, f"subject101.dat:{make_pamap2.MALFORMED_LINE_NUMBER}"),
+    # 3 train series + the fixed test windows.
+    "pamap2": (make_pamap2, make_pamap2.READER_OPTIONS,
+               len(make_pamap2.TRAIN_RUNS) + int(make_pamap2.READER_OPTIONS["test_windows"]),
+               f"subject101.dat:{make_pamap2.MALFORMED_LINE_NUMBER}"),
     "higgs": (make_higgs, {"pretrain_rows": make_higgs.PRETRAIN_ROWS}, 29,
               f"HIGGS.csv.gz:{make_higgs.MALFORMED_LINE_NUMBER}"),
     "genomics": (make_genomics, {}, 20, f"genomicsPretrain.csv:{make_genomics.MALFORMED_LINE_NUMBER}"),
@@ -104,7 +109,11 @@ def test_reads_miniature_and_reports_the_malformed_record(name, read):
     assert bad[0].reason
     want_dtype = np.int64 if spec.is_discrete else np.float32
     for ex in good:
-        assert list(ex.input.shape) == spec.input_shape
+        if isinstance(ex, RawSeries):  # windows are drawn from it at read time (pamap2 train)
+            assert ex.input.shape[0] >= spec.input_shape[0]
+            assert list(ex.input.shape[1:]) == spec.input_shape[1:]
+        else:
+            assert list(ex.input.shape) == spec.input_shape
         assert ex.input.dtype == want_dtype
         label = np.asarray(ex.label)
         assert list(label.shape) == spec.label_shape
@@ -145,19 +154,53 @@ def test_splits_are_deterministic_and_cover_train_and_test(name, read, raw_root)
     assert "train" in first.values()
 
 
-def test_pamap2_windows_labels_and_subject_split(read):
+def test_pamap2_train_series_and_fixed_test_windows(read):
     reader, good, _ = read("pamap2")
-    by_subject = {}
-    for ex in good:
-        by_subject.setdefault(ex.group, []).append(ex.label)
-    assert {k: sorted(v) for k, v in by_subject.items()} == {
-        f"subject{s}": labels for s, labels in make_pamap2.EXPECTED_WINDOWS.items()}
-    splits = {ex.id: reader.split_of(ex, 42) for ex in good}
-    assert {splits[ex.id] for ex in good if ex.group == "subject105"} == {"test"}
-    assert {splits[ex.id] for ex in good if ex.group == "subject101"} <= {"train", "val"}
+    series = [ex for ex in good if isinstance(ex, RawSeries)]
+    windows = [ex for ex in good if not isinstance(ex, RawSeries)]
+    assert [(ex.label, ex.input.shape[0]) for ex in series] == make_pamap2.TRAIN_RUNS
+    assert {reader.split_of(ex, 42) for ex in series} == {"train"}
+    assert {reader.split_of(ex, 42) for ex in windows} == {"test"}
+    assert len(windows) == int(make_pamap2.READER_OPTIONS["test_windows"])
+    assert {(int(ex.group.removeprefix("subject")), ex.label) for ex in windows} <= \
+        make_pamap2.TEST_PAIRS
     # Heart rate (channel 0) was NaN on 9 of 10 rows: interpolated, never NaN, within range.
     heart = np.concatenate([ex.input[:, 0] for ex in good])
     assert np.isfinite(heart).all() and 80 < heart.min() and heart.max() < 120
+
+
+def test_pamap2_test_windows_are_seeded_and_uniform_over_subject_activity(raw_root):
+    data_dir = make_pamap2.make_raw(raw_root)
+
+    def test_windows(**options):
+        reader = registry.get_reader("pamap2", data_dir=data_dir, **options)
+        return [ex for ex in reader.read_all() if getattr(ex, "split", None) == "test"]
+
+    first, again = test_windows(test_windows=300), test_windows(test_windows=300)
+    assert [ex.id for ex in first] == [ex.id for ex in again]
+    np.testing.assert_array_equal(np.stack([ex.input for ex in first]),
+                                  np.stack([ex.input for ex in again]))
+    other_seed = test_windows(test_windows=300, test_seed=1)
+    assert [ex.id for ex in other_seed] != [ex.id for ex in first]
+    per_pair = collections.Counter((ex.group, ex.label) for ex in first)
+    assert len(per_pair) == len(make_pamap2.TEST_PAIRS)
+    assert all(60 < n < 140 for n in per_pair.values()), per_pair  # 100 each if uniform
+
+
+def test_pamap2_long_runs_are_stored_as_pieces_holding_every_window_once(raw_root):
+    reader = registry.get_reader("pamap2", data_dir=make_pamap2.make_raw(raw_root),
+                                 max_series_rows=400)
+    pieces = [ex for ex in reader.read_all()
+              if isinstance(ex, RawSeries) and ex.label == make_pamap2.TRAIN_RUNS[0][0]]
+    run_rows = make_pamap2.TRAIN_RUNS[0][1]
+    assert len(pieces) > 1 and all(320 <= p.input.shape[0] <= 400 for p in pieces)
+    first_line = int(pieces[0].id.split("line")[1])
+    starts = []
+    for piece in pieces:
+        offset = int(piece.id.split("line")[1]) - first_line
+        starts += [offset + k for k in range(piece.input.shape[0] - 320 + 1)]
+    assert sorted(starts) == list(range(run_rows - 320 + 1))  # each window start exactly once
+    assert len({p.id for p in pieces}) == len(pieces)
 
 
 def test_pamap2_interpolation_is_linear():
@@ -309,8 +352,14 @@ def test_custom_rejects_unknown_format_and_missing_flags(raw_root):
 # share these code paths and are covered by the reader tests above.
 END_TO_END = ["pamap2", "higgs", "genomics-ood", "pfam", "secondary-structure", "stability"]
 # The pipeline does not forward reader options, so higgs keeps its default pretrain_rows
-# (10.5M) and all 40 miniature lines but the malformed one are pretraining examples.
+# (9.9M) and all 40 miniature lines but the malformed one are pretraining examples.
 E2E_GOOD = {"higgs": make_higgs.NUM_LINES - 1}
+# pamap2: small passes; its train split counts the windows one pass draws, not the series.
+E2E_OPTIONS = {"pamap2": make_pamap2.READER_OPTIONS}
+E2E_GOOD["pamap2"] = sum(int(make_pamap2.READER_OPTIONS[k])
+                         for k in ("windows_per_epoch", "test_windows"))
+# The reference feeds PAMAP2's raw sensor values (identity normalization).
+E2E_NORMALIZATION = {"pamap2": "none", "higgs": "none"}  # raw values, as the reference
 
 
 @pytest.mark.parametrize("name", END_TO_END)
@@ -320,9 +369,11 @@ def test_beam_job_writes_spec(name, tmp_path):
     module, _, expected_good, _ = CASES[name]
     expected_good = E2E_GOOD.get(name, expected_good)
     data_dir = module.make_raw(str(tmp_path / "raw"))
-    result = preprocess.run(["--dataset", name, "--data_dir", data_dir,
-                             "--output_dir", str(tmp_path / "out"), "--num_shards", "1",
-                             "--max_bad_fraction", "0.5"])
+    argv = ["--dataset", name, "--data_dir", data_dir, "--output_dir", str(tmp_path / "out"),
+            "--num_shards", "1", "--max_bad_fraction", "0.5"]
+    for key, value in E2E_OPTIONS.get(name, {}).items():
+        argv += ["--reader_option", f"{key}={value}"]
+    result = preprocess.run(argv)
     with open(os.path.join(result.version_dir, "spec.json")) as f:
         spec = json.load(f)
     assert spec["name"] == name
@@ -332,7 +383,7 @@ def test_beam_job_writes_spec(name, tmp_path):
         if field != "num_classes" or name != "pfam":
             assert spec[field] == value, field
     if not REFERENCE[name].get("vocab_size"):
-        assert spec["normalization"]["source"] == "pipeline"
+        assert spec["normalization"]["source"] == E2E_NORMALIZATION.get(name, "pipeline")
         assert len(spec["normalization"]["mean"]) == spec["input_shape"][-1]
 
 
@@ -342,8 +393,9 @@ def test_pamap2_reads_the_extracted_archive_too(read, tmp_path):
     reader, good, _ = read("pamap2")
     with zipfile.ZipFile(os.path.join(reader.data_dir, make_pamap2.ARCHIVE_NAME)) as zf:
         zf.extractall(tmp_path)
-    extracted = registry.get_reader("pamap2", data_dir=str(tmp_path))
-    assert [s[0] for s in extracted.list_sources()] == ["file", "file"]
+    extracted = registry.get_reader("pamap2", data_dir=str(tmp_path), **make_pamap2.READER_OPTIONS)
+    assert [s[0] for s in extracted.list_sources()] == ["train", "test"]
+    assert {locator[0] for s in extracted.list_sources() for locator in s[1:]} == {"file"}
     again = [r for r in extracted.read_all() if not isinstance(r, BadRecord)]
     assert [ex.id for ex in again] == [ex.id for ex in good]
     np.testing.assert_array_equal(again[0].input, good[0].input)
