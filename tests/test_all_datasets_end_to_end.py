@@ -34,6 +34,25 @@ CLEAN_MINIATURES = {"eurosat", "higgs-transfer"} | {
 # Datasets whose spec depends on the user's flags, or that need no raw files at all.
 NOT_MINIATURES = {"custom", "custom_image_folder", "custom_audio_folder", "digits"}
 
+# The splits spec.json names for pretraining and the probe (paper Table 16, dabs_datasets.md):
+# Pfam probes on DABS's cut of pfam_valid, TAPE tasks test on `_valid`, the speech transfer sets
+# train the probe on train + val, Genomics-ID probes with batch 64.
+_TAPE_PROTOCOL = {"pretrain": ["train"], "probe_train": ["train"], "probe_val": [],
+                  "probe_test": ["val"]}
+_SPEECH_PROTOCOL = {"pretrain": ["train"], "probe_train": ["train", "val"], "probe_val": [],
+                    "probe_test": ["test"]}
+EXPECTED_PROTOCOL = {
+    "pfam": {"pretrain": ["train"], "probe_train": ["transfer_train"], "probe_val": [],
+             "probe_test": ["transfer_test"]},
+    **{name: _TAPE_PROTOCOL for name in ("scop", "secondary-structure", "stability",
+                                         "fluorescence")},
+    **{name: _SPEECH_PROTOCOL for name in ("audio-mnist", "fluent-speech-action",
+                                           "fluent-speech-object", "fluent-speech-location",
+                                           "google-speech", "voxceleb1")},
+    "genomics-id": {"probe_batch_size": 64},
+    "genomics-ood": {"probe_batch_size": 32},
+}
+
 # One dataset per distinct token contract / task: trained for a few steps, then evaluated.
 TRAIN_AND_EVALUATE = ["eurosat", "pamap2", "higgs", "genomics-ood", "pfam",
                       "secondary-structure", "stability", "imagenet32", "librispeech",
@@ -72,6 +91,8 @@ def test_miniature_through_the_beam_job(name, preprocessed):
     spec = json.load(open(os.path.join(result.version_dir, "spec.json")))
     assert spec["name"] == name
     assert sum(s["num_examples"] for s in spec["splits"].values()) >= 2
+    if name in EXPECTED_PROTOCOL:
+        assert spec["protocol"] == EXPECTED_PROTOCOL[name]
     if name in CLEAN_MINIATURES:
         assert result.bad_records == []
     else:
@@ -91,8 +112,8 @@ def test_trainer_and_linear_evaluation(name, preprocessed, tmp_path):
     assert summary["final_step"] == 2
     assert summary["last"]["loss"] == pytest.approx(summary["last"]["loss"])  # finite
     splits = result.spec.splits
-    if not (splits.get("train") and splits["train"].num_examples and splits.get("test")
-            and splits["test"].num_examples):
+    probe = [result.spec.protocol_splits(role) for role in ("probe_train", "probe_test")]
+    if not all(sum(splits[s].num_examples for s in names if s in splits) for names in probe):
         # Pretraining-only miniatures: the evaluator must say which split is missing.
         with pytest.raises(ValueError, match="split"):
             evaluate.run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)

@@ -211,6 +211,17 @@ def test_librispeech_log_mels_equal_the_flac_path(name, dirs):
         np.testing.assert_array_equal(example.input, raw[key].input)
 
 
+def test_librispeech_dev_clean_tfds_gets_the_dabs_split_of_the_flac_path(dirs):
+    # DABS's per-speaker 80/20 needs every utterance id first: TFDS gives them without audio.
+    raw_reader = registry.get_reader("librispeech-dev-clean", data_dir=dirs("librispeech_raw"))
+    tfds_reader = registry.get_reader("librispeech-dev-clean", data_dir=dirs("librispeech"))
+    raw_reader.list_sources()
+    tfds_reader.list_sources()
+    assert tfds_reader.reads_tfds() and not raw_reader.reads_tfds()
+    assert tfds_reader.dabs_splits() == raw_reader.dabs_splits()
+    assert sorted(tfds_reader.dabs_splits().values()) == ["test", "test", "train"]
+
+
 # === bad records, locating, messages ===
 def _corrupt_png_and_nan_dirs(root):
     """A cifar10 dir whose train[...] images include a 16 x 16 PNG, and a higgs dir with a NaN."""
