@@ -6,7 +6,12 @@ outer loss differentiates through the gradient of the inner (latent adaptation) 
 why `LayerNorm` is written out by hand: `keras.layers.LayerNormalization` computes its statistics
 with `tf.nn.moments`, which stops the gradient through the mean inside the variance. The
 first-order gradient is unaffected (the derivative of the variance w.r.t. the mean is zero at the
-mean) but the second-order gradient is wrong.
+mean) but the second-order gradient is wrong. (Attention has no such problem: Keras'
+`MultiHeadAttention` also matches float64 finite differences; ours exists for the reasons given
+in its docstring.)
+
+The defaults follow the reference's timm ViT blocks and PyTorch layers: LayerNorm epsilon 1e-5,
+no bias on the attention's query/key/value projection.
 
 Under a mixed-precision policy the statistics and the attention softmax are computed in float32;
 under a float64 policy (used by the finite-difference tests) everything stays float64.
@@ -36,11 +41,11 @@ class LayerNorm(keras.layers.Layer):
     float32 under mixed precision (gamma and beta are kept in float32, not auto-cast).
 
     Args:
-        epsilon: small float added to the variance.
+        epsilon: small float added to the variance (1e-5, PyTorch's `nn.LayerNorm` default).
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
     """
 
-    def __init__(self, epsilon=1e-6, **kwargs):
+    def __init__(self, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
         self.supports_masking = True
@@ -77,22 +82,27 @@ class LayerNorm(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MultiHeadSelfAttention(keras.layers.Layer):
-    """Multi-head self-attention with plain einsum/softmax ops (exact higher-order gradients).
+    """Multi-head self-attention laid out as timm's ViT `Attention`.
 
-    One fused `Dense(3 * dim)` gives queries, keys and values; scores are scaled by
-    `head_dim ** -0.5`, the softmax is taken in float32 under mixed precision, and an output
-    `Dense(dim)` projects back, followed by dropout (timm's `proj_drop`).
+    One fused `Dense(3 * dim)` gives queries, keys and values (no bias by default, timm's
+    `qkv_bias=False` as in the reference); scores are scaled by `head_dim ** -0.5`, the softmax
+    is taken in float32 under mixed precision, and an output `Dense(dim)` (with bias) projects
+    back, followed by dropout (timm's `proj_drop`). Written out rather than using
+    `keras.layers.MultiHeadAttention` for that weight layout and the float32 softmax, not for
+    second-order gradients (Keras' layer gets those right too).
 
     Args:
         num_heads: int, number of heads; must divide the input width.
         dropout: float, dropout rate after the output projection.
+        qkv_bias: bool, add a bias to the query/key/value projection.
         **kwargs: `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, num_heads, dropout=0.0, **kwargs):
+    def __init__(self, num_heads, dropout=0.0, qkv_bias=False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
+        self.qkv_bias = bool(qkv_bias)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -103,7 +113,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         self.dim = dim
         self.head_dim = dim // self.num_heads
-        self.qkv = keras.layers.Dense(3 * dim, dtype=self.dtype_policy, name="qkv")
+        self.qkv = keras.layers.Dense(
+            3 * dim, use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv"
+        )
         self.qkv.build(input_shape)
         self.proj = keras.layers.Dense(dim, dtype=self.dtype_policy, name="proj")
         self.proj.build(tuple(input_shape[:-1]) + (dim,))
@@ -131,7 +143,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_heads": self.num_heads, "dropout": self.dropout})
+        config.update(
+            {"num_heads": self.num_heads, "dropout": self.dropout, "qkv_bias": self.qkv_bias}
+        )
         return config
 
 
@@ -147,15 +161,18 @@ class TransformerBlock(keras.layers.Layer):
         mlp_dim: int, hidden width of the MLP.
         dropout: float, dropout rate (attention output and MLP), `P_drop` of Table 7.
         epsilon: float, LayerNorm epsilon.
+        qkv_bias: bool, bias on the attention's query/key/value projection.
         **kwargs: `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, num_heads, mlp_dim, dropout=0.0, epsilon=1e-6, **kwargs):
+    def __init__(self, num_heads, mlp_dim, dropout=0.0, epsilon=1e-5, qkv_bias=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.mlp_dim = int(mlp_dim)
         self.dropout = float(dropout)
         self.epsilon = float(epsilon)
+        self.qkv_bias = bool(qkv_bias)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -163,7 +180,7 @@ class TransformerBlock(keras.layers.Layer):
         self.norm1 = LayerNorm(self.epsilon, dtype=policy, name="norm1")
         self.norm1.build(input_shape)
         self.attention = MultiHeadSelfAttention(
-            self.num_heads, self.dropout, dtype=policy, name="attention"
+            self.num_heads, self.dropout, self.qkv_bias, dtype=policy, name="attention"
         )
         self.attention.build(input_shape)
         self.norm2 = LayerNorm(self.epsilon, dtype=policy, name="norm2")
@@ -193,6 +210,7 @@ class TransformerBlock(keras.layers.Layer):
                 "mlp_dim": self.mlp_dim,
                 "dropout": self.dropout,
                 "epsilon": self.epsilon,
+                "qkv_bias": self.qkv_bias,
             }
         )
         return config
@@ -204,7 +222,8 @@ class TokenEmbedding(keras.layers.Layer):
     discrete tokens `[B, T]` (int ids below `vocab_size`).
 
     The discrete embedding matrix (`embeddings`, `[vocab_size, embed_dim]`) is shared with the
-    decoder's vocabulary head (tied weights, as in the reference).
+    decoder's vocabulary head (tied weights, as in the reference) and initialized Xavier-uniform
+    (`glorot_uniform`), as the reference initializes it.
 
     Args:
         embed_dim: int, output width.
@@ -227,7 +246,7 @@ class TokenEmbedding(keras.layers.Layer):
             self.embedding = keras.layers.Embedding(
                 self.vocab_size,
                 self.embed_dim,
-                embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                embeddings_initializer="glorot_uniform",
                 dtype=self.dtype_policy,
                 name="embedding",
             )

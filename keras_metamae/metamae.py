@@ -16,6 +16,13 @@ from keras_metamae.nonfinite import agree_on_finite
 
 METHODS = ("metamae", "mae")
 
+# Version of the set of weights a MetaMAE holds, recorded with every checkpoint (see
+# `checkpoints.CheckpointManager`) so that a workdir written by an incompatible version is
+# refused with a clear message instead of failing to load. History:
+# 1: attention qkv bias and a bias on the tied vocabulary head.
+# 2: neither (the reference's timm blocks with qkv_bias=False; logits = h @ E^T).
+WEIGHTS_FORMAT = 2
+
 
 @keras.saving.register_keras_serializable(package="keras_metamae")
 class MetaMAE(keras.Model):
@@ -35,7 +42,9 @@ class MetaMAE(keras.Model):
     4. `L_grad`: reconstruction error of the masked tokens from `g_phi(Z*)` (mean over masked
        tokens).
     5. `L_con` (Eq. 3-4): symmetric NT-Xent (temperature `temperature`) between
-       `h_psi(mean of non-CLS Z)` and `h_psi(mean of non-CLS Z*)` over the (global) batch.
+       `h_psi(mean of non-CLS Z)` and `h_psi(mean of non-CLS Z*)` over the (global) batch;
+       h_psi is called once per view, so its BatchNorm normalizes each view with that view's
+       own (global-batch) statistics, as in the reference.
     6. `loss = L_grad + contrast_weight * L_con` (Eq. 5).
 
     `method="mae"`: `loss` = reconstruction error of the masked tokens from `g_phi(Z)`; no
@@ -102,6 +111,8 @@ class MetaMAE(keras.Model):
             above and `model.normalize_segments`).
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
     """
+
+    weights_format = WEIGHTS_FORMAT
 
     def __init__(
         self,
@@ -418,10 +429,10 @@ class MetaMAE(keras.Model):
 
         pooled = tf.reduce_mean(z[:, 1:, :], axis=1)
         pooled_star = tf.reduce_mean(z_star[:, 1:, :], axis=1)
-        # One projector pass over both views: one set of BatchNorm statistics for the 2B rows.
-        projected = self.projector(tf.concat([pooled, pooled_star], axis=0), training=training)
-        projected = tf.cast(projected, self.loss_dtype)
-        view, view_star = tf.split(projected, 2, axis=0)
+        # One projector call per view, as the reference does: each view's BatchNorm uses its
+        # own batch statistics (never those of the 2B rows of both views together).
+        view = tf.cast(self.projector(pooled, training=training), self.loss_dtype)
+        view_star = tf.cast(self.projector(pooled_star, training=training), self.loss_dtype)
         contrastive, accuracy = losses_lib.nt_xent(view, view_star, self.temperature)
 
         loss = reconstruction + self.contrast_weight * contrastive

@@ -96,8 +96,9 @@ class Encoder(keras.layers.Layer):
     """The Transformer encoder f_theta.
 
     Token embedding plus a fixed sin-cos position embedding (from `token_grid`), then a
-    learned CLS token (position embedding zero, as in MAE) is prepended, `depth` pre-norm
-    Transformer blocks and a final LayerNorm.
+    learned CLS token (position embedding zero, as in MAE) is prepended, dropout at the blocks'
+    rate is applied to the embedded sequence (timm's `pos_drop`, as in the reference), then
+    `depth` pre-norm Transformer blocks and a final LayerNorm.
 
     `call(tokens, keep_indices=None, token_mask=None, training=None)` returns the latent
     `[B, 1 + n, embed_dim]` (CLS first):
@@ -117,7 +118,7 @@ class Encoder(keras.layers.Layer):
         depth: int, number of Transformer blocks.
         num_heads: int, attention heads.
         mlp_dim: int, MLP hidden width.
-        dropout: float, dropout rate p of the blocks.
+        dropout: float, dropout rate p of the embedded sequence and of the blocks.
         use_mask_token: bool, create the learned mask embedding used by `token_mask`.
         segments: None, or a mixed-token sequence (`DatasetSpec.segments`): then `tokens` are
             the packed float `[B, T, token_dim]` tensor (see `split_segments`), each segment
@@ -174,6 +175,9 @@ class Encoder(keras.layers.Layer):
             for i in range(self.depth)
         ]
         self.norm = LayerNorm(dtype=policy, name="norm")
+        self.embedding_dropout = keras.layers.Dropout(
+            self.dropout, dtype=policy, name="embedding_dropout"
+        )
         # Fixed, not a weight: rebuilt from the config, never saved or trained.
         if self.segments:
             self._position_table = segment_position_table(self.segments, self.embed_dim)
@@ -248,6 +252,7 @@ class Encoder(keras.layers.Layer):
             ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim)
         )
         x = ops.concatenate([cls, x], axis=1)
+        x = self.embedding_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, training=training)
         return self.norm(x)
@@ -284,7 +289,8 @@ class Decoder(keras.layers.Layer):
     back at their positions and the masked positions get a learned mask token, a fixed sin-cos
     position embedding is added (zero for CLS), `depth` pre-norm blocks, LayerNorm, then a
     head: `Dense(token_dim)` for continuous tokens, or `Dense(embed_dim)` multiplied by the
-    encoder's (tied) embedding matrix plus a bias for discrete tokens (vocabulary logits).
+    encoder's (tied) embedding matrix for discrete tokens (vocabulary logits `h @ E^T`, no
+    extra bias, as in the reference).
 
     `depth == 0` (DABS-2.0 MAE, linear decoder): the latent must already cover all T positions
     (the encoder ran on the full sequence with mask tokens); the head is applied to each
@@ -311,7 +317,7 @@ class Decoder(keras.layers.Layer):
             segment's own, a learned modality embedding (`modality_embedding`) is added with it
             (depth > 0), and each segment has its own head (`heads`): `Dense(token_dim)` for a
             continuous segment, `Dense(embed_dim)` times that segment's tied embedding matrix
-            plus a bias for a discrete one. `call` then returns a list of per-segment outputs
+            for a discrete one. `call` then returns a list of per-segment outputs
             and `embeddings` is the list of per-segment matrices (None for continuous ones).
         **kwargs: `keras.layers.Layer` arguments.
     """
@@ -400,20 +406,10 @@ class Decoder(keras.layers.Layer):
                     name="modality_embedding",
                 )
         if self.segments:
-            self.vocab_biases = []
-            for seg, head in zip(self.segments, self.heads):
+            for head in self.heads:
                 head.build((None, None, width))
-                self.vocab_biases.append(
-                    self.add_weight(shape=(seg["vocab_size"],), initializer="zeros",
-                                    name=f"vocab_bias_{seg['name']}")
-                    if seg["kind"] == "discrete" else None
-                )
         else:
             self.head.build((None, None, width))
-        if self.is_discrete and not self.segments:
-            self.vocab_bias = self.add_weight(
-                shape=(self.vocab_size,), initializer="zeros", name="vocab_bias"
-            )
         self.built = True
 
     def call(self, latent, keep_indices=None, embeddings=None, training=None):
@@ -451,7 +447,6 @@ class Decoder(keras.layers.Layer):
             if embeddings is None:
                 raise ValueError("Decoder: discrete tokens need the tied `embeddings` matrix")
             out = ops.einsum("btd,vd->btv", out, ops.cast(embeddings, out.dtype))
-            out = out + ops.cast(self.vocab_bias, out.dtype)
         return out
 
     def _segment_heads(self, x, embeddings):
@@ -459,13 +454,11 @@ class Decoder(keras.layers.Layer):
             raise ValueError("Decoder: a segmented decoder needs `embeddings`, one entry per "
                              "segment (the tied matrix of each discrete segment, else None)")
         outputs, start = [], 0
-        for seg, head, bias, matrix in zip(self.segments, self.heads, self.vocab_biases,
-                                           embeddings):
+        for seg, head, matrix in zip(self.segments, self.heads, embeddings):
             n = seg["num_tokens"]
             out = head(x[:, start:start + n, :])
             if seg["kind"] == "discrete":
                 out = ops.einsum("btd,vd->btv", out, ops.cast(matrix, out.dtype))
-                out = out + ops.cast(bias, out.dtype)
             outputs.append(out)
             start += n
         return outputs
@@ -496,7 +489,10 @@ class Projector(keras.layers.Layer):
     `Dense(hidden_dim, no bias) -> BatchNorm -> ReLU -> Dense(output_dim, no bias)`.
 
     The BatchNorm is synchronized: under a distribution strategy its batch statistics are
-    computed over the global batch, so training does not depend on the number of replicas.
+    computed over the global batch, so training does not depend on the number of replicas. Its
+    epsilon (1e-5) and momentum (0.9, i.e. PyTorch's 0.1) are PyTorch's `BatchNorm1d` defaults,
+    as in the reference. Callers project each view in its own call, so that each view is
+    normalized with its own batch statistics (see `MetaMAE.compute_losses`).
 
     Args:
         hidden_dim: int, hidden width (1024).
@@ -513,7 +509,7 @@ class Projector(keras.layers.Layer):
             self.hidden_dim, use_bias=False, dtype=policy, name="dense1"
         )
         self.batch_norm = keras.layers.BatchNormalization(
-            synchronized=True, dtype=policy, name="batch_norm"
+            momentum=0.9, epsilon=1e-5, synchronized=True, dtype=policy, name="batch_norm"
         )
         self.dense2 = keras.layers.Dense(
             self.output_dim, use_bias=False, dtype=policy, name="dense2"

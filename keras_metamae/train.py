@@ -163,11 +163,12 @@ def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int
 
     from keras_metamae.metamae import MetaMAE
     from keras_metamae.nonfinite import NonFiniteGuard
-    from keras_metamae.schedules import WarmupCosine
+    from keras_metamae.schedules import learning_rate_schedule
 
     with strategy.scope():
         model = MetaMAE(**config.model_kwargs(spec))
-        schedule = WarmupCosine(config.learning_rate, total_steps, config.warmup_steps)
+        schedule = learning_rate_schedule(config.lr_schedule, config.learning_rate, total_steps,
+                                          config.warmup_steps)
         adamw = keras.optimizers.AdamW(
             learning_rate=schedule,
             weight_decay=config.weight_decay,

@@ -230,3 +230,91 @@ def test_decoder_puts_visible_tokens_back_in_place():
     out2 = decoder(moved, keep).numpy()
     changed = np.abs(out2 - out).sum(axis=-1)[0] > 1e-6
     np.testing.assert_array_equal(changed, [False, False, False, True, False])
+
+
+# === the reference's recipe details (timm ViT blocks, PyTorch layer defaults) ===
+def test_layer_norm_default_epsilon_is_pytorch_1e_5():
+    """Tokens of tiny variance are where epsilon matters: y = (x - mean) / sqrt(var + 1e-5)."""
+    x = _random((2, 3, 8), 15, "float32") * 3e-3
+    norm = layers.LayerNorm()
+    centered = x.numpy() - x.numpy().mean(-1, keepdims=True)
+    expected = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(norm(x).numpy(), expected, rtol=1e-4, atol=1e-5)
+    block = layers.TransformerBlock(num_heads=2, mlp_dim=12)
+    block.build((2, 3, 8))
+    assert block.norm1.epsilon == block.norm2.epsilon == 1e-5
+
+
+def test_attention_has_no_qkv_bias_by_default():
+    attention = layers.MultiHeadSelfAttention(num_heads=2)
+    attention.build((2, 5, 8))
+    assert attention.qkv.bias is None and [w.name for w in attention.qkv.weights] == ["kernel"]
+    assert attention.proj.bias is not None  # timm's output projection keeps its bias
+    block = layers.TransformerBlock(num_heads=2, mlp_dim=12)
+    block.build((2, 5, 8))
+    assert block.attention.qkv.bias is None
+    with_bias = layers.MultiHeadSelfAttention(num_heads=2, qkv_bias=True)
+    with_bias.build((2, 5, 8))
+    assert with_bias.qkv.bias.shape == (24,)
+
+
+def test_discrete_token_embedding_is_xavier_uniform():
+    vocab, dim = 50, 64
+    embedding = layers.TokenEmbedding(dim, vocab_size=vocab)
+    embedding.build((None, 4))
+    values = embedding.embeddings.numpy()
+    limit = np.sqrt(6.0 / (vocab + dim))  # the same for torch's [vocab, dim] weight
+    assert np.abs(values).max() <= limit
+    # Uniform on [-limit, limit] has std limit / sqrt(3); N(0, 0.02) would be far below.
+    np.testing.assert_allclose(values.std(), limit / np.sqrt(3.0), rtol=0.05)
+
+
+def test_encoder_applies_dropout_to_the_embedded_sequence():
+    """timm's `pos_drop`: dropout after the position embedding and the CLS token, before the
+    blocks. Without blocks, training mode still changes the output only through it."""
+    tokens = _random((4, 6, 3), 16, "float32")
+
+    def encoder(dropout):
+        keras.utils.set_random_seed(0)
+        return model_lib.Encoder(num_tokens=6, token_grid=[6], token_dim=3, embed_dim=8,
+                                 depth=0, num_heads=2, mlp_dim=16, dropout=dropout)
+
+    with_dropout = encoder(0.5)
+    inference = with_dropout(tokens, training=False).numpy()
+    trained = with_dropout(tokens, training=True).numpy()
+    assert np.abs(trained - inference).max() > 1e-2
+    # The CLS token is in the dropped sequence too.
+    assert np.abs(trained[:, 0] - inference[:, 0]).max() > 1e-2
+    without = encoder(0.0)
+    np.testing.assert_allclose(without(tokens, training=True).numpy(),
+                               without(tokens, training=False).numpy())
+
+
+def test_projector_batch_norm_uses_pytorch_epsilon_and_momentum():
+    """Keras momentum 0.9 is PyTorch's momentum 0.1: after one training call the moving mean
+    is 0.1 * the batch mean; the batch is normalized with epsilon 1e-5."""
+    projector = model_lib.Projector(hidden_dim=6, output_dim=3)
+    x = _random((5, 4), 17, "float32") * 1e-2
+    projector.build(x.shape)
+    norm = projector.batch_norm
+    assert norm.epsilon == 1e-5 and norm.momentum == 0.9 and norm.synchronized
+    projector(x, training=True)
+    hidden = x.numpy() @ projector.dense1.kernel.numpy()
+    np.testing.assert_allclose(norm.moving_mean.numpy(), 0.1 * hidden.mean(0), rtol=1e-4,
+                               atol=1e-7)
+    normalized = norm(hidden, training=True).numpy()
+    expected = (hidden - hidden.mean(0)) / np.sqrt(hidden.var(0) + 1e-5)
+    np.testing.assert_allclose(normalized, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_discrete_vocabulary_head_is_tied_matrix_only():
+    """logits = head(h) @ E^T: no extra vocabulary bias (and no such weight)."""
+    decoder = model_lib.Decoder(num_tokens=5, token_grid=[5], vocab_size=7, embed_dim=4,
+                                decoder_dim=4, depth=0)
+    latent = _random((2, 6, 4), 18, "float32")
+    matrix = _random((7, 4), 19, "float32")
+    logits = decoder(latent, embeddings=matrix).numpy()
+    head = decoder.head
+    expected = (latent.numpy()[:, 1:] @ head.kernel.numpy() + head.bias.numpy()) @ matrix.numpy().T
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    assert not [w for w in decoder.weights if "vocab" in w.path]

@@ -162,6 +162,64 @@ def test_inner_step_lowers_the_inner_loss_of_each_example_independently():
     assert np.abs(z_star.numpy()[:, 0] - z.numpy()[:, 0]).max() > 0
 
 
+def test_projector_normalizes_each_view_with_its_own_batch_statistics():
+    """The reference calls the projector on pool(Z) and on pool(Z*) separately, so each view's
+    BatchNorm uses that view's statistics. Checked against the loss recomputed that way (and
+    against the concatenated 2B-row projection, which must differ)."""
+    from keras_metamae import losses as losses_lib
+
+    model = _model()
+    batch = _batch()
+    tokens = tf.constant(batch["tokens"])
+    calls = []
+    original_call = model.projector.call
+
+    def recording_call(inputs, training=None):
+        calls.append(tuple(inputs.shape))
+        return original_call(inputs, training=training)
+
+    model.projector.call = recording_call
+    losses = model.compute_losses(tokens, batch["mask_noise"], batch["nearby_noise"],
+                                  training=True)
+    assert calls == [(4, 16), (4, 16)]
+
+    keep, mask = masking.random_masking(tf.constant(batch["mask_noise"]), model.mask_ratio)
+    support = masking.support_mask(mask, model.token_grid, batch["nearby_noise"],
+                                   model.nearby_ratio)
+    z = model.encoder(tokens, keep_indices=keep)
+    z_star, _ = model.adapt(z, tokens, support, keep, training=True)
+    pooled = [tf.reduce_mean(v[:, 1:], axis=1) for v in (z, z_star)]
+    per_view = [original_call(p, training=True) for p in pooled]
+    np.testing.assert_allclose(losses["contrastive_loss"].numpy(),
+                               losses_lib.nt_xent(*per_view)[0].numpy(), rtol=1e-5)
+    joint = tf.split(original_call(tf.concat(pooled, 0), training=True), 2)
+    assert abs(float(losses_lib.nt_xent(*joint)[0]) - float(losses["contrastive_loss"])) > 1e-4
+
+
+def test_old_weights_format_checkpoints_are_refused_with_one_line(tmp_path):
+    """A workdir written before the qkv and vocabulary biases were removed (its latest.json
+    has no weights_format) is refused with a one-line ValueError, not a load failure."""
+    from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.metamae import WEIGHTS_FORMAT
+
+    def built_model():
+        model = _model(discrete=True)
+        model.build()
+        return model
+
+    manager = CheckpointManager(str(tmp_path))
+    manager.save(built_model(), 5)
+    assert manager.latest_record()["weights_format"] == WEIGHTS_FORMAT == 2
+    assert manager.restore(built_model()) == 5
+    record = manager.latest_record()
+    del record["weights_format"]
+    with open(tmp_path / "latest.json", "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match="weights format 1") as error:
+        manager.restore(built_model())
+    assert "\n" not in str(error.value) and "--workdir" in str(error.value)
+
+
 # === training ===
 @pytest.mark.parametrize("discrete", [False, True])
 def test_train_step_decreases_loss(discrete):

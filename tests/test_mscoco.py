@@ -291,7 +291,7 @@ def _mixed_checked_variables(model):
         decoder.modality_embedding,
         decoder.heads[0].kernel,  # continuous head
         decoder.heads[1].kernel,  # vocabulary head through the tied matrix
-        decoder.vocab_biases[1],
+        decoder.heads[1].bias,
     ]
 
 

@@ -139,12 +139,3 @@ def test_sigkill_then_same_command_resumes(digits_data_dir, tmp_path):
     summary = json.load(open(os.path.join(workdir, "train_summary.json")))
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 3
     assert not glob.glob(os.path.join(checkpoint_dir, ".tmp-*"))
-
-
-def test_learning_rate_schedule_warms_up_then_decays():
-    from keras_metamae.schedules import WarmupCosine
-
-    schedule = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
-    values = np.array([float(schedule(s)) for s in range(100)])
-    assert np.all(np.diff(values[:10]) > 0) and values[9] == pytest.approx(1e-3)
-    assert np.all(np.diff(values[10:]) <= 1e-12) and values[-1] < 1e-5
