@@ -31,7 +31,12 @@ def test_evaluate_writes_json_with_metric_and_random_baseline(trained_workdir):
 
     record = evaluate.run_evaluation(trained_workdir, epochs=2)
     written = json.load(open(os.path.join(trained_workdir, "eval", "digits.json")))
-    assert written == pytest.approx(record)
+    assert written == json.loads(json.dumps(record))
+    assert written["probe_splits"] == {"probe_train": ["train"], "probe_val": ["val"],
+                                       "probe_test": ["test"]}
+    # digits has a val split: the best-on-validation value and the converged probe come too.
+    assert 1 <= written["best_epoch"] <= 2 and 0.0 <= written["value_best_val"] <= 1.0
+    assert 0.0 <= written["converged"]["value"] <= 1.0 and written["converged"]["selected_on"] == "val"
     assert written["dataset"] == "digits" and written["metric"] == "accuracy"
     assert 0.0 <= written["value"] <= 1.0 and 0.0 <= written["baseline_random"] <= 1.0
     assert 0.0 <= written["knn_accuracy"] <= 1.0
