@@ -12,7 +12,7 @@ import tensorflow as tf
 from pipeline import preprocess
 from preprocessing import registry, tokenize
 from preprocessing.datasets.base import RawDataMissing
-from preprocessing.spec import load_spec
+from preprocessing.spec import PIPELINE_VERSION, load_spec
 from tests.fixtures.make_eurosat import make_raw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +139,7 @@ def test_eurosat_bad_records_fail_the_job_and_leave_nothing(tmp_path):
     with pytest.raises(preprocess.PreprocessError):
         preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out])
     assert open(os.path.join(result.version_dir, "spec.json")).read() == before
-    assert os.listdir(os.path.join(out, "eurosat")) == ["1"]
+    assert os.listdir(os.path.join(out, "eurosat")) == [PIPELINE_VERSION]
 
 
 def test_missing_raw_data_message(tmp_path):

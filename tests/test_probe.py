@@ -86,9 +86,10 @@ def test_converged_probe_shows_what_the_paper_probe_misses_on_digits(digits_data
 
     version_dir = data.find_dataset_dir(digits_data_dir, "digits")
     spec = load_spec(version_dir)
-    encoder = evaluate.random_encoder(config_lib.resolve("digits", {}), spec)
-    record = evaluate.linear_eval(encoder, spec, version_dir, epochs=20, batch_size=64, knn=False)
-    assert record["converged"]["value"] > 0.5
+    encoder = evaluate.random_encoder(config_lib.resolve("digits", dict(
+        embed_dim=32, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=64)), spec)
+    record = evaluate.linear_eval(encoder, spec, version_dir, epochs=10, batch_size=64, knn=False)
+    assert record["converged"]["value"] > 0.6
     assert record["converged"]["value"] > record["value"] + 0.2
 
 
