@@ -109,29 +109,29 @@ class CheckpointManager:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def check_weights_format(self, model, record) -> None:
-        """Refuses checkpoints whose recorded `weights_format` is not `model.weights_format`
-        (a model class that declares one; a record without one is format 1)."""
-        expected = getattr(model, "weights_format", None)
-        if expected is None or record is None:
+    def check_weights_format(self, expected: int | None) -> None:
+        """Raises a one-line ValueError if there are checkpoints and `latest.json` records a
+        weights format other than `expected` (a record without one is format 1); nothing to
+        check when `expected` is None (a model that declares no `weights_format`)."""
+        record = self.latest_record()
+        if expected is None or record is None or not self.steps():
             return
         found = record.get("weights_format", 1)
         if found != expected:
             raise ValueError(
                 f"{self.directory}: these checkpoints hold weights format {found} but this "
-                f"version of {type(model).__name__} has format {expected} (the set of weights "
-                f"changed, see WEIGHTS_FORMAT in keras_metamae/metamae.py); they cannot be "
-                f"loaded: use a new --workdir, or the keras-metamae version that wrote them."
+                f"version of the model has format {expected} (the set of weights changed, see "
+                f"WEIGHTS_FORMAT in keras_metamae/metamae.py); they cannot be loaded: use a new "
+                f"--workdir, or the keras-metamae version that wrote them."
             )
 
     def restore(self, model) -> int:
         """Loads the newest readable checkpoint into `model`; returns its step (0 if none).
         Raises ValueError if `latest.json` records a different weights format (see
         `check_weights_format`)."""
+        self.check_weights_format(getattr(model, "weights_format", None))
         candidates = sorted(self.steps(), reverse=True)
         record = self.latest_record()
-        if candidates:
-            self.check_weights_format(model, record)
         if record and record.get("step") in candidates:
             candidates.remove(record["step"])
             candidates.insert(0, record["step"])

@@ -223,6 +223,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     from keras_metamae import callbacks as cb
     from keras_metamae import data
     from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.metamae import MetaMAE
     from keras_metamae.nonfinite import StopOnNonFinite
     from preprocessing.spec import load_spec
 
@@ -234,6 +235,9 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     config.data_dir = data_dir
     config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
     check_workdir_config(config.workdir, config)
+    # Before anything is written: a workdir of an older weights format stays as it was.
+    CheckpointManager(os.path.join(config.workdir, "checkpoints")).check_weights_format(
+        MetaMAE.weights_format)
     check_workdir_spec(config.workdir, spec, version_dir)
     config.save(config.workdir)
 

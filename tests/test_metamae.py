@@ -215,7 +215,8 @@ def test_old_weights_format_checkpoints_are_refused_with_one_line(tmp_path):
     del record["weights_format"]
     with open(tmp_path / "latest.json", "w") as f:
         json.dump(record, f)
-    with pytest.raises(ValueError, match="weights format 1") as error:
+    expected = "weights format 1 but this version of the model has format 2"
+    with pytest.raises(ValueError, match=expected) as error:
         manager.restore(built_model())
     assert "\n" not in str(error.value) and "--workdir" in str(error.value)
 
