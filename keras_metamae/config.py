@@ -83,6 +83,7 @@ class TrainConfig:
     """Everything a training run depends on. Field names match the command-line flags."""
 
     dataset: str = "digits"
+    preset: str = ""  # which preset the defaults came from (see `preset_name`)
     data_dir: str = ""  # root of preprocessed datasets (pipeline --output_dir)
     workdir: str = ""
     model: str = "metamae"  # "metamae" | "mae" (plain MAE with the same decoder)
@@ -220,14 +221,45 @@ class TrainConfig:
         return cls(**d)
 
 
-def preset(dataset: str, pretrain_dataset: str = "") -> dict[str, Any]:
-    """Preset values for a dataset (a transfer set falls back to its pretraining domain)."""
+# Datasets whose Table 8 row has another name: the paper's WaferMap row is pretrained on the
+# unlabeled maps (`wafermap-unlabeled`); the labeled `wafermap` set is its transfer set.
+TABLE_8_DOMAIN = {"wafermap-unlabeled": "wafermap"}
+GENERIC_PRESET = "generic"
+
+
+def preset_name(dataset: str, pretrain_dataset: str = "") -> str:
+    """Which preset a dataset trains with: "digits", a Table 8 row (the dataset's own, or its
+    pretraining domain's for a transfer set), or "generic" for data of the user's own."""
     if dataset == "digits":
-        return dict(DIGITS_PRESET)
-    key = dataset if dataset in TABLE_8 else pretrain_dataset
-    values: dict[str, Any] = dict(PAPER_ARCHITECTURE)
-    if key in TABLE_8:
-        inner_lr, contrast, depth, dropout, mask_ratio, batch = TABLE_8[key]
+        return "digits"
+    for name in (dataset, pretrain_dataset):
+        name = TABLE_8_DOMAIN.get(name, name)
+        if name in TABLE_8:
+            return name
+    return GENERIC_PRESET
+
+
+def describe_preset(name: str) -> str:
+    """One line saying which preset ran, printed by train and written to config.json."""
+    if name == "digits":
+        return "digits (embedded default: small model, alpha 0.5, lambda 0.1, warm-up + cosine)"
+    if name == GENERIC_PRESET:
+        return ("generic (no paper Table 8 row for this dataset: Table 7 architecture, "
+                f"alpha {TrainConfig.inner_lr}, lambda {TrainConfig.contrast_weight} as paper "
+                f"Table 9, mask {TrainConfig.mask_ratio}; set them by flag)")
+    inner_lr, contrast, depth, dropout, mask_ratio, batch = TABLE_8[name]
+    return (f"paper Table 8 row {name!r}: alpha {inner_lr}, lambda {contrast}, decoder depth "
+            f"{depth}, dropout {dropout}, mask ratio {mask_ratio}, batch {batch}")
+
+
+def preset(dataset: str, pretrain_dataset: str = "") -> dict[str, Any]:
+    """Preset values for a dataset (a transfer set uses its pretraining domain's row)."""
+    name = preset_name(dataset, pretrain_dataset)
+    if name == "digits":
+        return dict(DIGITS_PRESET, preset=name)
+    values: dict[str, Any] = dict(PAPER_ARCHITECTURE, preset=name)
+    if name in TABLE_8:
+        inner_lr, contrast, depth, dropout, mask_ratio, batch = TABLE_8[name]
         values.update(
             inner_lr=inner_lr,
             contrast_weight=contrast,
@@ -239,9 +271,25 @@ def preset(dataset: str, pretrain_dataset: str = "") -> dict[str, Any]:
     return values
 
 
+PRESET_NAMES = ("digits", GENERIC_PRESET, *TABLE_8)
+
+
 def resolve(dataset: str, overrides: dict[str, Any], pretrain_dataset: str = "") -> TrainConfig:
-    """Defaults <- preset(dataset) <- explicit overrides (flags the user actually set)."""
-    values = preset(dataset, pretrain_dataset)
+    """Defaults <- preset(dataset) <- explicit overrides (flags the user actually set).
+
+    `--preset NAME` picks a preset explicitly (e.g. the `eurosat` row for your own
+    multi-spectral tiles); otherwise the dataset's own row, its pretraining domain's, or generic.
+    """
+    chosen = overrides.get("preset")
+    if chosen and chosen not in PRESET_NAMES:
+        raise ValueError(f"--preset: got {chosen!r}, expected one of {list(PRESET_NAMES)}")
+    if chosen == "digits":
+        values = preset("digits")
+    elif chosen:
+        values = preset(chosen if chosen in TABLE_8 else "", "")
+        values["preset"] = chosen
+    else:
+        values = preset(dataset, pretrain_dataset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["dataset"] = dataset
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -232,6 +232,10 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
     spec = load_spec(version_dir)
     config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
+    # Say which defaults ran: a dataset without a Table 8 row must never look like a paper run.
+    logging.info("preset: %s", config_lib.describe_preset(config.preset))
+    if verbose:
+        print(f"Preset: {config_lib.describe_preset(config.preset)}")
     config.data_dir = data_dir
     config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
     check_workdir_config(config.workdir, config)

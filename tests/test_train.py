@@ -103,6 +103,27 @@ def test_presets_follow_table_8():
     assert config.resolve("eurosat", {"batch_size": 8}).batch_size == 8
 
 
+def test_presets_follow_the_pretraining_domain_and_say_which_ran():
+    from keras_metamae import config
+
+    # The paper's WaferMap row is pretrained on the unlabeled maps.
+    unlabeled = config.resolve("wafermap-unlabeled", {})
+    assert unlabeled.preset == "wafermap"
+    assert (unlabeled.inner_lr, unlabeled.contrast_weight, unlabeled.decoder_depth,
+            unlabeled.mask_ratio, unlabeled.batch_size) == (0.1, 0.1, 6, 0.15, 128)
+    labeled = config.resolve("wafermap", {}, pretrain_dataset="wafermap-unlabeled")
+    assert labeled.preset == "wafermap" and labeled.mask_ratio == 0.15
+    assert config.resolve("cifar10", {}, pretrain_dataset="imagenet32").preset == "imagenet32"
+    mine = config.resolve("mine", {})
+    assert mine.preset == "generic" and "no paper Table 8 row" in config.describe_preset(mine.preset)
+    assert "Table 8 row 'eurosat'" in config.describe_preset(config.resolve("eurosat", {}).preset)
+    # A preset by name for one's own data.
+    chosen = config.resolve("mine", {"preset": "eurosat"})
+    assert chosen.preset == "eurosat" and chosen.contrast_weight == 1.0 and chosen.batch_size == 64
+    with pytest.raises(ValueError, match="--preset"):
+        config.resolve("mine", {"preset": "eurosat2"})
+
+
 def _train_command(data_dir, workdir, steps):
     args = [sys.executable, "-m", "keras_metamae.train", "--dataset", "digits",
             "--data_dir", data_dir, "--workdir", workdir, f"--steps={steps}", "--noexport"]
