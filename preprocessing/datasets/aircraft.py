@@ -36,6 +36,11 @@ class AircraftReader(_image_files.ImageFilesReader):
     split_fractions = (("train", 1 / 3), ("val", 1 / 3), ("test", 1 / 3))  # names only: splits are official
     protocol = {"probe_train": ["train", "val"], "probe_val": []}
 
+    def spec_template(self):
+        spec = super().spec_template()
+        spec.extra["crop"] = f"each image cropped to its bounding box ({BOX_FILE}) before resizing"
+        return spec
+
     def label_names(self) -> list[str]:
         try:
             return self.metadata()["variants"]
