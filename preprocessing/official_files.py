@@ -48,8 +48,7 @@ FLOWERS = (
           "2d01ecc807db462958cfe3d92f57a8c252b4abd240eb955770201e45f783b246"),
     _tfds("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat", 502,
           "4903e94206bac23bf772aadf06451916df56b58fc483a62db32a97b82656651d"),
-    _tfds("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat", 14989,
-          "46b8678f91fd95d3c8f4feab80d271a6c834a1dd896fe29fd3e6ad9ce5c8dccd"),
+    # setid.mat (the official 1,020/1,020/6,149 split) is not needed: DABS splits per class.
 )
 AIRCRAFT = _unverified("https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz")
 GTSRB = _unverified("https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
