@@ -151,20 +151,20 @@ def test_probe_trains_on_train_and_val(name, tmp_path):
 
 # === VGG Flowers: per-class 80/20 as the reference ===
 def reference_vgg_flower_split(labels: list[int], train: bool) -> list[str]:
-    """MetaMAE data/rgbimage.py VGGFlower.load_images (= DABS), with ids for paths."""
-    rs = np.random.RandomState(42)
-    all_filepaths = defaultdict(list)
-    for i, label in enumerate(labels):
-        all_filepaths[label].append("image_{:05d}".format(i + 1))
-    split = []
-    for label, paths in all_filepaths.items():
-        num = len(paths)
-        paths = np.array(paths)
-        indexer = np.arange(num)
-        rs.shuffle(indexer)
-        paths = paths[indexer].tolist()
-        split.extend(paths[:int(0.8 * num)] if train else paths[int(0.8 * num):])
-    return split
+    """The reference's per-class 80/20 split, restated (not its code): classes in order of
+    first appearance; for each, one RandomState(42) shared by all classes permutes the class's
+    image positions, and the first int(0.8 n) of them are train."""
+    rng = np.random.RandomState(42)
+    by_class: dict[int, list[str]] = {}
+    for number, label in enumerate(labels, start=1):
+        by_class.setdefault(label, []).append(f"image_{number:05d}")
+    chosen = []
+    for names in by_class.values():
+        order = np.arange(len(names))
+        rng.shuffle(order)
+        cut = int(0.8 * len(names))
+        chosen += [names[i] for i in (order[:cut] if train else order[cut:])]
+    return chosen
 
 
 def _assert_reference_flower_split(reader, examples, labels):

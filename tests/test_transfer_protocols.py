@@ -135,22 +135,20 @@ def test_genomics_probe_batch_sizes_follow_table_16():
 
 
 def _dabs_dev_clean_split(file_stems: list[str]) -> dict[str, str]:
-    """DABS LibriSpeechTransfer, transcribed: torchaudio's `_walker` (sorted file stems), the
-    int speaker id of each, then train_test_split(...) with RandomState(42)."""
-    walker = sorted(file_stems)
-    speaker_ids = np.array([int(stem.split("-")[0]) for stem in walker])
-    rs = np.random.RandomState(42)
-    unique_speaker_ids = np.array(sorted(set(speaker_ids)))
-    train_indices, test_indices = [], []
-    for speaker_id in unique_speaker_ids:
-        speaker_indices = np.where(speaker_ids == speaker_id)[0]
-        size = len(speaker_indices)
-        rs.shuffle(speaker_indices)
-        train_size = int(0.8 * size)
-        train_indices.extend(speaker_indices[:train_size].tolist())
-        test_indices.extend(speaker_indices[train_size:].tolist())
-    return {**{walker[i]: "train" for i in train_indices},
-            **{walker[i]: "test" for i in test_indices}}
+    """DABS's dev-clean split, restated: utterances sorted by file stem; speakers in numeric
+    order; for each, one RandomState(42) shared by all speakers permutes the positions of the
+    speaker's utterances, and the first int(0.8 n) of them are train."""
+    ordered = sorted(file_stems)
+    speaker_of = np.array([int(stem.split("-")[0]) for stem in ordered])
+    rng = np.random.RandomState(42)
+    split = {}
+    for speaker in sorted(set(speaker_of.tolist())):
+        positions = np.flatnonzero(speaker_of == speaker)
+        rng.shuffle(positions)
+        cut = int(0.8 * len(positions))
+        split.update({ordered[i]: "train" for i in positions[:cut]})
+        split.update({ordered[i]: "test" for i in positions[cut:]})
+    return split
 
 
 def test_dev_clean_split_is_dabs_80_20_per_speaker():

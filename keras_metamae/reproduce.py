@@ -1,0 +1,257 @@
+"""`python -m keras_metamae.reproduce` — one command per row of the paper's Tables 1-3.
+
+    python -m keras_metamae.reproduce --plan                          # every row: command, splits, cost
+    python -m keras_metamae.reproduce --domain eurosat                # Table 1, EuroSAT, MetaMAE
+    python -m keras_metamae.reproduce --domain eurosat --method mae   # the paper's MAE column
+    python -m keras_metamae.reproduce --domain pfam --transfer scop   # a Table 2 row
+    python -m keras_metamae.reproduce --domain digits --steps 300     # the embedded default, offline
+
+Each run: preprocesses the pretraining and probe datasets if they are not there yet (the raw
+files under `--raw_root/<folder>`, downloaded where the dataset allows it), pretrains with the
+paper preset (Table 8, 100k steps unless `--steps`) in `<workdir_root>/<pretrain>-<method>`
+(rerunning resumes it), runs the linear evaluation on the protocol's splits (the paper's probe,
+plus the converged probe and the random-encoder baseline), and appends one row, ours next to the
+paper's, to `<workdir_root>/results.md`.
+
+"mae" is the baseline the paper's MAE column reports: DABS 2.0's MAE, i.e. `--model mae` with a
+linear decoder (`--decoder_depth 0`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+from keras_metamae import paper_rows
+from keras_metamae.cli import quiet_tensorflow_logs
+
+METHODS = ("metamae", "mae")
+# Idle 2-core CPU, paper EuroSAT config (batch 64 x 64 tokens of 832, encoder 12x256), seconds
+# per step (issue 11's side-by-side measurement); scaled by batch x tokens for other configs.
+CPU_SECONDS_PER_STEP = {"metamae": 1.08, "mae": 0.62}
+_REFERENCE_TOKENS = 64 * 64
+
+RESULTS_HEADER = (
+    "| date | table | row | method | steps | metric | ours: paper probe | ours: best on val "
+    "| ours: converged probe | ours: random encoder | ours: kNN | paper | paper: random |\n"
+    "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+)
+
+
+def method_overrides(method: str) -> dict:
+    """Train-config overrides of a method column (the paper's MAE is DABS 2.0's linear decoder)."""
+    if method not in METHODS:
+        raise ValueError(f"--method: got {method!r}, expected one of {METHODS}")
+    return {"model": "metamae"} if method == "metamae" else {"model": "mae", "decoder_depth": 0}
+
+
+def planned_splits(dataset: str) -> dict[str, list[str]]:
+    """The protocol a dataset's reader declares, defaults filled in as DatasetSpec does."""
+    from preprocessing import registry
+    from preprocessing.spec import DatasetSpec, SplitInfo
+
+    reader = registry.get_reader(dataset)
+    names = [name for name, _ in reader.split_fractions]
+    template = reader.spec_template()
+    spec = DatasetSpec(**{**template.__dict__,
+                          "splits": {n: SplitInfo(0, "", 1) for n in names},
+                          "protocol": dict(template.protocol or reader.protocol or {})})
+    return {role: spec.protocol_splits(role)
+            for role in ("pretrain", "probe_train", "probe_val", "probe_test")}
+
+
+def estimated_cpu_hours(dataset: str, method: str, steps: int) -> float:
+    """Rough pretraining hours on a 2-core CPU: the measured EuroSAT step scaled by batch x tokens."""
+    from keras_metamae import config as config_lib
+    from preprocessing import registry
+
+    spec = registry.get_reader(dataset).spec_template()
+    batch = config_lib.resolve(dataset, {}, spec.pretrain_dataset).batch_size
+    return CPU_SECONDS_PER_STEP[method] * batch * spec.num_tokens / _REFERENCE_TOKENS * steps / 3600
+
+
+def _paper_domain(row: paper_rows.PaperRow) -> str:
+    return next(d for d, p in paper_rows.DOMAINS.items() if p == row.pretrain)
+
+
+def command_of(row: paper_rows.PaperRow, method: str = "metamae") -> str:
+    command = f"python -m keras_metamae.reproduce --domain {_paper_domain(row)}"
+    if row.table != 1:
+        command += f" --transfer {row.probe}"
+    return command + ("" if method == "metamae" else f" --method {method}")
+
+
+def plan(steps: int | None = None) -> str:
+    """A markdown table of every paper row: command, splits, metric, paper values, cost."""
+    from preprocessing import registry
+
+    lines = ["| table | row | command (add `--method mae` for the MAE column) | pretrain on "
+             "| probe train / val / test | metric | paper random / MAE / MetaMAE "
+             "| est. CPU hours MetaMAE / MAE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in paper_rows.ROWS:
+        pretrain = planned_splits(row.pretrain)["pretrain"]
+        probe = planned_splits(row.probe)
+        metric = registry.get_reader(row.probe).spec_template().metric
+        n = steps or 100_000
+        cost = " / ".join(f"{estimated_cpu_hours(row.pretrain, m, n):,.0f}" for m in METHODS)
+        paper = " / ".join(f"{row.paper[m]:g}" for m in ("random", "mae", "metamae"))
+        splits = " / ".join("+".join(probe[r]) or "-" for r in ("probe_train", "probe_val", "probe_test"))
+        lines.append(f"| {row.table} | {row.label} | `{command_of(row)}` | {row.pretrain} "
+                     f"[{'+'.join(pretrain)}] | {row.probe}: {splits} | {metric} | {paper} | {cost} |")
+    lines.append("")
+    lines.append(f"Cost: {steps or 100_000:,} pretraining steps at the CPU step time measured on the "
+                 f"EuroSAT config ({CPU_SECONDS_PER_STEP['metamae']} s MetaMAE, "
+                 f"{CPU_SECONDS_PER_STEP['mae']} s MAE per step on 2 cores), scaled by batch x "
+                 f"tokens; a GPU is one to two orders of magnitude faster. Probing is extra.")
+    return "\n".join(lines) + "\n"
+
+
+def ensure_processed(dataset: str, data_dir: str, raw_root: str | None) -> str:
+    """The dataset's version directory, running the Beam job first if it is not there."""
+    from keras_metamae import data
+    from pipeline import preprocess
+    from preprocessing import registry
+
+    try:
+        return data.find_dataset_dir(data_dir, dataset)
+    except data.DataError:
+        pass
+    argv = ["--dataset", dataset, "--output_dir", data_dir]
+    if raw_root and dataset != "digits":
+        argv += ["--data_dir", os.path.join(raw_root, registry.raw_folder(dataset))]
+    print(f"Preprocessing {dataset}: python -m pipeline.preprocess {' '.join(argv)}")
+    if preprocess.run(argv) is None:
+        raise RuntimeError(f"preprocessing {dataset} failed (see the messages above)")
+    return data.find_dataset_dir(data_dir, dataset)
+
+
+def _scaled(value, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if metric == "spearman" else f"{100 * value:.1f}"
+
+
+def results_row(record: dict, row: paper_rows.PaperRow | None, method: str, steps: int,
+                table_label: str) -> str:
+    metric = record["metric"]
+    converged = (record.get("converged") or {}).get("value")
+    paper = "-" if row is None else f"{row.paper[method]:g}"
+    paper_random = "-" if row is None else f"{row.paper['random']:g}"
+    date = datetime.date.today().isoformat()
+    return (f"| {date} | {table_label} | {record['pretrain_dataset']} -> {record['dataset']} "
+            f"| {method} | {steps} | {metric} | {_scaled(record['value'], metric)} "
+            f"| {_scaled(record.get('value_best_val'), metric)} | {_scaled(converged, metric)} "
+            f"| {_scaled(record.get('baseline_random'), metric)} "
+            f"| {_scaled(record.get('knn_accuracy'), 'accuracy')} | {paper} | {paper_random} |\n")
+
+
+def append_result(path: str, line: str) -> None:
+    """Appends one row to results.md (header on first use), replacing the file atomically."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    old = open(path).read() if os.path.exists(path) else RESULTS_HEADER
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".md")
+    with os.fdopen(fd, "w") as f:
+        f.write(old + line)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
+              steps: int | None = None, epochs: int = 100, probe: str = "both",
+              workdir_root: str = os.path.join("workdirs", "reproduce"),
+              data_dir: str | None = None, raw_root: str | None = None,
+              overrides: dict | None = None) -> dict:
+    """Preprocess (if needed) -> pretrain with the paper preset -> probe -> append to results.md."""
+    from keras_metamae import evaluate, train
+
+    if domain not in paper_rows.DOMAINS:
+        raise ValueError(f"--domain: got {domain!r}, expected one of {sorted(paper_rows.DOMAINS)}")
+    pretrain = paper_rows.DOMAINS[domain]
+    if transfer is not None and transfer not in paper_rows.transfers_of(domain):
+        raise ValueError(f"--transfer: the paper has no row {domain} -> {transfer!r}; its rows "
+                         f"for {domain}: {paper_rows.transfers_of(domain) or 'none'}")
+    row = paper_rows.find_row(domain, transfer)
+    if row is None and domain != "digits":
+        raise ValueError(f"--domain {domain}: the paper reports it only through transfer rows; "
+                         f"add --transfer, one of {paper_rows.transfers_of(domain)}")
+    probe_dataset = row.probe if row else pretrain
+    data_dir = data_dir or train.default_data_dir()
+    ensure_processed(pretrain, data_dir, raw_root)
+    if probe_dataset != pretrain:
+        ensure_processed(probe_dataset, data_dir, raw_root)
+
+    workdir = os.path.join(workdir_root, f"{pretrain}-{method}")
+    run_overrides = dict(overrides or {}, **method_overrides(method))
+    if steps is not None:
+        run_overrides["steps"] = steps
+    summary = train.run_training(pretrain, run_overrides, data_dir, workdir)
+    record = evaluate.run_evaluation(workdir, dataset=probe_dataset, data_dir=data_dir,
+                                     epochs=epochs, probe=probe,
+                                     transfer=probe_dataset != pretrain)
+    label = f"Table {row.table}" if row else "(not in the paper)"
+    append_result(os.path.join(workdir_root, "results.md"),
+                  results_row(record, row, method, int(summary["final_step"]), label))
+    record["paper"] = row.paper[method] if row else None
+    return record
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("domain", None, f"Pretraining domain: {', '.join(paper_rows.DOMAINS)}.")
+    flags.DEFINE_enum("method", "metamae", list(METHODS),
+                      "metamae, or mae (the paper's MAE column: DABS 2.0 MAE, linear decoder).")
+    flags.DEFINE_string("transfer", None, "A Table 2/3 transfer set of the domain (default: its "
+                        "Table 1 row).")
+    flags.DEFINE_integer("steps", None, "Pretraining steps (default: the preset's; 100k for "
+                         "the paper's domains).")
+    flags.DEFINE_integer("epochs", 100, "Epochs of the paper's probe (DABS: 100).")
+    flags.DEFINE_enum("probe", "both", ["paper", "converged", "both"], "Which linear probe(s).")
+    flags.DEFINE_string("workdir_root", os.path.join("workdirs", "reproduce"),
+                        "Runs go to <workdir_root>/<pretrain>-<method>; results.md here.")
+    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (default "
+                        "$KERAS_METAMAE_DATA or data/processed).")
+    flags.DEFINE_string("raw_root", None, "Root of the raw folders (default data/raw; each "
+                        "dataset reads <raw_root>/<its folder>).")
+    flags.DEFINE_bool("plan", False, "Print every row (command, splits, metric, paper values, "
+                      "estimated cost) and exit.")
+
+
+def main(argv):
+    del argv
+    quiet_tensorflow_logs()
+    if FLAGS.plan:
+        print(plan(FLAGS.steps), end="")
+        return
+    if not FLAGS.domain:
+        print("error: --domain is required (or --plan to list every row)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        record = reproduce(FLAGS.domain, FLAGS.method, FLAGS.transfer, FLAGS.steps, FLAGS.epochs,
+                           FLAGS.probe, FLAGS.workdir_root, FLAGS.data_dir, FLAGS.raw_root)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    ours = _scaled(record["value"], record["metric"])
+    paper = "not in the paper" if record["paper"] is None else f"paper {record['paper']:g}"
+    print(f"{record['pretrain_dataset']} -> {record['dataset']} ({FLAGS.method}): "
+          f"{record['metric']} {ours} ({paper}); appended to "
+          f"{os.path.join(FLAGS.workdir_root, 'results.md')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,66 @@
+"""`python -m keras_metamae.reproduce`: the plan lists every paper row; digits runs end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_metamae import paper_rows, reproduce
+from tests.conftest import REPO, TINY_MODEL
+
+
+def test_plan_lists_every_table_1_and_2_row_with_its_splits():
+    text = reproduce.plan()
+    for row in paper_rows.ROWS:
+        assert f"`{reproduce.command_of(row)}`" in text
+        assert row.label in text
+    assert sum(r.table == 1 for r in paper_rows.ROWS) == 7
+    assert sum(r.table == 2 for r in paper_rows.ROWS) == 17
+    # The protocol splits come from the readers.
+    assert "eurosat: transfer_train / - / transfer_test" in text
+    assert "audio-mnist: train+val / - / test" in text
+    assert "pfam: transfer_train / - / transfer_test" in text
+    assert "wafermap-unlabeled [train]" in text
+
+
+def test_plan_is_a_cli():
+    result = subprocess.run([sys.executable, "-m", "keras_metamae.reproduce", "--plan"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--domain pfam --transfer scop" in result.stdout
+
+
+def test_mae_column_is_dabs_linear_decoder_mae():
+    assert reproduce.method_overrides("mae") == {"model": "mae", "decoder_depth": 0}
+    with pytest.raises(ValueError, match="--method"):
+        reproduce.method_overrides("simclr")
+
+
+@pytest.mark.parametrize("domain,transfer,message", [
+    ("imagenet", None, "--domain"),
+    ("pfam", "cifar10", "--transfer"),
+    ("imagenet32", None, "only through transfer rows"),
+])
+def test_bad_rows_are_named(domain, transfer, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        reproduce.reproduce(domain, transfer=transfer, workdir_root=str(tmp_path))
+
+
+def test_digits_runs_end_to_end_and_appends_a_row(digits_data_dir, tmp_path):
+    root = str(tmp_path / "runs")
+    overrides = dict(TINY_MODEL, batch_size=16, log_every=5, checkpoint_every=5, validation_steps=1)
+    for method in ("metamae", "mae"):
+        record = reproduce.reproduce("digits", method=method, steps=5, epochs=2,
+                                     workdir_root=root, data_dir=digits_data_dir,
+                                     overrides=overrides)
+        assert record["paper"] is None and 0.0 <= record["value"] <= 1.0
+    lines = open(os.path.join(root, "results.md")).read().splitlines()
+    assert lines[0].startswith("| date | table | row | method")
+    rows = [line for line in lines[2:] if line.strip()]
+    assert len(rows) == 2
+    assert "| digits -> digits | metamae | 5 | accuracy |" in rows[0]
+    assert "| digits -> digits | mae | 5 | accuracy |" in rows[1]
+    assert os.path.isdir(os.path.join(root, "digits-mae", "checkpoints"))
