@@ -64,3 +64,11 @@ def test_digits_runs_end_to_end_and_appends_a_row(digits_data_dir, tmp_path):
     assert "| digits -> digits | metamae | 5 | accuracy |" in rows[0]
     assert "| digits -> digits | mae | 5 | accuracy |" in rows[1]
     assert os.path.isdir(os.path.join(root, "digits-mae", "checkpoints"))
+
+
+def test_reproducing_md_holds_the_current_plan():
+    """REPRODUCING.md's table is `--plan`'s output: regenerate it when a row or split changes."""
+    text = open(os.path.join(REPO, "REPRODUCING.md")).read()
+    for line in reproduce.plan().splitlines():
+        if line.startswith("| "):
+            assert line in text, f"REPRODUCING.md lacks the plan line: {line}"
