@@ -130,7 +130,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         qkv = ops.reshape(
             self.qkv(inputs), (batch, length, 3, self.num_heads, self.head_dim)
         )
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, dh]
+        # One unstack, not three slices: its gradient is one Pack instead of three
+        # StridedSliceGrads (and their second-order gradients).
+        q, k, v = ops.unstack(qkv, 3, axis=2)  # [B, N, H, dh]
         scores = ops.einsum("bqhd,bkhd->bhqk", q, k) * (1.0 / math.sqrt(self.head_dim))
         probs = ops.softmax(ops.cast(scores, _stat_dtype(self.compute_dtype)), axis=-1)
         probs = ops.cast(probs, self.compute_dtype)

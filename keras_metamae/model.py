@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_metamae.layers import LayerNorm
@@ -238,16 +239,56 @@ class Encoder(keras.layers.Layer):
             for s, e in zip(self.segments, self.segment_embeddings)
         ]
 
+    def embed_kept_tokens(self, tokens, keep_indices):
+        """`[B, n, embed_dim]`: token (+ modality) and position embeddings of the kept tokens
+        only. Equal to embedding all T tokens and then keeping n of them (the embeddings are
+        per token), but the embedding and its backward run on n tokens instead of T (85% of
+        them are masked in the paper's configs)."""
+        keep_indices = tf.cast(keep_indices, "int32")
+        # A batched gather, not ops.take_along_axis (which broadcasts and transposes first).
+        kept = tf.gather(tokens, keep_indices, batch_dims=1)  # [B, n, ...]
+        if self.segments:
+            x = self._embed_kept_segments(kept, keep_indices)
+        else:
+            x = self.token_embedding(kept)
+        positions = tf.gather(tf.constant(self._position_table), keep_indices)  # [B, n, D]
+        return x + ops.cast(positions, x.dtype)
+
+    def _embed_kept_segments(self, kept, keep_indices):
+        """Kept tokens of a mixed sequence come from any segment, in any mix per example: each
+        segment's embedding runs on all n kept tokens and a one-hot of the token's segment
+        selects the right one (n * segments embeddings, still far fewer than T)."""
+        one_hot = tf.gather(tf.constant(self._segment_one_hot), keep_indices)  # [B, n, S]
+        x = None
+        for i, (seg, embedding) in enumerate(zip(self.segments, self.segment_embeddings)):
+            in_segment = one_hot[..., i]
+            if seg["kind"] == "discrete":
+                ids = tf.cast(tf.round(tf.cast(kept[..., 0], "float32")), "int32")
+                # Tokens of other segments hold values that are not ids of this vocabulary.
+                ids = tf.where(in_segment > 0, ids, tf.zeros_like(ids))
+                part = embedding(ids)
+            else:
+                part = embedding(kept[..., : seg["token_dim"]])
+            part = part * ops.cast(in_segment, part.dtype)[..., None]
+            x = part if x is None else x + part
+        modality = ops.matmul(
+            ops.cast(one_hot, x.dtype), ops.cast(self.modality_embedding, x.dtype)
+        )
+        return x + modality
+
     def call(self, tokens, keep_indices=None, token_mask=None, training=None):
-        x = self.embed_tokens(tokens)  # [B, T, D]
-        if token_mask is not None:
-            if not self.use_mask_token:
-                raise ValueError("Encoder: token_mask needs use_mask_token=True")
-            m = ops.cast(token_mask, x.dtype)[..., None]
-            x = x * (1.0 - m) + m * ops.cast(self.mask_token, x.dtype)
-        x = x + ops.cast(self._position_table, x.dtype)
-        if keep_indices is not None:
-            x = ops.take_along_axis(x, ops.cast(keep_indices, "int32")[..., None], axis=1)
+        if keep_indices is not None and token_mask is None:
+            x = self.embed_kept_tokens(tokens, keep_indices)  # [B, n, D]
+        else:
+            x = self.embed_tokens(tokens)  # [B, T, D]
+            if token_mask is not None:
+                if not self.use_mask_token:
+                    raise ValueError("Encoder: token_mask needs use_mask_token=True")
+                m = ops.cast(token_mask, x.dtype)[..., None]
+                x = x * (1.0 - m) + m * ops.cast(self.mask_token, x.dtype)
+            x = x + ops.cast(self._position_table, x.dtype)
+            if keep_indices is not None:
+                x = tf.gather(x, tf.cast(keep_indices, "int32"), batch_dims=1)
         cls = ops.broadcast_to(
             ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim)
         )

@@ -318,3 +318,64 @@ def test_discrete_vocabulary_head_is_tied_matrix_only():
     expected = (latent.numpy()[:, 1:] @ head.kernel.numpy() + head.bias.numpy()) @ matrix.numpy().T
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     assert not [w for w in decoder.weights if "vocab" in w.path]
+
+
+# === the encoder embeds only the kept tokens ===
+def _latent_embed_all_then_keep(encoder, tokens, keep):
+    """The encoder's former path: embed all T tokens, add positions, keep n of them."""
+    x = encoder.embed_tokens(tokens) + tf.cast(encoder._position_table, encoder.compute_dtype)
+    x = tf.gather(x, keep, batch_dims=1)
+    cls = tf.broadcast_to(tf.cast(encoder.cls_token, x.dtype), (x.shape[0], 1, x.shape[-1]))
+    x = tf.concat([cls, x], axis=1)
+    for block in encoder.blocks:
+        x = block(x)
+    return encoder.norm(x)
+
+
+def _mixed_tokens(batch, rng):
+    """Packed tokens of a 2-segment sequence: 6 image patches of 3 values, 4 word ids < 7."""
+    segments = [
+        {"name": "image", "kind": "continuous", "num_tokens": 6, "token_grid": [2, 3],
+         "token_dim": 3},
+        {"name": "text", "kind": "discrete", "num_tokens": 4, "token_grid": [4],
+         "vocab_size": 7},
+    ]
+    packed = np.zeros((batch, 10, 3))
+    packed[:, :6] = rng.normal(size=(batch, 6, 3))
+    packed[:, 6:, 0] = rng.integers(0, 7, size=(batch, 4))
+    return segments, packed
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete", "segmented"])
+def test_embedding_only_kept_tokens_gives_the_same_latent_and_gradients(kind):
+    rng = np.random.default_rng(20)
+    batch, segments = 3, None
+    if kind == "continuous":
+        num_tokens, extra = 8, dict(token_grid=[2, 4], token_dim=3)
+        tokens = tf.constant(rng.normal(size=(batch, 8, 3)))
+    elif kind == "discrete":
+        num_tokens, extra = 8, dict(token_grid=[8], vocab_size=5)
+        tokens = tf.constant(rng.integers(0, 5, size=(batch, 8)))
+    else:
+        segments, packed = _mixed_tokens(batch, rng)
+        num_tokens, extra = 10, dict(token_grid=[10], token_dim=3, segments=segments)
+        tokens = tf.constant(packed)
+    keras.utils.set_random_seed(0)
+    encoder = model_lib.Encoder(num_tokens=num_tokens, embed_dim=8, depth=1, num_heads=2,
+                                mlp_dim=16, dtype="float64", **extra)
+    encoder.build()
+    # Kept sets that mix segments differently in each example (image only, text only, both).
+    keep = tf.constant([[0, 1, 2, 5], [6, 7, 8, 9], [1, 4, 6, 9]][:batch], tf.int32)
+    if kind != "segmented":
+        keep = tf.constant([[0, 3, 5, 7], [1, 2, 4, 6], [2, 3, 6, 7]], tf.int32)
+    with tf.GradientTape(persistent=True) as tape:
+        new = encoder(tokens, keep_indices=keep)
+        old = _latent_embed_all_then_keep(encoder, tokens, keep)
+        new_loss, old_loss = tf.reduce_sum(new ** 2), tf.reduce_sum(old ** 2)
+    np.testing.assert_allclose(new.numpy(), old.numpy(), rtol=1e-12, atol=1e-12)
+    variables = encoder.trainable_variables
+    for v, g_new, g_old in zip(variables, tape.gradient(new_loss, variables),
+                               tape.gradient(old_loss, variables)):
+        g_new, g_old = tf.convert_to_tensor(g_new), tf.convert_to_tensor(g_old)
+        np.testing.assert_allclose(g_new.numpy(), g_old.numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=v.path)
