@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from preprocessing.spec import PIPELINE_VERSION
 from tests.conftest import REPO, TINY_MODEL
 
 TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=2, checkpoint_every=2,
@@ -39,14 +40,14 @@ def test_killed_preprocessing_leaves_no_version_and_a_rerun_completes(tmp_path):
     time.sleep(0.3)  # inside the build (Beam alone takes seconds to start)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not os.path.exists(os.path.join(dataset_dir, "1")), "a partial version was published"
+    assert not os.path.exists(os.path.join(dataset_dir, PIPELINE_VERSION)), "a partial version was published"
     assert glob.glob(os.path.join(dataset_dir, ".tmp-*")), "expected the dead build to remain"
 
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "removed unfinished build" in done.stderr
-    assert os.listdir(dataset_dir) == ["1"]
-    spec = json.load(open(os.path.join(dataset_dir, "1", "spec.json")))
+    assert os.listdir(dataset_dir) == [PIPELINE_VERSION]
+    spec = json.load(open(os.path.join(dataset_dir, PIPELINE_VERSION, "spec.json")))
     assert sum(s["num_examples"] for s in spec["splits"].values()) == 120
 
 
@@ -72,7 +73,7 @@ def test_truncated_shard_fails_with_the_file_name(digits_data_dir, tmp_path):
     from keras_metamae import train
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
-    shard = sorted(glob.glob(os.path.join(data_dir, "digits", "1", "train", "*.tfrecord.gz")))[0]
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord.gz")))[0]
     content = open(shard, "rb").read()
     with open(shard, "wb") as f:
         f.write(content[: len(content) // 2])
@@ -87,7 +88,7 @@ def test_records_of_the_wrong_dtype_are_refused_with_the_file_name(digits_data_d
     from keras_metamae import train
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
-    shard = sorted(glob.glob(os.path.join(data_dir, "digits", "1", "train", "*.tfrecord.gz")))[0]
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord.gz")))[0]
     example = tf.train.Example()
     example.features.feature["tokens"].int64_list.value.extend([1] * 64)
     example.features.feature["label"].int64_list.value.append(0)
@@ -105,7 +106,7 @@ def test_workdir_trained_on_another_token_contract_is_refused(digits_data_dir, t
     workdir = str(tmp_path / "w")
     train.run_training("digits", dict(TINY_RUN, steps=2), digits_data_dir, workdir, verbose=0)
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
-    spec_path = os.path.join(data_dir, "digits", "1", "spec.json")
+    spec_path = os.path.join(data_dir, "digits", PIPELINE_VERSION, "spec.json")
     spec = json.load(open(spec_path))
     spec.update(token_dim=2, patch_shape=[1, 2], num_tokens=32, token_grid=[8, 4])
     json.dump(spec, open(spec_path, "w"))
