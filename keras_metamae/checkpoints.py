@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
+
+from preprocessing.atomic_files import write_text_atomically
 
 CHECKPOINT_GLOB = "ckpt-*.weights.h5"
 _STEP_RE = re.compile(r"ckpt-(\d+)\.weights\.h5$")
@@ -33,16 +34,6 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -82,7 +73,8 @@ class CheckpointManager:
         if getattr(model, "weights_format", None) is not None:
             record["weights_format"] = model.weights_format
         record.update(extra or {})
-        _atomic_write_text(os.path.join(self.directory, LATEST), json.dumps(record) + "\n")
+        write_text_atomically(os.path.join(self.directory, LATEST), json.dumps(record) + "\n",
+                              fsync=True)
         self._prune()
         return final
 

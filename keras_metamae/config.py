@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
+
+from preprocessing.atomic_files import write_text_atomically
 
 # The architecture of paper Table 7: encoder d=256, ff=512, 8 heads, 12 blocks; decoder
 # d=128, ff=256, 4 heads, n blocks; projector 256 -> 1024 -> 128.
@@ -203,12 +204,7 @@ class TrainConfig:
 
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "config.json")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text_atomically(os.path.join(directory, "config.json"), self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -279,12 +278,10 @@ def random_encoder(config, spec):
 
 
 def write_json(path: str, record: dict) -> None:
+    from preprocessing.atomic_files import write_text_atomically
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def log_to_tensorboard(workdir: str, record: dict, step: int) -> None:

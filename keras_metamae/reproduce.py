@@ -22,12 +22,12 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import tempfile
 
 from absl import app, flags
 
 from keras_metamae import paper_rows
 from keras_metamae.cli import quiet_tensorflow_logs
+from preprocessing.atomic_files import write_text_atomically
 
 METHODS = ("metamae", "mae")
 # Idle 2-core CPU, paper EuroSAT config (batch 64 x 64 tokens of 832, encoder 12x256), seconds
@@ -155,17 +155,7 @@ def append_result(path: str, line: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     old = open(path).read() if os.path.exists(path) else RESULTS_HEADER
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(old + line)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_text_atomically(path, old + line)
 
 
 def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,

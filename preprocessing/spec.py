@@ -63,7 +63,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
 
 SPEC_FILENAME = "spec.json"
@@ -337,12 +336,9 @@ class DatasetSpec:
     def save(self, directory: str) -> str:
         """Writes `<directory>/spec.json` atomically (temp file, then rename)."""
         self.validate(os.path.join(directory, SPEC_FILENAME))
-        path = os.path.join(directory, SPEC_FILENAME)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".spec-", suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        from preprocessing.atomic_files import write_text_atomically
+
+        return write_text_atomically(os.path.join(directory, SPEC_FILENAME), self.to_json())
 
 
 def packed_width(segments: list[dict[str, Any]]) -> int:
