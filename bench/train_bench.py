@@ -3,6 +3,13 @@ and the tf.data reader alone. Writes its section of BENCHMARKS.md.
 
     python bench/train_bench.py                 # the paper's EuroSAT config (slow on a CPU)
     python bench/train_bench.py --quick         # batch 16 and a 4-layer encoder, for a laptop
+    python bench/train_bench.py --config mscoco # the largest sequence: 196 + 32 tokens, batch 64
+
+`--config mscoco` is the paper's vision-language setup (Table 16; Table 8 mscoco row): one
+sequence of 196 image tokens of 768 values (224 x 224, 16 x 16 patches) and 32 WordPiece
+tokens (vocabulary 30,522), batch 64, 12-layer encoder, 2-layer decoder. It prints ms/step
+and the peak memory (GPU: the allocator's peak; CPU: the process's peak RSS) and writes its
+own BENCHMARKS.md section only with `--publish`.
 
 Paper EuroSAT config: batch 64, 64 tokens of 832 values, 12-layer encoder (d=256), 4-layer
 decoder (d=128). Steps are timed after warm-up (tracing, XLA compilation) with `model.fit` on
@@ -30,6 +37,15 @@ from keras_metamae.metamae import MetaMAE  # noqa: E402
 
 EUROSAT = dict(num_tokens=64, token_grid=[8, 8], token_dim=832, decoder_depth=4,
                inner_lr=0.1, contrast_weight=1.0, mask_ratio=0.85)
+MSCOCO_IMAGE, MSCOCO_TEXT, MSCOCO_VOCAB = 196, 32, 30522
+MSCOCO = dict(num_tokens=MSCOCO_IMAGE + MSCOCO_TEXT, token_grid=[MSCOCO_IMAGE + MSCOCO_TEXT],
+              token_dim=768, decoder_depth=2, inner_lr=0.5, contrast_weight=0.1, mask_ratio=0.5,
+              segments=[
+                  {"name": "image", "kind": "continuous", "num_tokens": MSCOCO_IMAGE,
+                   "token_dim": 768, "token_grid": [14, 14]},
+                  {"name": "text", "kind": "discrete", "num_tokens": MSCOCO_TEXT,
+                   "vocab_size": MSCOCO_VOCAB, "token_grid": [MSCOCO_TEXT]},
+              ])
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -46,15 +62,29 @@ class StepTimer(keras.callbacks.Callback):
         return float(np.median(timed))
 
 
+def synthetic_tokens(config: dict, batch: int) -> np.ndarray:
+    """A packed batch: continuous rows of normal noise, discrete rows an id in column 0."""
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(batch, config["num_tokens"], config["token_dim"])).astype("float32")
+    start = 0
+    for segment in config.get("segments", []):
+        n = segment["num_tokens"]
+        if segment["kind"] == "discrete":
+            tokens[:, start:start + n, :] = 0.0
+            tokens[:, start:start + n, 0] = rng.integers(0, segment["vocab_size"], size=(batch, n))
+        start += n
+    return tokens
+
+
 def time_model(method: str, first_order: bool, jit: bool, precision: str, batch: int,
-               depth: int, steps: int, warmup: int) -> float:
+               depth: int, steps: int, warmup: int, config: dict = EUROSAT) -> float:
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32")
     keras.utils.set_random_seed(0)
     model = MetaMAE(method=method, first_order=first_order, encoder_depth=depth, seed=0,
-                    **EUROSAT)
+                    **config)
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4), jit_compile=jit)
-    tokens = np.random.default_rng(0).normal(size=(batch, 64, 832)).astype("float32")
+    tokens = synthetic_tokens(config, batch)
     ds = tf.data.Dataset.from_tensors({"tokens": tokens}).repeat()
     timer = StepTimer(warmup)
     model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
@@ -83,14 +113,67 @@ def time_reader(batch: int, examples_per_class: int) -> float:
         return n * batch / (time.perf_counter() - start)
 
 
+def peak_memory_bytes() -> tuple[str, int]:
+    """(what was measured, bytes): the GPU allocator's peak, else this process's peak RSS."""
+    if tf.config.list_physical_devices("GPU"):
+        return "GPU peak", int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    import resource
+
+    return "process peak RSS", int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_mscoco(args) -> None:
+    """MetaMAE (second order) and MAE on the 196 + 32-token sequence at batch 64."""
+    batch, depth = 64, 12
+    lines = [
+        "## Training step, vision-language (`python bench/train_bench.py --config mscoco`)",
+        "",
+        f"Batch {batch}, one sequence of {MSCOCO_IMAGE} image tokens of 768 + {MSCOCO_TEXT} "
+        f"WordPiece tokens (vocabulary {MSCOCO_VOCAB:,}), encoder depth {depth}, decoder "
+        f"depth 2 (paper Table 16, Table 8 mscoco row); {device_name()}, TF {tf.__version__}. "
+        f"Median of {args.steps} steps after {args.warmup} warm-up steps.",
+        "",
+        "| model | ms/step | examples/s | peak memory (GiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, method in (("MetaMAE second-order", "metamae"), ("MAE", "mae")):
+        if tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.reset_memory_stats("GPU:0")
+        seconds = time_model(method, False, False, "float32", batch, depth, args.steps,
+                             args.warmup, MSCOCO)
+        what, peak = peak_memory_bytes()
+        print(f"{name:<22} {seconds * 1000:8.1f} ms/step {batch / seconds:8.1f} examples/s "
+              f"{what} {peak / 2**30:.2f} GiB", flush=True)
+        lines.append(f"| {name} | {seconds * 1000:.1f} | {batch / seconds:.1f} | "
+                     f"{peak / 2**30:.2f} ({what}) |")
+    if args.publish:
+        replace_section(args.output, "train_bench_mscoco", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "GPU: " + tf.config.experimental.get_device_details(gpus[0]).get("device_name", "?")
+    return f"CPU ({os.cpu_count()} cores)"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="batch 16, 4-layer encoder")
+    parser.add_argument("--config", choices=("eurosat", "mscoco"), default="eurosat",
+                        help="eurosat: the paper's EuroSAT table (default); mscoco: the "
+                             "196 + 32-token batch-64 step, ms/step and peak memory")
+    parser.add_argument("--publish", action="store_true",
+                        help="--config mscoco: also write its BENCHMARKS.md section")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..",
                                                          "BENCHMARKS.md"))
     args = parser.parse_args()
+    if args.config == "mscoco":
+        run_mscoco(args)
+        return
     batch, depth = (16, 4) if args.quick else (64, 12)
     device = "GPU: " + tf.config.experimental.get_device_details(
         tf.config.list_physical_devices("GPU")[0]).get("device_name", "?") \

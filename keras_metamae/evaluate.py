@@ -305,7 +305,7 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
     from keras_metamae import config as config_lib
     from keras_metamae import data
     from keras_metamae.export import load_trained_model
-    from preprocessing.spec import load_spec
+    from preprocessing.spec import load_spec, token_segments
 
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
@@ -318,7 +318,10 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
     train_spec = load_spec(data.find_dataset_dir(config.data_dir, config.dataset))
     # The encoder's token contract must match the evaluated dataset's.
     for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
-        if getattr(spec, field) != getattr(train_spec, field):
+        # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
+        same = (token_segments(spec.segments) == token_segments(train_spec.segments)
+                if field == "segments" else getattr(spec, field) == getattr(train_spec, field))
+        if not same:
             raise ValueError(
                 f"{version_dir}/spec.json: {field}={getattr(spec, field)} but the encoder in "
                 f"{workdir} was trained on {config.dataset} with {field}="

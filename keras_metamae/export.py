@@ -111,12 +111,14 @@ def build_archive(encoder, spec):
 def build_segmented_archive(encoder, spec):
     """The three signatures for a mixed-token spec (`spec.segments`, e.g. mscoco image + text),
     one input per segment, named after it:
-    - `serving_default(image, text)`: raw inputs, e.g. `image` float32 [batch, 32, 32, 3] RGB
-      in [0, 1] and `text` int64 [batch, L] word ids (`spec.json` extra.vocabulary, PAD 0,
-      UNK 1); returns `embedding` and `valid`.
+    - `serving_default(image, text)`: raw inputs, e.g. mscoco's `image` uint8 [batch, 224,
+      224, 3] RGB (already resized as the reader does) and `text` string [batch], the raw
+      caption, tokenized inside the graph by the pipeline's own WordPiece op (vocabulary from
+      `spec.json` extra.vocabulary; a pair segment takes string [batch, 2]); returns
+      `embedding` and `valid`.
     - `embed_tokens(<feature>...)`: the tokens as stored in the TFRecords, one input per
-      segment named by its `feature` (`tokens` float32 [batch, 64, 48] normalized patches,
-      `text_tokens` int64 [batch, L]); returns `embedding` and `valid`.
+      segment named by its `feature` (`tokens` float32 [batch, 196, 768] normalized patches,
+      `text_tokens` int64 [batch, 32] WordPiece ids); returns `embedding` and `valid`.
     - `tokens(image, text)`: raw inputs; returns `token_features` [batch, num_tokens, embed_dim]
       (the image tokens first, then the text tokens).
     """
@@ -130,7 +132,8 @@ def build_segmented_archive(encoder, spec):
 
     def dtype_of(seg, raw):
         if seg["kind"] == "discrete":
-            return tf.int64
+            # Raw text for a WordPiece segment: tokenized in the graph.
+            return tf.string if raw and seg.get("tokenizer") == "wordpiece" else tf.int64
         return tf.as_dtype(spec.input_dtype) if raw else tf.float32
 
     def token_shape(seg):

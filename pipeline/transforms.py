@@ -200,9 +200,10 @@ def continuous_input(raw: Any) -> Any:
     segmented (mixed-token) example `{segment name: raw}` the continuous segment's raw values
     (readers put it under the key "image" or the spec's single continuous segment name)."""
     if isinstance(raw, dict):
-        arrays = [np.asarray(v) for v in raw.values() if np.asarray(v).dtype.kind == "f"]
+        # Numbers (float, or uint8 pixels); text segments are strings.
+        arrays = [np.asarray(v) for v in raw.values() if np.asarray(v).dtype.kind in "fu"]
         if len(arrays) != 1:
-            raise ValueError(f"a segmented raw example needs exactly one float segment for the "
+            raise ValueError(f"a segmented raw example needs exactly one numeric segment for the "
                              f"statistics, got keys {sorted(raw)}")
         return arrays[0]
     return raw

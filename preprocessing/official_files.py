@@ -7,14 +7,15 @@ WM-811K, the genomics_ood CSVs) must be placed by hand; their readers' errors sa
 Sizes and sha256 sums are the published ones: those marked "tfds" are the values
 tensorflow_datasets records for the same URL (`tensorflow_datasets/url_checksums/*.txt`),
 the CIFAR-10 md5 is the one on the dataset's page. Files nobody publishes a checksum for
-(PAMAP2, FGVC-Aircraft, GTSRB, AudioMNIST, VQA, TAPE) are checked only against the size the
-server announces; the download prints the sha256 it got so it can be recorded.
+(PAMAP2, FGVC-Aircraft, GTSRB, AudioMNIST, VQA, the BERT vocabulary, TAPE) are checked only
+against the size the server announces; the download prints the sha256 it got so it can be recorded.
 """
 
 from __future__ import annotations
 
 from preprocessing.datasets._protein import TAPE_LMDB_URL
 from preprocessing.download import RemoteFile
+from preprocessing.wordpiece import BERT_VOCAB_FILE, BERT_VOCAB_URL
 
 _TFDS = "tensorflow_datasets url_checksums"
 
@@ -71,17 +72,26 @@ def _librispeech(subset: str) -> RemoteFile:
     return _tfds(f"https://www.openslr.org/resources/12/{subset}.tar.gz", size, sha256)
 
 
-COCO_2014 = (
+COCO_2017 = (
+    _tfds("http://images.cocodataset.org/zips/train2017.zip", 19336861798,
+          "69a8bb58ea5f8f99d24875f21416de2e9ded3178e903f1f7603e283b9e06d929"),
+    _tfds("http://images.cocodataset.org/zips/val2017.zip", 815585330,
+          "4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05"),
+    _tfds("http://images.cocodataset.org/annotations/annotations_trainval2017.zip", 252907541,
+          "113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268"),
+)
+# DABS's vqa: VQA v1 multiple choice on the COCO 2014 images (no captions needed).
+COCO_2014_IMAGES = (
     _tfds("http://images.cocodataset.org/zips/train2014.zip", 13510573713,
           "ede4087e640bddba550e090eae701092534b554b42b05ac33f0300b984b31775"),
     _tfds("http://images.cocodataset.org/zips/val2014.zip", 6645013297,
           "fe9be816052049c34717e077d9e34aa60814a55679f804cd043e3cbee3b9fde0"),
-    _tfds("http://images.cocodataset.org/annotations/annotations_trainval2014.zip", 252872794,
-          "031296bbc80c45a1d1f76bf9a90ead27e94e99ec629208449507a4917a3bf009"),
 )
-VQA_V2 = tuple(_unverified(f"https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/{name}")
-               for name in ("v2_Questions_Train_mscoco.zip", "v2_Questions_Val_mscoco.zip",
-                            "v2_Annotations_Train_mscoco.zip", "v2_Annotations_Val_mscoco.zip"))
+VQA_V1 = tuple(_unverified(f"https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/{name}")
+               for name in ("Questions_Train_mscoco.zip", "Questions_Val_mscoco.zip",
+                            "Annotations_Train_mscoco.zip", "Annotations_Val_mscoco.zip"))
+# bert-base-uncased's vocab.txt (30,522 pieces), saved under the name the readers look for.
+BERT_VOCAB = _unverified(BERT_VOCAB_URL, filename=BERT_VOCAB_FILE)
 
 
 def _tape(task: str) -> RemoteFile:
@@ -104,9 +114,9 @@ OFFICIAL_FILES: dict[str, tuple[RemoteFile, ...]] = {
     "audio-mnist": (AUDIO_MNIST,),
     "librispeech": tuple(_librispeech(s) for s in ("train-clean-100", "train-clean-360", "train-other-500")),
     "librispeech-dev-clean": (_librispeech("dev-clean"),),
-    "mscoco": COCO_2014,
-    "mismatched-caption": COCO_2014,
-    "vqa": COCO_2014 + VQA_V2,
+    "mscoco": COCO_2017 + (BERT_VOCAB,),
+    "mismatched-caption": COCO_2017 + (BERT_VOCAB,),
+    "vqa": COCO_2014_IMAGES + VQA_V1 + (BERT_VOCAB,),
     "pfam": (_tape("pfam"),),
     "scop": (_tape("remote_homology"),),
     "secondary-structure": (_tape("secondary_structure"),),

@@ -19,6 +19,9 @@ Mixed-token sequences (`segments`, e.g. the vision-language `mscoco` domain)
   `{"name", "kind": "continuous"|"discrete", "num_tokens", "token_grid", "feature",
   "input_shape", "tokenizer", "patch_shape", "token_dim" (continuous) | "vocab_size" (discrete)}`.
   Empty (the default) for every single-modality dataset, which then behaves exactly as before.
+  A discrete segment's `tokenizer` may be `"wordpiece"`: its raw input is text (strings
+  `[B]`, `input_shape == []`, or pairs `[B, 2]`, `input_shape == [2]`) turned into
+  `num_tokens` BERT WordPiece ids with the vocabulary in `extra["vocabulary"]` (index = id).
 - With segments: `tokenizer == "segments"`, `num_tokens` = the total over segments,
   `token_grid == [num_tokens]` (the per-segment grids are in the segments),
   `vocab_size == 0` and `token_dim` = the *packed width* `max(1, continuous token_dims)`.
@@ -344,6 +347,14 @@ class DatasetSpec:
 def packed_width(segments: list[dict[str, Any]]) -> int:
     """Width of the packed in-memory token tensor: max(1, continuous token_dims)."""
     return max([1] + [int(s["token_dim"]) for s in segments if s["kind"] == "continuous"])
+
+
+def token_segments(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The segments as the encoder sees them: without the raw text shape of a WordPiece
+    segment (one caption `[]` and a question + answer pair `[2]` give the same 32 ids), so
+    mscoco's encoder transfers to vqa."""
+    return [{k: v for k, v in s.items() if not (k == "input_shape" and s.get("tokenizer") == "wordpiece")}
+            for s in segments]
 
 
 def segment_feature_lengths(segments: list[dict[str, Any]]) -> dict[str, int]:

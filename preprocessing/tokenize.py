@@ -12,6 +12,9 @@ Token layouts (all channels-last, see `preprocessing/spec.py`):
   flattened in `(step, channel)` order.
 - `tabular`:  rows `[B, F]` -> `[B, F, 1]`, one token per feature.
 - `discrete`: token ids `[B, L]` -> `[B, L]` int64, unchanged.
+- `wordpiece`: strings `[B]` (or pairs `[B, 2]`) -> BERT WordPiece ids `[B, num_tokens]` int64
+  with the vocabulary in `spec.extra["vocabulary"]` (`preprocessing/wordpiece.py`); used as a
+  segment (the mscoco captions), so raw caption strings are tokenized in the serving graph too.
 - `segments`: a dict of raw batches, one per segment of `spec.segments` (e.g. `{"image":
   [B, 32, 32, 3], "text": [B, L]}`) -> a dict of token batches by segment name
   (`raw_to_segment_tokens`), which `pack_segments` packs into the one float32
@@ -147,6 +150,17 @@ def discrete_to_tokens(ids) -> tf.Tensor:
     return tf.cast(ids, tf.int64)
 
 
+def wordpiece_to_tokens(texts, spec: DatasetSpec) -> tf.Tensor:
+    """Strings `[B]` / pairs `[B, 2]` -> int64 WordPiece ids `[B, num_tokens]`."""
+    from preprocessing import wordpiece
+
+    vocabulary = (spec.extra or {}).get("vocabulary")
+    if not vocabulary:
+        raise ValueError(f"{spec.name}: a wordpiece segment needs spec.extra['vocabulary'] "
+                         f"(the reader's --reader_option vocab_file)")
+    return wordpiece.encode(texts, vocabulary, int(spec.num_tokens))
+
+
 def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):
     expected = [int(s) for s in spec.input_shape]
     if x.shape.rank is None:
@@ -255,6 +269,8 @@ def raw_to_tokens(raw, spec: DatasetSpec) -> tf.Tensor:
     _check_batch_shape(raw, spec)
     if spec.tokenizer == "discrete":
         return discrete_to_tokens(raw)
+    if spec.tokenizer == "wordpiece":
+        return wordpiece_to_tokens(raw, spec)
     x = normalize(raw, spec)
     if spec.tokenizer == "patch2d":
         tokens = patchify_2d(x, spec.patch_shape)
@@ -327,4 +343,7 @@ def token_layout(spec: DatasetSpec) -> dict[str, Any]:
     if spec.tokenizer == "discrete":
         (length,) = shape
         return {"num_tokens": length, "token_dim": 0, "token_grid": [length]}
+    if spec.tokenizer == "wordpiece":  # any text length -> the fixed num_tokens ids
+        return {"num_tokens": int(spec.num_tokens), "token_dim": 0,
+                "token_grid": [int(spec.num_tokens)]}
     raise ValueError(f"{spec.name}: unknown tokenizer {spec.tokenizer!r}")

@@ -23,11 +23,11 @@ FIXTURES.update({name: (importlib.import_module(f"tests.fixtures.{module}"), {})
                  for name, (module, _, _) in test_datasets_b.MINIATURES.items()})
 FIXTURES["eurosat"] = (importlib.import_module("tests.fixtures.make_eurosat"), {})
 FIXTURES["higgs-transfer"] = FIXTURES["higgs"]
-# The vision-language domain (mixed image + text token sequences); the miniature has 4
-# distinct VQA answers, so vqa keeps the 3 most frequent.
+# The vision-language domain (mixed image + text token sequences; the miniature writes its
+# own tiny WordPiece vocabulary).
 FIXTURES["mscoco"] = (importlib.import_module("tests.fixtures.make_mscoco"), {})
 FIXTURES["mismatched-caption"] = FIXTURES["mscoco"]
-FIXTURES["vqa"] = (FIXTURES["mscoco"][0], {"num_answers": "3"})
+FIXTURES["vqa"] = FIXTURES["mscoco"]
 # Miniatures without a malformed record.
 CLEAN_MINIATURES = {"eurosat", "higgs-transfer"} | {
     name for name, (_, _, bad) in test_datasets_b.MINIATURES.items() if bad is None}

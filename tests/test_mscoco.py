@@ -1,6 +1,8 @@
-"""The vision-language domain: mixed image + text token sequences (spec `segments`), the COCO
-2014 / VQA v2 readers, the Beam job, the model's segmented path (exact second-order
-gradients in float64), training and the serving signatures."""
+"""The vision-language domain as the paper runs it (Table 16): 224 x 224 images in 16 x 16
+patches + 32 BERT WordPiece caption tokens in one sequence (spec `segments`), the COCO 2017 /
+VQA v1 multiple-choice readers (binary vqa and mismatched-caption as DABS), the Beam job, the
+model's segmented path (exact second-order gradients in float64), training, evaluation and
+the serving signatures (raw caption strings tokenized inside the SavedModel)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,14 @@ import tensorflow as tf  # noqa: E402
 from keras_metamae import losses as losses_lib  # noqa: E402
 from keras_metamae import masking  # noqa: E402
 from keras_metamae.metamae import MetaMAE  # noqa: E402
-from preprocessing import registry, tokenize  # noqa: E402
+from preprocessing import registry, tokenize, wordpiece  # noqa: E402
 from preprocessing.datasets import mscoco  # noqa: E402
 from preprocessing.datasets.base import BadRecord, RawDataMissing  # noqa: E402
 from preprocessing.spec import DatasetSpec, SpecError  # noqa: E402
 from tests.conftest import TINY_MODEL  # noqa: E402
-from tests.fixtures import make_mscoco  # noqa: E402
+from tests.fixtures import make_mscoco, media  # noqa: E402
 from tests.test_metamae import assert_matches_finite_differences  # noqa: E402
 
-VQA_OPTIONS = {"num_answers": str(make_mscoco.NUM_ANSWERS)}
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +47,25 @@ def _read(name, raw_dir, **options):
 def _captions_json(raw_dir, subset):
     import zipfile
 
-    with zipfile.ZipFile(os.path.join(raw_dir, "annotations_trainval2014.zip")) as zf:
+    with zipfile.ZipFile(os.path.join(raw_dir, "annotations_trainval2017.zip")) as zf:
         return json.loads(zf.read(f"annotations/captions_{subset}.json"))
 
 
 # === the contract ===
-def test_template_is_a_valid_segmented_spec_and_round_trips():
+def test_template_is_table_16_and_round_trips():
     spec = registry.get_reader("mscoco", data_dir="/nonexistent").spec_template().validate()
     assert spec.is_segmented and spec.tokenizer == "segments" and not spec.is_discrete
-    assert (spec.num_tokens, spec.token_grid, spec.token_dim, spec.vocab_size) == (96, [96], 48, 0)
+    assert (spec.num_tokens, spec.token_grid, spec.token_dim, spec.vocab_size) == (228, [228], 768, 0)
     image, text = spec.segments
-    assert (image["num_tokens"], image["token_dim"], image["token_grid"], image["feature"]) == (
-        64, 48, [8, 8], "tokens")
-    assert (text["num_tokens"], text["vocab_size"], text["token_grid"], text["feature"]) == (
-        32, 10000, [32], "text_tokens")
+    assert (image["num_tokens"], image["token_dim"], image["token_grid"], image["feature"],
+            image["input_shape"], image["patch_shape"]) == (196, 768, [14, 14], "tokens",
+                                                             [224, 224, 3], [16, 16])
+    # No vocab file here: the size is BERT uncased's (30,522 ids, the paper's "30552 x 32").
+    assert (text["num_tokens"], text["vocab_size"], text["token_grid"], text["feature"],
+            text["tokenizer"]) == (32, 30522, [32], "text_tokens", "wordpiece")
+    assert spec.input_dtype == "uint8"
     assert DatasetSpec.from_dict(json.loads(spec.to_json())) == spec
-    assert tokenize.token_layout(spec) == {"num_tokens": 96, "token_dim": 48, "token_grid": [96]}
+    assert tokenize.token_layout(spec) == {"num_tokens": 228, "token_dim": 768, "token_grid": [228]}
     # Single-modality specs are untouched: no segments, same feature length.
     digits = registry.get_reader("digits").spec_template()
     assert digits.segments == [] and not digits.is_segmented
@@ -69,9 +73,9 @@ def test_template_is_a_valid_segmented_spec_and_round_trips():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(num_tokens=95, token_grid=[95]), "total over segments"),
-    (lambda d: d.update(token_grid=[8, 12]), "token_grid"),
-    (lambda d: d.update(token_dim=47), "packed width"),
+    (lambda d: d.update(num_tokens=227, token_grid=[227]), "total over segments"),
+    (lambda d: d.update(token_grid=[12, 19]), "token_grid"),
+    (lambda d: d.update(token_dim=767), "packed width"),
     (lambda d: d.update(tokenizer="patch2d"), 'tokenizer="segments"'),
     (lambda d: d["segments"][1].update(kind="words"), "kind"),
     (lambda d: d["segments"][1].update(feature="tokens"), "used twice"),
@@ -79,7 +83,7 @@ def test_template_is_a_valid_segmented_spec_and_round_trips():
     (lambda d: d["segments"][1].update(token_grid=[4, 4]), "product"),
     (lambda d: d["segments"][1].update(vocab_size=0), "vocab_size"),
     (lambda d: d["segments"][0].update(colour="red"), "unknown keys"),
-    (lambda d: d.update(segments=d["segments"][:1], num_tokens=64, token_grid=[64]), "at least 2"),
+    (lambda d: d.update(segments=d["segments"][:1], num_tokens=196, token_grid=[196]), "at least 2"),
 ])
 def test_validate_rejects_inconsistent_segments(change, message):
     d = registry.get_reader("mscoco", data_dir="/nonexistent").spec_template().to_dict()
@@ -88,132 +92,185 @@ def test_validate_rejects_inconsistent_segments(change, message):
         DatasetSpec.from_dict(d)
 
 
-def test_pack_unpack_and_raw_to_tokens():
+def _tiny_vocab_spec(**normalization):
     spec = registry.get_reader("mscoco", data_dir="/nonexistent").spec_template()
-    spec = dataclasses.replace(spec, normalization={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.5]})
+    vocab = make_mscoco.VOCAB
+    segments = [spec.segments[0], dict(spec.segments[1], vocab_size=len(vocab))]
+    return dataclasses.replace(spec, segments=segments, normalization=normalization,
+                               extra=dict(spec.extra, vocabulary=vocab))
+
+
+def test_pack_unpack_and_raw_to_tokens():
+    spec = _tiny_vocab_spec(mean=[120.0, 110.0, 100.0], std=[50.0, 60.0, 70.0])
     rng = np.random.default_rng(0)
-    image = rng.uniform(size=(2, 32, 32, 3)).astype("float32")
-    text = rng.integers(0, 10000, size=(2, 32))
+    image = rng.integers(0, 256, size=(2, 224, 224, 3)).astype("uint8")
+    text = np.array(["A dog sitting on the bus.", "Two cats!"], dtype=object)
     packed = tokenize.raw_to_tokens({"image": image, "text": text}, spec)
-    assert packed.shape == (2, 96, 48) and packed.dtype == tf.float32
+    assert packed.shape == (2, 228, 768) and packed.dtype == tf.float32
     parts = tokenize.unpack_segments(packed, spec)
-    expected_image = tokenize.patchify_2d((image - [0.5, 0.4, 0.3]) / [0.2, 0.25, 0.5], [4, 4])
-    np.testing.assert_allclose(parts["image"].numpy(), expected_image.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(parts["text"].numpy(), text)  # ids are exact in float32
-    assert np.all(packed.numpy()[:, 64:, 1:] == 0)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="vocab_size"):
-        tokenize.raw_to_tokens({"image": image, "text": text + 10000}, spec)
+    expected_image = tokenize.patchify_2d((image - np.array([120.0, 110.0, 100.0]))
+                                          / [50.0, 60.0, 70.0], [16, 16])
+    np.testing.assert_allclose(parts["image"].numpy(), expected_image.numpy(), rtol=1e-5, atol=1e-4)
+    ids = {w: i for i, w in enumerate(make_mscoco.VOCAB)}
+    expected = [ids[w] for w in ("[CLS]", "a", "dog", "sit", "##ting", "on", "the", "bus", ".",
+                                 "[SEP]")]
+    np.testing.assert_array_equal(parts["text"].numpy()[0], expected + [0] * 22)
+    # "cats" = cat ##s; the ids are exact in float32 and the padding columns stay 0.
+    np.testing.assert_array_equal(parts["text"].numpy()[1, :6],
+                                  [ids["[CLS]"], ids["two"], ids["cat"], ids["##s"], ids["!"], ids["[SEP]"]])
+    assert np.all(packed.numpy()[:, 196:, 1:] == 0)
     with pytest.raises(ValueError, match="lacks segments"):
         tokenize.raw_to_segment_tokens({"image": image}, spec)
     with pytest.raises(ValueError, match="unpack_segments"):
         tokenize.tokens_to_raw(packed, spec)
 
 
-def test_words_vocabulary_and_encoding():
-    assert mscoco.words("A man's 2 dogs,on the BUS!") == ["a", "man", "s", "dogs", "on", "the", "bus"]
-    vocab = mscoco.build_vocabulary(["b a c", "a b", "a z", "y"], vocab_size=5)
-    assert vocab == ["<pad>", "<unk>", "a", "b", "c"]  # by count, ties alphabetically, capped
-    ids = {w: i for i, w in enumerate(vocab)}
-    np.testing.assert_array_equal(mscoco.encode("C, a q", ids, 5), [4, 2, 1, 0, 0])
-    np.testing.assert_array_equal(mscoco.encode("a a a a a a a", ids, 3), [2, 2, 2])
+def test_wordpiece_layout_matches_bert_encode():
+    """`[CLS] a [SEP] (b [SEP]) [PAD]...` with HuggingFace's longest_first truncation."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "x", "##y"]
+    cls, sep = 2, 3
+    ids = wordpiece.encode(["a b zz", "c " * 20], vocab, 8).numpy()
+    np.testing.assert_array_equal(ids[0], [cls, 4, 5, 1, sep, 0, 0, 0])  # unknown word -> [UNK]
+    np.testing.assert_array_equal(ids[1], [cls] + [6] * 6 + [sep])
+    pairs = wordpiece.encode([["a " * 10, "b " * 10], ["a " * 3, "b " * 10], ["a " * 9, "b " * 2],
+                              ["XY", "a"]], vocab, 9).numpy()
+    # budget 6: (10, 10) -> 3 + 3; (3, 10) -> 3 + 3; (9, 2) -> 4 + 2; "XY" -> x ##y (lower-cased)
+    np.testing.assert_array_equal(pairs[0], [cls, 4, 4, 4, sep, 5, 5, 5, sep])
+    np.testing.assert_array_equal(pairs[1], [cls, 4, 4, 4, sep, 5, 5, 5, sep])
+    np.testing.assert_array_equal(pairs[2], [cls, 4, 4, 4, 4, sep, 5, 5, sep])
+    np.testing.assert_array_equal(pairs[3], [cls, 7, 8, sep, 4, sep, 0, 0, 0])
+    # An odd budget on a tie keeps one more of the first text (the second loses first).
+    odd = wordpiece.encode([["a " * 10, "b " * 10]], vocab, 10).numpy()[0]
+    np.testing.assert_array_equal(odd, [cls, 4, 4, 4, 4, sep, 5, 5, 5, sep])
+
+
+def test_vocab_file_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        wordpiece.load_vocabulary(str(tmp_path / "nowhere.txt"))
+    (tmp_path / "bad.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"bad.txt: not a BERT WordPiece vocabulary"):
+        wordpiece.load_vocabulary(str(tmp_path / "bad.txt"))
 
 
 # === readers ===
-def test_mscoco_reader_reads_the_official_layout(raw_dir):
+def test_mscoco_reader_reads_coco_2017_as_dabs(raw_dir):
     reader, good, bad = _read("mscoco", raw_dir)
-    # One malformed JPEG inside train2014.zip, named with the zip member.
+    # One malformed JPEG inside train2017.zip, named with the zip member.
     assert len(bad) == 1 and bad[0].path.endswith(
-        f"train2014.zip:train2014/{make_mscoco.file_name('train2014', make_mscoco.BAD_ID)}")
+        f"train2017.zip:train2017/{make_mscoco.file_name_2017(make_mscoco.BAD_ID)}")
     assert len(good) == len(make_mscoco.TRAIN_IDS) - 1 + len(make_mscoco.VAL_IDS)
     splits = {r.id: r.split for r in good}
-    assert {s for i, s in splits.items() if i.startswith("train2014")} == {"train"}
-    assert {s for i, s in splits.items() if i.startswith("val2014")} == {"val", "test"}
-    vocab = reader.vocabulary()
-    assert vocab[:2] == ["<pad>", "<unk>"] and len(vocab) <= 10000
-    ids = {w: i for i, w in enumerate(vocab)}
-    first_caption = {a["image_id"]: a["caption"] for a in sorted(
-        _captions_json(raw_dir, "val2014")["annotations"], key=lambda a: -a["id"])}
+    assert {s for i, s in splits.items() if i.startswith("train2017")} == {"train"}
+    assert {s for i, s in splits.items() if i.startswith("val2017")} == {"val", "test"}
+    assert reader.vocabulary() == make_mscoco.VOCAB
+    # DABS keeps the LAST caption of an image in file order (not the lowest annotation id).
+    last_caption = {a["image_id"]: a["caption"] for a in _captions_json(raw_dir, "val2017")["annotations"]}
     for record in good:
-        assert record.input["image"].shape == (32, 32, 3) and record.input["image"].dtype == np.float32
-        assert 0.0 <= record.input["image"].min() and record.input["image"].max() <= 1.0
-        assert record.input["text"].shape == (32,) and record.label == -1
-        if record.id.startswith("val2014"):
-            image_id = int(record.id.split("-")[1])
-            np.testing.assert_array_equal(record.input["text"],
-                                          mscoco.encode(first_caption[image_id], ids, 32))
-    # The vocabulary comes from train captions only and is the same for the transfer sets.
-    assert registry.get_reader("vqa", data_dir=raw_dir, **VQA_OPTIONS).vocabulary() == vocab
+        assert record.input["image"].shape == (224, 224, 3) and record.input["image"].dtype == np.uint8
+        assert record.label == -1
+        if record.id.startswith("val2017"):
+            assert str(record.input["text"]) == last_caption[int(record.id.split("-")[1])]
+    spec = reader.spec_template()
+    assert spec.extra["vocabulary"] == make_mscoco.VOCAB
+    assert spec.segments[1]["vocab_size"] == len(make_mscoco.VOCAB)
+
+
+def test_dabs_image_transform_crops_the_centre():
+    # A 100 x 300 (w x h) image: red top third, green middle, blue bottom. DABS stretches it to
+    # 480 x 640 and keeps rows 80..560, so the top and bottom rows of the 224 x 224 result are
+    # still red / blue but the middle one is green.
+    pixels = np.zeros((300, 100, 3), np.uint8)
+    pixels[:100, :, 0] = pixels[100:200, :, 1] = pixels[200:, :, 2] = 255
+    out = mscoco.dabs_image(media.image_bytes(pixels, "PNG"))
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert out[2, 112].argmax() == 0 and out[112, 112].argmax() == 1 and out[221, 112].argmax() == 2
+    # Without the crop the first red row would be at 0 and red would be 1/3 of the rows;
+    # with it red covers (213 - 80) / 480 of them.
+    red_rows = (out[:, 112, 0] > 128).sum()
+    assert abs(red_rows - 224 * (213.3 - 80) / 480) <= 2
 
 
 def test_mismatched_caption_pairs_are_deterministic_and_really_mismatched(raw_dir):
     reader, good, bad = _read("mismatched-caption", raw_dir)
     _, again, _ = _read("mismatched-caption", raw_dir)
-    assert [(r.id, r.label, r.input["text"].tolist()) for r in good] == [
-        (r.id, r.label, r.input["text"].tolist()) for r in again]
+    assert [(r.id, r.label, str(r.input["text"])) for r in good] == [
+        (r.id, r.label, str(r.input["text"])) for r in again]
     assert len(bad) == 1
     labels = [r.label for r in good]
     assert 0 < sum(labels) < len(labels)  # both classes present
-    ids = reader.word_ids()
     for record in good:
         subset, image_id = record.id.split("-")[0], int(record.id.split("-")[1])
         per_image = reader.captions()[subset]
-        own = mscoco.encode(per_image[image_id][0][1], ids, 32)
         if record.label == 1:
-            np.testing.assert_array_equal(record.input["text"], own)
+            assert str(record.input["text"]) == per_image[image_id]
         else:
-            others = [mscoco.encode(c[0][1], ids, 32).tolist()
-                      for i, c in per_image.items() if i != image_id]
-            assert record.input["text"].tolist() in others
-            assert record.input["text"].tolist() != own.tolist()
+            assert str(record.input["text"]) in [c for i, c in per_image.items() if i != image_id]
+            assert str(record.input["text"]) != per_image[image_id]
     spec = reader.spec_template()
     assert (spec.task, spec.num_classes, spec.pretrain_dataset) == ("binary", 2, "mscoco")
 
 
-def test_vqa_questions_and_top_k_answer_classes(raw_dir):
-    reader, good, bad = _read("vqa", raw_dir, **VQA_OPTIONS)
+def test_vqa_is_binary_question_answer_with_swapped_wrong_choices(raw_dir):
+    reader, good, bad = _read("vqa", raw_dir)
+    _, again, _ = _read("vqa", raw_dir)
+    assert [(r.id, r.label, list(r.input["text"])) for r in good] == [
+        (r.id, r.label, list(r.input["text"])) for r in again]  # seeded, deterministic
     spec = reader.spec_template()
-    assert spec.task == "multiclass" and spec.num_classes == 3 and spec.pretrain_dataset == "mscoco"
-    with open(os.path.join(raw_dir, "v2_mscoco_train2014_annotations.json")) as f:
-        train_answers = [a["multiple_choice_answer"] for a in json.load(f)["annotations"]]
-    counts = {a: train_answers.count(a) for a in set(train_answers)}
-    top = sorted(counts, key=lambda a: (-counts[a], a))[:3]
-    assert spec.label_names == top
-    answers = {}
+    assert (spec.task, spec.num_classes, spec.pretrain_dataset) == ("binary", 2, "mscoco")
+    assert spec.segments[1]["input_shape"] == [2] and spec.num_tokens == 228
+    assert len(bad) == 1 and "COCO_train2014_" in bad[0].path
+    questions, answers = {}, {}
     for subset in ("train2014", "val2014"):
-        with open(os.path.join(raw_dir, f"v2_mscoco_{subset}_annotations.json")) as f:
+        with open(os.path.join(raw_dir, f"mscoco_{subset}_annotations.json")) as f:
             answers.update({a["question_id"]: a["multiple_choice_answer"]
                             for a in json.load(f)["annotations"]})
-    kept = [q for q, a in answers.items() if a in top]
+        name = f"MultipleChoice_mscoco_{subset}_questions.json"
+        if subset == "train2014":
+            import zipfile
+
+            with zipfile.ZipFile(os.path.join(raw_dir, "Questions_Train_mscoco.zip")) as zf:
+                doc = json.loads(zf.read(name))
+        else:
+            doc = json.load(open(os.path.join(raw_dir, name)))
+        questions.update({q["question_id"]: q for q in doc["questions"]})
+    qids = [int(r.id.split("-q")[1]) for r in good]
+    assert make_mscoco.NOT_A_CHOICE_QID not in qids  # its answer is not a choice: left out
     bad_image_questions = 2  # the malformed train image's questions are lost with it
-    assert len(good) <= len(kept) and len(good) >= len(kept) - bad_image_questions
-    ids = reader.word_ids()
-    for record in good:
-        qid = int(record.id.split("-q")[1])
-        assert spec.label_names[record.label] == answers[qid]
-        assert record.input["text"][0] == ids.get("what", mscoco.UNK_ID)
-    with pytest.raises(ValueError, match="num_answers"):
-        registry.get_reader("vqa", data_dir=raw_dir, num_answers="50").spec_template()
+    assert len(good) == len(answers) - 1 - bad_image_questions
+    for record, qid in zip(good, qids):
+        question, answer = (str(t) for t in record.input["text"])
+        assert question == questions[qid]["question"]
+        assert answer in questions[qid]["multiple_choices"]
+        assert (answer == answers[qid]) == (record.label == 1)
+    labels = [r.label for r in good]
+    assert 0.25 < np.mean(labels) < 0.75  # p = 1/2
 
 
 def test_raw_data_missing_names_files_urls_and_folder(raw_dir, tmp_path):
     with pytest.raises(RawDataMissing) as e:
         registry.get_reader("mscoco", data_dir=str(tmp_path)).check_raw()
     message = str(e.value)
-    assert "train2014.zip" in message and "http://images.cocodataset.org/zips/train2014.zip" in message
+    assert "train2017.zip" in message and "http://images.cocodataset.org/zips/train2017.zip" in message
     assert str(tmp_path) in message
     # Images but no captions.
-    os.makedirs(tmp_path / "val2014")
-    (tmp_path / "val2014" / "COCO_val2014_000000000001.jpg").write_bytes(b"x")
-    with pytest.raises(RawDataMissing, match="annotations_trainval2014.zip"):
+    os.makedirs(tmp_path / "val2017")
+    (tmp_path / "val2017" / "000000000001.jpg").write_bytes(b"x")
+    with pytest.raises(RawDataMissing, match="annotations_trainval2017.zip"):
         registry.get_reader("mscoco", data_dir=str(tmp_path)).check_raw()
-    # COCO present but no VQA files.
+    # COCO present but no vocabulary: the error names the file and where it goes.
     coco_only = tmp_path / "coco_only"
     os.makedirs(coco_only)
-    for name in ("train2014.zip", "annotations_trainval2014.zip"):
+    for name in ("train2017.zip", "annotations_trainval2017.zip", "train2014.zip"):
         os.symlink(os.path.join(raw_dir, name), coco_only / name)
-    registry.get_reader("mscoco", data_dir=str(coco_only)).check_raw()
-    with pytest.raises(RawDataMissing, match="v2_OpenEnded_mscoco_train2014_questions.json"):
-        registry.get_reader("vqa", data_dir=str(coco_only)).check_raw()
+    with pytest.raises(RawDataMissing) as e:
+        registry.get_reader("mscoco", data_dir=str(coco_only)).check_raw()
+    assert str(coco_only / "bert-base-uncased-vocab.txt") in str(e.value)
+    assert "vocab_file" in str(e.value)
+    vocab = os.path.join(raw_dir, "bert-base-uncased-vocab.txt")
+    registry.get_reader("mscoco", data_dir=str(coco_only), vocab_file=vocab).check_raw()
+    # No VQA files.
+    with pytest.raises(RawDataMissing, match="MultipleChoice_mscoco_train2014_questions.json"):
+        registry.get_reader("vqa", data_dir=str(coco_only), vocab_file=vocab).check_raw()
 
 
 # === model pieces ===
@@ -358,11 +415,9 @@ def processed(raw_dir, tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("processed"))
     results = {}
-    for name, options in (("mscoco", {}), ("mismatched-caption", {}), ("vqa", VQA_OPTIONS)):
+    for name in ("mscoco", "mismatched-caption", "vqa"):
         argv = ["--dataset", name, "--data_dir", raw_dir, "--output_dir", out,
-                "--num_shards", "2", "--max_bad_fraction", "0.5"]
-        for key, value in options.items():
-            argv += ["--reader_option", f"{key}={value}"]
+                "--num_shards", "2", "--max_bad_fraction", "0.5", "--runner", "FnApiRunner"]
         results[name] = preprocess.run(argv)
     return out, results
 
@@ -374,68 +429,94 @@ def test_beam_job_writes_segment_features_and_tf_data_packs_them(processed, raw_
     for name, result in results.items():
         spec = result.spec
         assert spec.is_segmented and spec.normalization["source"] == "pipeline"
-        assert len(spec.normalization["mean"]) == 3
-        assert len(result.bad_records) == 1 and "COCO_train2014_" in result.bad_records[0]["path"]
-        assert spec.extra["vocabulary"][:2] == ["<pad>", "<unk>"]
+        assert spec.num_tokens == 228 and len(spec.normalization["mean"]) == 3
+        assert len(result.bad_records) == 1 and "train20" in result.bad_records[0]["path"]
+        assert spec.extra["vocabulary"] == make_mscoco.VOCAB
         train_file = data.split_files(spec, result.version_dir, "train")[0]
         record = next(iter(tf.data.TFRecordDataset(train_file, compression_type="GZIP")))
         feature = tf.train.Example.FromString(record.numpy()).features.feature
         assert sorted(feature) == ["id", "label", "text_tokens", "tokens"]
-        assert len(feature["tokens"].float_list.value) == 64 * 48
-        assert len(feature["text_tokens"].int64_list.value) == 32
+        assert len(feature["tokens"].float_list.value) == 196 * 768
+        text = list(feature["text_tokens"].int64_list.value)
+        vocab = make_mscoco.VOCAB
+        assert len(text) == 32 and text[0] == vocab.index("[CLS]")
+        assert text.count(vocab.index("[SEP]")) == (2 if name == "vqa" else 1)
         batch = next(iter(data.make_dataset(spec, result.version_dir, "train", 4, shuffle=False)))
-        assert batch["tokens"].shape == (4, 96, 48) and batch["tokens"].dtype == tf.float32
-        text = batch["tokens"].numpy()[:, 64:, 0]
-        assert np.all(text == np.round(text)) and text.max() < len(spec.extra["vocabulary"])
+        assert batch["tokens"].shape == (4, 228, 768) and batch["tokens"].dtype == tf.float32
+        text = batch["tokens"].numpy()[:, 196:, 0]
+        assert np.all(text == np.round(text)) and text.max() < len(vocab)
     assert results["mismatched-caption"].spec.task == "binary"
-    assert results["vqa"].spec.num_classes == 3
+    assert (results["vqa"].spec.task, results["vqa"].spec.num_classes) == ("binary", 2)
     # The image statistics are those of the train images (normalized tokens ~ zero mean).
     spec = results["mscoco"].spec
-    tokens = np.concatenate([b["tokens"].numpy()[:, :64] for b in data.make_dataset(
+    tokens = np.concatenate([b["tokens"].numpy()[:, :196] for b in data.make_dataset(
         spec, results["mscoco"].version_dir, "train", 1, shuffle=False, repeat=False)])
-    np.testing.assert_allclose(tokens.reshape(-1, 3).mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(tokens.reshape(-1, 3).mean(0), 0.0, atol=1e-3)
     # A shard whose text feature has the wrong length is reported with its path.
     bad_spec = dataclasses.replace(spec, segments=[spec.segments[0], dict(spec.segments[1], num_tokens=31)],
-                                   num_tokens=95, token_grid=[95])
+                                   num_tokens=227, token_grid=[227])
     with pytest.raises(data.DataError, match="text_tokens"):
         data.make_dataset(bad_spec, results["mscoco"].version_dir, "train", 4)
 
 
+_LOAD_AND_SERVE = """
+import sys, numpy as np, tensorflow as tf
+import tensorflow_text  # registers the WordPiece ops the graph runs (as a server must)
+inputs = np.load(sys.argv[2], allow_pickle=True)
+loaded = tf.saved_model.load(sys.argv[1])
+out = loaded.signatures["serving_default"](image=tf.constant(inputs["image"]),
+                                           text=tf.constant(inputs["text"].astype(str)))
+np.save(sys.argv[3], out["embedding"].numpy())
+"""
+
+
 def test_training_transfer_evaluation_and_export(processed, tmp_path):
-    from keras_metamae import evaluate, train
-    from preprocessing.spec import load_spec
+    import subprocess
+    import sys
+
+    from keras_metamae import evaluate, export, train
 
     out, results = processed
     workdir = str(tmp_path / "run")
     summary = train.run_training(
-        "mscoco", dict(TINY_MODEL, steps=3, batch_size=4, log_every=1, checkpoint_every=3,
+        "mscoco", dict(TINY_MODEL, steps=2, batch_size=4, log_every=1, checkpoint_every=2,
                        validation_steps=1, warmup_steps=1),
         out, workdir, verbose=0)
-    assert summary["final_step"] == 3 and np.isfinite(summary["last"]["loss"])
+    assert summary["final_step"] == 2 and np.isfinite(summary["last"]["loss"])
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert (config["inner_lr"], config["contrast_weight"], config["decoder_depth"],
             config["mask_ratio"]) == (0.5, 0.1, 1, 0.5)  # Table 8 mscoco, tiny decoder depth
-    record = evaluate.run_evaluation(workdir, dataset="mismatched-caption", epochs=1,
-                                     batch_size=4, baseline=False, transfer=True)
-    assert record["dataset"] == "mismatched-caption" and np.isfinite(record["value"])
+    for transfer in ("mismatched-caption", "vqa"):
+        record = evaluate.run_evaluation(workdir, dataset=transfer, epochs=1, batch_size=4,
+                                         baseline=False, transfer=True)
+        assert record["dataset"] == transfer and 0.0 <= record["value"] <= 1.0
 
-    # The exported signatures: raw image + caption ids, and the two token tensors.
-    export_dirs = [os.path.join(root) for root, _, files in os.walk(os.path.join(workdir, "export"))
+    # The exported signatures: raw uint8 image + raw caption string, and the token tensors.
+    export_dirs = [root for root, _, files in os.walk(os.path.join(workdir, "export"))
                    if "saved_model.pb" in files]
     assert len(export_dirs) == 1
-    loaded = tf.saved_model.load(export_dirs[0])
-    spec = load_spec(results["mscoco"].version_dir)
+    model, spec, _, _ = export.load_trained_model(workdir)
     rng = np.random.default_rng(0)
-    image = rng.uniform(size=(2, 32, 32, 3)).astype("float32")
-    text = rng.integers(0, len(spec.extra["vocabulary"]), size=(2, 32)).astype("int64")
-    raw_out = loaded.signatures["serving_default"](image=tf.constant(image), text=tf.constant(text))
+    image = rng.integers(0, 256, size=(3, 224, 224, 3)).astype("uint8")
+    text = np.array(["A dog sitting on the red bus.", "TWO CATS!", "zebra " * 40], dtype=object)
+    expected = model.encoder.features(tokenize.raw_to_tokens({"image": image, "text": text}, spec),
+                                      training=False).numpy()
+    # serving_default in a fresh process (nothing of this one's tokenizer or model is reused).
+    np.savez(tmp_path / "inputs.npz", image=image, text=text)
+    subprocess.run([sys.executable, "-c", _LOAD_AND_SERVE, export_dirs[0],
+                    str(tmp_path / "inputs.npz"), str(tmp_path / "served.npy")],
+                   check=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-4, atol=1e-4)
+    assert expected.shape == (3, TINY_MODEL["embed_dim"])
+
+    loaded = tf.saved_model.load(export_dirs[0])
+    raw_out = loaded.signatures["serving_default"](image=tf.constant(image), text=tf.constant(text.astype(str)))
+    assert raw_out["valid"].numpy().all()
     parts = tokenize.raw_to_segment_tokens({"image": image, "text": text}, spec)
     token_out = loaded.signatures["embed_tokens"](tokens=parts["image"], text_tokens=parts["text"])
     np.testing.assert_allclose(raw_out["embedding"].numpy(), token_out["embedding"].numpy(),
                                rtol=1e-5, atol=1e-5)
-    assert raw_out["embedding"].shape == (2, TINY_MODEL["embed_dim"])
-    assert raw_out["valid"].numpy().all()
-    features = loaded.signatures["tokens"](image=tf.constant(image), text=tf.constant(text))
-    assert features["token_features"].shape == (2, 96, TINY_MODEL["embed_dim"])
+    features = loaded.signatures["tokens"](image=tf.constant(image), text=tf.constant(text.astype(str)))
+    assert features["token_features"].shape == (3, 228, TINY_MODEL["embed_dim"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="text_tokens must have shape"):
         loaded.signatures["embed_tokens"](tokens=parts["image"], text_tokens=parts["text"][:, :5])

@@ -1,54 +1,56 @@
-"""`mscoco` (vision-language pretraining) and its transfer sets `mismatched-caption` and `vqa`.
+"""`mscoco` (vision-language pretraining) and its transfer sets `mismatched-caption` and `vqa`,
+as DABS builds them (paper Table 16; DABS `captioned_images/mscoco.py`, `vqa.py`).
 
-One example = ONE token sequence holding image patch tokens and word tokens (a segmented
-spec, see `preprocessing/spec.py`): the image resized to 32 x 32 RGB in [0, 1] (as the other
-DABS natural-image sets, `_images.resize_to_input`), 4 x 4 patches -> an 8 x 8 grid of 64
-continuous tokens of 48 values (feature `tokens`), followed by `TEXT_LENGTH` (32) word ids
-(feature `text_tokens`, a 1-D grid). Per-channel image statistics are computed by the
-pipeline on the train split.
+One example = ONE token sequence holding image patch tokens and text tokens (a segmented spec,
+see `preprocessing/spec.py`), 196 + 32 = 228 tokens:
+- image: DABS's transform — resized to 480 wide x 640 high (aspect not kept), centre-cropped
+  to 480 x 480, resized to 224 x 224 (PIL bilinear, as torchvision does on PIL images) —
+  stored as uint8 RGB `[224, 224, 3]`; 16 x 16 patches -> a 14 x 14 grid of 196 continuous
+  tokens of 768 values (feature `tokens`), normalized with per-channel statistics the pipeline
+  computes on the train images (0..255 scale);
+- text: 32 BERT uncased WordPiece ids (feature `text_tokens`): `[CLS] caption [SEP]` padded
+  with `[PAD]` (VQA: `[CLS] question [SEP] answer [SEP]`), the vocabulary's 30,522 ids (the
+  paper's "30552 x 32"). The raw example holds the caption STRING; the pipeline tokenizes it
+  with the same TF op the exported SavedModel runs (`preprocessing/wordpiece.py`).
 
-Raw format (official COCO 2014, https://cocodataset.org/#download), in data_dir as downloaded
-or extracted:
-- images: `train2014.zip` / `val2014.zip` (http://images.cocodataset.org/zips/train2014.zip,
-  http://images.cocodataset.org/zips/val2014.zip), or the extracted folders
-  `train2014/COCO_train2014_<12-digit id>.jpg`, `val2014/COCO_val2014_<id>.jpg`;
-- captions: `annotations_trainval2014.zip`
-  (http://images.cocodataset.org/annotations/annotations_trainval2014.zip) or the extracted
-  `annotations/captions_train2014.json` and `annotations/captions_val2014.json`
-  (`{"images": [{"id", "file_name", ...}], "annotations": [{"id", "image_id", "caption"}]}`).
-- `vqa` also needs the VQA v2 files (https://visualqa.org/download.html):
-  `v2_OpenEnded_mscoco_{train,val}2014_questions.json` and
-  `v2_mscoco_{train,val}2014_annotations.json`, extracted or inside the official zips
-  `v2_Questions_{Train,Val}_mscoco.zip`, `v2_Annotations_{Train,Val}_mscoco.zip`.
+The vocabulary file (bert-base-uncased `vocab.txt`) is read from `--reader_option
+vocab_file=PATH`, else `<data_dir>/bert-base-uncased-vocab.txt` (where `pipeline.preprocess
+--download` puts it). Its pieces are written to `spec.extra["vocabulary"]` (index = id), so the
+spec alone tokenizes at serving time.
 
-Splits: train2014 -> `train`; val2014 -> `val` / `test` (half each, by a hash of the COCO
-image id, so all examples of one image stay in one split).
+Raw formats, in data_dir (zips as downloaded, or extracted):
+- `mscoco`, `mismatched-caption`: COCO 2017 (https://cocodataset.org/#download)
+  `train2017.zip` / `val2017.zip` (or `train2017/<12-digit id>.jpg`, `val2017/...`) and
+  `annotations_trainval2017.zip` (or `annotations/captions_{train,val}2017.json`,
+  `{"images": [...], "annotations": [{"id", "image_id", "caption"}]}`).
+- `vqa`: VQA v1 multiple choice (https://visualqa.org/vqa_v1_download.html), as DABS:
+  `Questions_{Train,Val}_mscoco.zip` (or `MultipleChoice_mscoco_{train,val}2014_questions.json`,
+  questions with their 18 `multiple_choices`), `Annotations_{Train,Val}_mscoco.zip` (or
+  `mscoco_{train,val}2014_annotations.json`, with `multiple_choice_answer`), on the COCO 2014
+  images `train2014.zip` / `val2014.zip` (or `train2014/COCO_train2014_<id>.jpg`, ...).
 
-Word vocabulary (deterministic, same for mscoco and both transfer sets, so a pretrained
-embedding transfers): text is lower-cased and split on every non-letter (`[a-z]+` runs);
-the vocabulary is built from ALL train2014 captions: words sorted by decreasing count, ties
-alphabetically, ids from 2 up to `vocab_size - 1`; id 0 = PAD (padding after the text),
-id 1 = UNK (every word not in the vocabulary). `vocab_size` (reader option
-`--vocab_size`, default 10000) is fixed, whatever the data: ids the corpus does not fill stay
-unused. Texts are truncated / padded to `TEXT_LENGTH` = 32 (reader option `text_length`).
-The word list is written to `spec.extra["vocabulary"]` (index = id).
+Splits: the official train subset -> `train`; the val subset -> `val` / `test` (half each, by
+a hash of the COCO image id, so all examples of one image stay in one split).
 
 Datasets:
-- `mscoco`: one example per image with ONE caption, the one with the lowest annotation id;
-  label -1 (no label; pretraining only).
-- `mismatched-caption` (binary): one example per image; with probability 1/2 (hash of the
-  image id, seed `MISMATCH_SEED`) the caption is replaced by the caption of another image of
-  the same COCO subset (chosen by the same hash among the other captioned images, never the
-  image itself). label 1 = the caption belongs to the image, 0 = mismatched.
-- `vqa` (multiclass): one example per VQA v2 question on the image; the text segment holds
-  the question's word ids; answer classes = the `num_answers` (reader option, default
-  K = 1000) most frequent `multiple_choice_answer`s of the train questions (ties
-  alphabetically); questions whose answer is not among them are left out (of every split).
+- `mscoco`: one example per captioned image with ONE caption: DABS's `{image_id: caption}`
+  over the captions file keeps the LAST caption of each image in file order, and so do we.
+  Label -1 (pretraining only). (DABS also drops the ~1% of images that have no object
+  instance in `instances_*.json`; we keep them, the captions file alone defines the set.)
+- `mismatched-caption` (binary): the same examples; with probability 1/2 (hash of the image
+  id, seed `MISMATCH_SEED`) the caption is that of another image of the same subset (picked by
+  the same hash, never the image itself). Label 1 = the caption belongs to the image,
+  0 = swapped.
+- `vqa` (binary): one example per question whose `multiple_choice_answer` is among its
+  `multiple_choices` (DABS drops the others); with probability 1/2 (hash of the question id,
+  seed `VQA_SEED`) the answer is replaced by one of its other choices (same hash). Text =
+  the pair (question, answer). Label 1 = the answer is the annotated one, 0 = swapped.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import re
@@ -56,52 +58,55 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _archives, _images
+from preprocessing import wordpiece
+from preprocessing.datasets import _archives
 from preprocessing.datasets.base import (BadRecord, DatasetReader, RawDataMissing, RawExample,
                                          hash_fraction)
 from preprocessing.spec import DatasetSpec
 
-IMAGE_ARCHIVES = ("train2014.zip", "val2014.zip")
-ANNOTATIONS_ARCHIVE = "annotations_trainval2014.zip"
-VQA_ARCHIVES = ("v2_Questions_Train_mscoco.zip", "v2_Questions_Val_mscoco.zip",
-                "v2_Annotations_Train_mscoco.zip", "v2_Annotations_Val_mscoco.zip")
-URLS = {
+COCO_2017 = {
+    "train2017.zip": "http://images.cocodataset.org/zips/train2017.zip",
+    "val2017.zip": "http://images.cocodataset.org/zips/val2017.zip",
+    "annotations_trainval2017.zip":
+        "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+}
+COCO_2014_IMAGES = {
     "train2014.zip": "http://images.cocodataset.org/zips/train2014.zip",
     "val2014.zip": "http://images.cocodataset.org/zips/val2014.zip",
-    ANNOTATIONS_ARCHIVE: "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
-    "v2_Questions_Train_mscoco.zip": "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Questions_Train_mscoco.zip",
-    "v2_Questions_Val_mscoco.zip": "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Questions_Val_mscoco.zip",
-    "v2_Annotations_Train_mscoco.zip": "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Annotations_Train_mscoco.zip",
-    "v2_Annotations_Val_mscoco.zip": "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Annotations_Val_mscoco.zip",
 }
-SUBSETS = ("train2014", "val2014")
-IMAGE_PATTERN = r"(?:^|/)(?:train|val)2014/COCO_(train|val)2014_(\d+)\.jpg$"
+VQA_V1 = {name: f"https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/{name}"
+          for name in ("Questions_Train_mscoco.zip", "Questions_Val_mscoco.zip",
+                       "Annotations_Train_mscoco.zip", "Annotations_Val_mscoco.zip")}
+URLS = {**COCO_2017, **COCO_2014_IMAGES, **VQA_V1,
+        wordpiece.BERT_VOCAB_FILE: wordpiece.BERT_VOCAB_URL}
+ANNOTATIONS_ARCHIVE = "annotations_trainval2017.zip"
+
+IMAGE_SIZE, PATCH = 224, 16
+GRID = IMAGE_SIZE // PATCH  # 14
+IMAGE_TOKENS, TOKEN_DIM = GRID * GRID, PATCH * PATCH * 3  # 196, 768
+INPUT_SHAPE = [IMAGE_SIZE, IMAGE_SIZE, 3]
 TEXT_LENGTH = 32
-VOCAB_SIZE = 10000
-NUM_ANSWERS = 1000
-PAD_ID, UNK_ID = 0, 1
-SPECIAL_TOKENS = ("<pad>", "<unk>")
+# DABS: Resize((640, 480)) [height, width], CenterCrop(480), Resize((224, 224)).
+RESIZE_WIDTH, RESIZE_HEIGHT, CROP = 480, 640, 480
 MISMATCH_SEED = 0
-IMAGE_TOKENS = 64  # 8 x 8 patches of 4 x 4 x 3
-_WORD = re.compile(r"[a-z]+")
+VQA_SEED = 0
+VOCAB_EXPECTED = (f"{wordpiece.BERT_VOCAB_FILE} (bert-base-uncased vocab.txt, or "
+                  f"--reader_option vocab_file=PATH)")
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased runs of letters: `"A man's 2 dogs."` -> `["a", "man", "s", "dogs"]`."""
-    return _WORD.findall(str(text).lower())
+def dabs_image(data: bytes) -> np.ndarray:
+    """Encoded image -> uint8 `[224, 224, 3]` by DABS's transform; ValueError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
 
-
-def build_vocabulary(texts, vocab_size: int) -> list[str]:
-    """`[PAD, UNK, most frequent words...]`, at most `vocab_size` entries (index = id)."""
-    counts = collections.Counter(w for t in texts for w in words(t))
-    ranked = sorted(counts, key=lambda w: (-counts[w], w))
-    return list(SPECIAL_TOKENS) + ranked[:max(0, vocab_size - len(SPECIAL_TOKENS))]
-
-
-def encode(text: str, word_ids: dict[str, int], length: int) -> np.ndarray:
-    """int64 `[length]` word ids (UNK for unknown words), truncated, PAD-padded."""
-    ids = [word_ids.get(w, UNK_ID) for w in words(text)][:length]
-    return np.asarray(ids + [PAD_ID] * (length - len(ids)), np.int64)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB").resize((RESIZE_WIDTH, RESIZE_HEIGHT), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+    top = int(round((RESIZE_HEIGHT - CROP) / 2.0))  # torchvision's CenterCrop offsets
+    left = int(round((RESIZE_WIDTH - CROP) / 2.0))
+    image = image.crop((left, top, left + CROP, top + CROP))
+    return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), np.uint8)
 
 
 def _split_of_val(image_id: int) -> str:
@@ -109,36 +114,42 @@ def _split_of_val(image_id: int) -> str:
 
 
 class MscocoReader(DatasetReader):
-    raw_folder = "mscoco"  # vqa and mismatched-caption read the same COCO files
+    raw_folder = "mscoco"  # vqa and mismatched-caption read the same folder
     name = "mscoco"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = None
     pretrain_dataset = ""
     task, metric = "multiclass", "accuracy"
+    # (subset, its image zip, the image path pattern with the id as group 1)
+    image_subsets = (
+        ("train2017", "train2017.zip", r"(?:^|/)train2017/(\d{12})\.jpg$"),
+        ("val2017", "val2017.zip", r"(?:^|/)val2017/(\d{12})\.jpg$"),
+    )
+    text_shape: list[int] = []  # one string per example (vqa: a [question, answer] pair)
 
     def __init__(self, data_dir: str | None = None, **options: Any):
         super().__init__(data_dir, **options)
         try:
-            self.vocab_size = int(options.get("vocab_size", VOCAB_SIZE))
             self.text_length = int(options.get("text_length", TEXT_LENGTH))
         except ValueError as e:
-            raise ValueError(f"{self.name}: --vocab_size / text_length must be integers ({e})") from None
-        if self.vocab_size < 3 or self.text_length < 1:
-            raise ValueError(f"{self.name}: --vocab_size={self.vocab_size} must be >= 3 and "
-                             f"text_length={self.text_length} >= 1")
-        self._captions: dict[str, dict[int, list[tuple[int, str]]]] | None = None
+            raise ValueError(f"{self.name}: --reader_option text_length must be an integer ({e})") from None
+        if self.text_length < 4:
+            raise ValueError(f"{self.name}: text_length={self.text_length} must be >= 4")
+        self.vocab_file = options.get("vocab_file")
+        self._captions: dict[str, dict[int, str]] | None = None
         self._vocabulary: list[str] | None = None
 
     # === files ===
     def _data_dir(self) -> str:
         return self.data_dir or self.default_data_dir()
 
-    def expected_files(self) -> list[str]:
-        return ["train2014.zip + val2014.zip (or extracted train2014/, val2014/)",
-                f"{ANNOTATIONS_ARCHIVE} (or annotations/captions_{{train,val}}2014.json)"]
+    def vocab_path(self) -> str:
+        return self.vocab_file or os.path.join(self._data_dir(), wordpiece.BERT_VOCAB_FILE)
 
-    def _caption_patterns(self) -> dict[str, str]:
-        return {s: rf"(?:^|/)captions_{s}\.json$" for s in SUBSETS}
+    def expected_files(self) -> list[str]:
+        return ["train2017.zip + val2017.zip (or extracted train2017/, val2017/)",
+                f"{ANNOTATIONS_ARCHIVE} (or annotations/captions_{{train,val}}2017.json)",
+                VOCAB_EXPECTED]
 
     def _small_files(self, patterns: dict[str, str], archives) -> dict[str, tuple[str, bytes]]:
         return _archives.read_small_files(self._data_dir(), archives, patterns)
@@ -149,23 +160,38 @@ class MscocoReader(DatasetReader):
         return RawDataMissing(f"{self.name}: {', '.join(what)} not found in {d}; download {urls} "
                               f"into {d}/ (zips or extracted)")
 
-    def check_raw(self) -> None:
+    def _check_images(self) -> None:
         d = self._data_dir()
-        images = _archives.archives_in(d, IMAGE_ARCHIVES) if os.path.isdir(d) else []
-        if not images and not (os.path.isdir(d) and _archives.walk_files(d, IMAGE_PATTERN)):
-            raise self._missing(["train2014.zip / val2014.zip (or train2014/*.jpg, val2014/*.jpg)"],
-                                list(IMAGE_ARCHIVES))
-        if not (os.path.isdir(d) and _archives.walk_files(d, r"(?:^|/)captions_train2014\.json$")) \
+        zips = [z for _, z, _ in self.image_subsets]
+        have_zip = os.path.isdir(d) and _archives.archives_in(d, zips)
+        have_files = os.path.isdir(d) and any(_archives.walk_files(d, p)
+                                              for _, _, p in self.image_subsets)
+        if not (have_zip or have_files):
+            folders = ", ".join(f"{s}/*.jpg" for s, _, _ in self.image_subsets)
+            raise self._missing([f"{' / '.join(zips)} (or {folders})"], zips)
+
+    def _check_vocabulary(self) -> None:
+        path = self.vocab_path()
+        if not os.path.isfile(path):
+            raise RawDataMissing(
+                f"{self.name}: WordPiece vocabulary {path} not found; put bert-base-uncased's "
+                f"vocab.txt ({wordpiece.BERT_VOCAB_URL}) there, or pass --reader_option "
+                f"vocab_file=PATH")
+
+    def check_raw(self) -> None:
+        self._check_images()
+        d = self._data_dir()
+        if not (os.path.isdir(d) and _archives.walk_files(d, r"(?:^|/)captions_train2017\.json$")) \
                 and not _archives.archives_in(d, [ANNOTATIONS_ARCHIVE]):
-            raise self._missing([f"{ANNOTATIONS_ARCHIVE} (or annotations/captions_train2014.json)"],
+            raise self._missing([f"{ANNOTATIONS_ARCHIVE} (or annotations/captions_train2017.json)"],
                                 [ANNOTATIONS_ARCHIVE])
+        self._check_vocabulary()
 
     def list_sources(self) -> list[tuple]:
         """Per subset: chunks of the extracted JPEGs if any, else shards of its zip."""
         self.check_raw()
         d, sources = self._data_dir(), []
-        for subset, archive in zip(SUBSETS, IMAGE_ARCHIVES):
-            pattern = rf"(?:^|/){subset}/COCO_{subset}_(\d+)\.jpg$"
+        for _, archive, pattern in self.image_subsets:
             rels = _archives.walk_files(d, pattern) if os.path.isdir(d) else []
             if rels:
                 sources += [("files", d, tuple(rels[i:i + 64])) for i in range(0, len(rels), 64)]
@@ -175,34 +201,29 @@ class MscocoReader(DatasetReader):
         return sources
 
     # === captions and vocabulary ===
-    def captions(self) -> dict[str, dict[int, list[tuple[int, str]]]]:
-        """subset -> image id -> [(annotation id, caption)] sorted by annotation id."""
+    def captions(self) -> dict[str, dict[int, str]]:
+        """subset -> image id -> its caption (the last one in file order, as DABS keeps)."""
         if self._captions is None:
-            found = self._small_files(self._caption_patterns(), [ANNOTATIONS_ARCHIVE])
-            if "train2014" not in found:
-                raise self._missing([f"annotations/captions_train2014.json (or {ANNOTATIONS_ARCHIVE})"],
+            patterns = {s: rf"(?:^|/)captions_{s}\.json$" for s, _, _ in self.image_subsets}
+            found = self._small_files(patterns, [ANNOTATIONS_ARCHIVE])
+            if "train2017" not in found:
+                raise self._missing([f"annotations/captions_train2017.json (or {ANNOTATIONS_ARCHIVE})"],
                                     [ANNOTATIONS_ARCHIVE])
             result = {}
             for subset, (where, data) in found.items():
                 try:
-                    doc = json.loads(data)
-                    per_image: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
-                    for ann in doc["annotations"]:
-                        per_image[int(ann["image_id"])].append((int(ann["id"]), str(ann["caption"])))
+                    result[subset] = {int(a["image_id"]): str(a["caption"])
+                                      for a in json.loads(data)["annotations"]}
                 except (ValueError, KeyError, TypeError) as e:
                     raise ValueError(f"{where}: not a COCO captions file ({type(e).__name__}: {e})") from None
-                result[subset] = {k: sorted(v) for k, v in per_image.items()}
             self._captions = result
         return self._captions
 
     def vocabulary(self) -> list[str]:
         if self._vocabulary is None:
-            texts = (c for caps in self.captions()["train2014"].values() for _, c in caps)
-            self._vocabulary = build_vocabulary(texts, self.vocab_size)
+            self._check_vocabulary()
+            self._vocabulary = wordpiece.load_vocabulary(self.vocab_path())
         return self._vocabulary
-
-    def word_ids(self) -> dict[str, int]:
-        return {w: i for i, w in enumerate(self.vocabulary())}
 
     # === spec ===
     def label_info(self) -> tuple[int, list[str], str]:
@@ -212,29 +233,33 @@ class MscocoReader(DatasetReader):
     def spec_template(self) -> DatasetSpec:
         num_classes, label_names, task = self.label_info()
         n = IMAGE_TOKENS + self.text_length
-        extra = {"raw_urls": dict(URLS), "pixel_scale": "RGB in [0, 1]",
-                 "resize": "bilinear, antialiased, to 32x32 (aspect not kept)",
-                 "text": f"lower-cased [a-z]+ words, {self.text_length} ids, PAD={PAD_ID}, "
-                         f"UNK={UNK_ID}, vocabulary by train2014 caption frequency"}
+        extra = {"raw_urls": dict(URLS), "pixel_scale": "RGB uint8 0..255",
+                 "resize": "DABS: 480 wide x 640 high (aspect not kept), centre crop 480, "
+                           "224 x 224 (PIL bilinear)",
+                 "text": f"BERT uncased WordPiece, {self.text_length} ids: [CLS] text [SEP] "
+                         f"(pairs: [CLS] a [SEP] b [SEP]), [PAD]-padded, longest_first truncation"}
         try:
-            extra["vocabulary"] = self.vocabulary()
+            vocabulary = self.vocabulary()
+            extra["vocabulary"] = vocabulary
+            vocab_size = len(vocabulary)
         except (RawDataMissing, ValueError):
-            pass  # no raw captions yet (e.g. `--list`); the published spec always has it
+            vocab_size = wordpiece.BERT_VOCAB_SIZE  # no vocab file yet (e.g. `--list`)
         return DatasetSpec(
-            name=self.name, modality="vision_language", input_shape=list(_images.INPUT_SHAPE),
-            tokenizer="segments", patch_shape=[4, 4], num_tokens=n, token_grid=[n], token_dim=48,
-            vocab_size=0, input_dtype="float32", task=task, metric=self.metric,
-            num_classes=num_classes, label_names=label_names, label_shape=[], label_dtype="int64",
-            pretrain_dataset=self.pretrain_dataset, extra=extra,
+            name=self.name, modality="vision_language", input_shape=list(INPUT_SHAPE),
+            tokenizer="segments", patch_shape=[PATCH, PATCH], num_tokens=n, token_grid=[n],
+            token_dim=TOKEN_DIM, vocab_size=0, input_dtype="uint8", task=task,
+            metric=self.metric, num_classes=num_classes, label_names=label_names,
+            label_shape=[], label_dtype="int64", pretrain_dataset=self.pretrain_dataset,
+            extra=extra,
             segments=[
                 {"name": "image", "kind": "continuous", "num_tokens": IMAGE_TOKENS,
-                 "token_dim": 48, "token_grid": [8, 8], "feature": "tokens",
-                 "input_shape": list(_images.INPUT_SHAPE), "tokenizer": "patch2d",
-                 "patch_shape": [4, 4]},
+                 "token_dim": TOKEN_DIM, "token_grid": [GRID, GRID], "feature": "tokens",
+                 "input_shape": list(INPUT_SHAPE), "tokenizer": "patch2d",
+                 "patch_shape": [PATCH, PATCH]},
                 {"name": "text", "kind": "discrete", "num_tokens": self.text_length,
-                 "vocab_size": self.vocab_size, "token_grid": [self.text_length],
-                 "feature": "text_tokens", "input_shape": [self.text_length],
-                 "tokenizer": "discrete"},
+                 "vocab_size": vocab_size, "token_grid": [self.text_length],
+                 "feature": "text_tokens", "input_shape": list(self.text_shape),
+                 "tokenizer": "wordpiece"},
             ],
         )
 
@@ -242,38 +267,40 @@ class MscocoReader(DatasetReader):
     def split_of(self, example: RawExample, seed: int) -> str:
         return example.split
 
-    def texts_for_image(self, subset: str, image_id: int) -> Iterator[tuple[str, str, Any]]:
+    def texts_for_image(self, subset: str, image_id: int) -> Iterator[tuple[str, Any, int]]:
         """(example id suffix, text, label) of the examples of one image."""
-        caps = self.captions().get(subset, {}).get(image_id)
-        if caps:
-            yield "", caps[0][1], -1
+        caption = self.captions().get(subset, {}).get(image_id)
+        if caption is not None:
+            yield "", caption, -1
 
     def read_source(self, source: tuple) -> Iterator[RawExample | BadRecord]:
-        word_ids = None
         for where, rel, data in _archives.iter_source_files(source):
             if isinstance(data, Exception):
                 yield BadRecord(path=where, reason=str(data))
                 continue
-            match = re.search(IMAGE_PATTERN, rel)
-            if match is None:
+            subset, image_id = self._subset_and_id(rel)
+            if subset is None:
                 continue
-            subset, image_id = f"{match.group(1)}2014", int(match.group(2))
             texts = list(self.texts_for_image(subset, image_id))
             if not texts:
                 continue  # an image without captions / questions: not part of this dataset
             try:
-                image = _images.resize_to_input(_images.decode_rgb(data))
+                image = dabs_image(data)
             except ValueError as e:
                 yield BadRecord(path=where, reason=str(e))
                 continue
-            if word_ids is None:
-                word_ids = self.word_ids()
-            split = "train" if subset == "train2014" else _split_of_val(image_id)
+            split = "train" if subset.startswith("train") else _split_of_val(image_id)
             for suffix, text, label in texts:
-                yield RawExample(
-                    id=f"{subset}-{image_id:012d}{suffix}",
-                    input={"image": image, "text": encode(text, word_ids, self.text_length)},
-                    label=int(label), split=split, group=str(image_id))
+                yield RawExample(id=f"{subset}-{image_id:012d}{suffix}",
+                                 input={"image": image, "text": np.asarray(text, dtype=object)},
+                                 label=int(label), split=split, group=str(image_id))
+
+    def _subset_and_id(self, rel: str) -> tuple[str | None, int]:
+        for subset, _, pattern in self.image_subsets:
+            match = re.search(pattern, rel)
+            if match:
+                return subset, int(match.group(1))
+        return None, 0
 
 
 class MismatchedCaptionReader(MscocoReader):
@@ -289,12 +316,11 @@ class MismatchedCaptionReader(MscocoReader):
 
     def texts_for_image(self, subset, image_id):
         per_image = self.captions().get(subset, {})
-        caps = per_image.get(image_id)
-        if not caps:
+        if image_id not in per_image:
             return
         u = hash_fraction(f"mismatch/{subset}/{image_id}", MISMATCH_SEED)
         if u >= 0.5 or len(per_image) < 2:
-            yield "", caps[0][1], 1
+            yield "", per_image[image_id], 1
             return
         if subset not in self._sorted_ids:
             self._sorted_ids[subset] = sorted(per_image)
@@ -303,56 +329,58 @@ class MismatchedCaptionReader(MscocoReader):
         offset = 1 + int(hash_fraction(f"mismatch-pick/{subset}/{image_id}", MISMATCH_SEED)
                          * (len(ids) - 1))
         other = ids[(ids.index(image_id) + offset) % len(ids)]
-        yield "", per_image[other][0][1], 0
+        yield "", per_image[other], 0
 
 
 class VqaReader(MscocoReader):
     name = "vqa"
     pretrain_dataset = "mscoco"
+    image_subsets = (
+        ("train2014", "train2014.zip", r"(?:^|/)train2014/COCO_train2014_(\d+)\.jpg$"),
+        ("val2014", "val2014.zip", r"(?:^|/)val2014/COCO_val2014_(\d+)\.jpg$"),
+    )
+    text_shape = [2]  # (question, answer)
 
     def __init__(self, data_dir: str | None = None, **options: Any):
         super().__init__(data_dir, **options)
-        try:
-            self.num_answers = int(options.get("num_answers", NUM_ANSWERS))
-        except ValueError:
-            raise ValueError(f"vqa: num_answers={options.get('num_answers')!r} must be an integer") from None
-        if self.num_answers < 2:
-            raise ValueError(f"vqa: num_answers={self.num_answers} must be >= 2")
         self._questions = None
-        self._answers: list[str] | None = None
+
+    def label_info(self):
+        return 2, ["swapped", "correct"], "binary"
 
     def expected_files(self):
-        return super().expected_files() + [
-            "v2_OpenEnded_mscoco_{train,val}2014_questions.json + v2_mscoco_{train,val}2014_"
-            f"annotations.json (or the zips {', '.join(VQA_ARCHIVES)} from "
-            f"{URLS[VQA_ARCHIVES[0]].rsplit('/', 1)[0]}/)"]
+        return ["train2014.zip + val2014.zip (or extracted train2014/, val2014/)",
+                f"{', '.join(VQA_V1)} (or MultipleChoice_mscoco_{{train,val}}2014_questions.json "
+                f"+ mscoco_{{train,val}}2014_annotations.json)",
+                VOCAB_EXPECTED]
 
     def _vqa_patterns(self):
         patterns = {}
-        for s in SUBSETS:
-            patterns[f"q-{s}"] = rf"(?:^|/)v2_OpenEnded_mscoco_{s}_questions\.json$"
-            patterns[f"a-{s}"] = rf"(?:^|/)v2_mscoco_{s}_annotations\.json$"
+        for s, _, _ in self.image_subsets:
+            patterns[f"q-{s}"] = rf"(?:^|/)MultipleChoice_mscoco_{s}_questions\.json$"
+            patterns[f"a-{s}"] = rf"(?:^|/)mscoco_{s}_annotations\.json$"
         return patterns
 
     def check_raw(self):
-        super().check_raw()
+        self._check_images()
         found = self._small_files({k: v for k, v in self._vqa_patterns().items() if "train" in k},
-                                  ["v2_Questions_Train_mscoco.zip", "v2_Annotations_Train_mscoco.zip"])
-        missing = [n for n, key in (("v2_OpenEnded_mscoco_train2014_questions.json", "q-train2014"),
-                                    ("v2_mscoco_train2014_annotations.json", "a-train2014"))
+                                  ["Questions_Train_mscoco.zip", "Annotations_Train_mscoco.zip"])
+        missing = [n for n, key in (("MultipleChoice_mscoco_train2014_questions.json", "q-train2014"),
+                                    ("mscoco_train2014_annotations.json", "a-train2014"))
                    if key not in found]
         if missing:
-            raise self._missing(missing, list(VQA_ARCHIVES))
+            raise self._missing(missing, list(VQA_V1))
+        self._check_vocabulary()
 
-    def questions(self) -> dict[str, dict[int, list[tuple[int, str, str]]]]:
-        """subset -> image id -> [(question id, question, multiple-choice answer)]."""
+    def questions(self) -> dict[str, dict[int, list[tuple[int, str, str, list[str]]]]]:
+        """subset -> image id -> [(question id, question, answer, choices)] by question id."""
         if self._questions is None:
-            found = self._small_files(self._vqa_patterns(), VQA_ARCHIVES)
+            found = self._small_files(self._vqa_patterns(), list(VQA_V1))
             if "q-train2014" not in found or "a-train2014" not in found:
-                raise self._missing(["v2_OpenEnded_mscoco_train2014_questions.json / "
-                                     "v2_mscoco_train2014_annotations.json"], list(VQA_ARCHIVES))
+                raise self._missing(["MultipleChoice_mscoco_train2014_questions.json / "
+                                     "mscoco_train2014_annotations.json"], list(VQA_V1))
             result = {}
-            for s in SUBSETS:
+            for s, _, _ in self.image_subsets:
                 if f"q-{s}" not in found or f"a-{s}" not in found:
                     continue
                 (qwhere, qdata), (awhere, adata) = found[f"q-{s}"], found[f"a-{s}"]
@@ -360,43 +388,32 @@ class VqaReader(MscocoReader):
                     answers = {int(a["question_id"]): str(a["multiple_choice_answer"])
                                for a in json.loads(adata)["annotations"]}
                 except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{awhere}: not a VQA v2 annotations file ({e})") from None
+                    raise ValueError(f"{awhere}: not a VQA annotations file ({e})") from None
                 try:
                     per_image = collections.defaultdict(list)
                     for q in json.loads(qdata)["questions"]:
                         qid = int(q["question_id"])
                         if qid in answers:
-                            per_image[int(q["image_id"])].append((qid, str(q["question"]), answers[qid]))
+                            per_image[int(q["image_id"])].append(
+                                (qid, str(q["question"]), answers[qid],
+                                 [str(c) for c in q["multiple_choices"]]))
                 except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{qwhere}: not a VQA v2 questions file ({e})") from None
+                    raise ValueError(f"{qwhere}: not a VQA multiple-choice questions file "
+                                     f"({type(e).__name__}: {e})") from None
                 result[s] = {k: sorted(v) for k, v in per_image.items()}
             self._questions = result
         return self._questions
 
-    def answers(self) -> list[str]:
-        if self._answers is None:
-            counts = collections.Counter(
-                a for qs in self.questions()["train2014"].values() for _, _, a in qs)
-            ranked = sorted(counts, key=lambda a: (-counts[a], a))
-            if len(ranked) < self.num_answers:
-                raise ValueError(f"vqa: the train questions have only {len(ranked)} distinct "
-                                 f"answers, fewer than num_answers={self.num_answers}; pass "
-                                 f"--reader_option num_answers=N with N <= {len(ranked)}")
-            self._answers = ranked[:self.num_answers]
-        return self._answers
-
-    def label_info(self):
-        try:
-            names = self.answers()
-        except RawDataMissing:
-            names = []
-        return self.num_answers, names, "multiclass"
-
     def texts_for_image(self, subset, image_id):
-        classes = {a: i for i, a in enumerate(self.answers())}
-        for qid, question, answer in self.questions().get(subset, {}).get(image_id, []):
-            if answer in classes:
-                yield f"-q{qid}", question, classes[answer]
+        for qid, question, answer, choices in self.questions().get(subset, {}).get(image_id, []):
+            if answer not in choices:
+                continue  # DABS leaves these out
+            wrong = sorted(set(choices) - {answer})
+            if wrong and hash_fraction(f"vqa-swap/{qid}", VQA_SEED) < 0.5:
+                pick = int(hash_fraction(f"vqa-wrong/{qid}", VQA_SEED) * len(wrong))
+                yield f"-q{qid}", [question, wrong[pick]], 0
+            else:
+                yield f"-q{qid}", [question, answer], 1
 
 
 READERS = {"mscoco": MscocoReader, "mismatched-caption": MismatchedCaptionReader,
