@@ -9,13 +9,18 @@ Flags this module does not know are handed to Beam's PipelineOptions unchanged (
 `--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...). Without `--runner`, and
 with `--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engine behind the
 DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetch Prism).
-`--runner=PrismRunner` still selects Prism explicitly.
+`--runner=PrismRunner` still selects Prism explicitly. `--runner=DaskRunner
+--dask_client_address=tcp://HOST:PORT` runs it on a dask.distributed cluster, after checking that
+the scheduler and every worker can import this project (pipeline/runners.py).
 
 Graph: (unless the reader has fixed DABS statistics or discrete tokens) a first pass reads the
 sources for the per-channel mean/std of the train split; the main pass reads each source again,
-splits, tokenizes with the statistics as a side input and spills id-sorted runs of
+splits, tokenizes with the statistics (joined to each source) and spills id-sorted runs of
 tf.train.Examples, which are merged into GZIP TFRecord shards sorted by id. Only file names
 pass between the stages, so memory stays bounded on the local runner too (pipeline/transforms.py).
+The graph's one final leaf writes `_manifest/manifest.json` (statistics, bad records, shards),
+which the driver reads after the run; it avoids what only some runners support (see
+pipeline/transforms.py), so it runs unchanged on any of them.
 
 Output: `<output_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
 The version is built in `<output_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
@@ -38,6 +43,7 @@ import time
 import uuid
 from typing import Any
 
+from pipeline import runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
 from preprocessing.official_files import official_files
@@ -48,8 +54,8 @@ DEFAULT_RAW_ROOT = os.path.join("data", "raw")
 OUTPUT_DIR_ENV = "KERAS_METAMAE_DATA"
 DOWNLOAD_ENV = "KERAS_METAMAE_DOWNLOAD"  # default of --download (e.g. `never` on offline nodes)
 _MANIFEST_DIR = "_manifest"  # driver-only side files inside the temp dir; removed before rename
+_MANIFEST_FILE = "manifest.json"  # {"stats": [..], "bad": [..], "shards": [..]}
 _LIST_BAD_PATHS = 50
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PreprocessError(RuntimeError):
@@ -228,21 +234,7 @@ def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) ->
 # === runner ===
 def make_pipeline(beam_args: list[str]):
     """A beam.Pipeline from pass-through flags; Direct/unspecified runner -> FnApiRunner."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-
-    options = PipelineOptions(beam_args)
-    runner_name = options.view_as(StandardOptions).runner
-    if runner_name in (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner"):
-        from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-        if options.view_as(DirectOptions).direct_running_mode != "in_memory":
-            # Subprocess workers must be able to import this repository's packages.
-            paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-            if _REPO_ROOT not in paths:
-                os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + [p for p in paths if p])
-        return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
+    return runners.make_pipeline(beam_args)
 
 
 def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str, seed: int,
@@ -252,30 +244,29 @@ def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str,
     from pipeline import transforms
 
     manifest = os.path.join(work_dir, _MANIFEST_DIR)
+    indexed_sources = (p
+                       | "Sources" >> beam.Create(list(enumerate(sources)), reshuffle=False)
+                       # Spreads the (few, heavy) sources over the local runner's workers (on
+                       # Dask, --dask_npartitions does; see pipeline/runners.py).
+                       | "Spread" >> beam.Reshuffle())
     if spec.is_discrete:
         stats = p | "NoStats" >> beam.Create([None])
     elif reader.fixed_normalization is not None:
         stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
     else:  # a first pass over the raw data; its bad records are reported by the main pass
-        first_pass = p | "ReadForStats" >> transforms.ReadRaw(reader, sources,
-                                                               metrics_prefix="stats_pass_")
-        stats = (first_pass[transforms.GOOD_TAG]
-                 | "AssignSplit" >> transforms.AssignSplit(reader, seed)
-                 | "ComputeStats" >> transforms.ComputeStats(int(spec.input_shape[-1])))
-    stats | "WriteStats" >> transforms.WriteJson(os.path.join(manifest, "stats.json"))
+        stats = indexed_sources | "ComputeStats" >> transforms.ComputeStats(
+            reader, seed, int(spec.input_shape[-1]))
     spill_dir = os.path.join(manifest, "spill")
-    spilled = (p
-               | "Sources" >> beam.Create(list(enumerate(sources)), reshuffle=False)
-               # Spreads the (few, heavy) sources over workers before reading.
-               | "Spread" >> beam.Reshuffle()
+    spilled = (indexed_sources
                | "TokenizeAndSpill" >> transforms.TokenizeAndSpill(
-                   reader, spec, seed, num_shards, spill_dir, stats))
-    (spilled[transforms.BAD_TAG]
-     | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason})
-     | "WriteBad" >> transforms.WriteJson(os.path.join(manifest, "bad.json")))
-    (spilled[transforms.RUNS_TAG]
-     | "MergeShards" >> transforms.MergeShards(work_dir, num_shards, spill_dir)
-     | "WriteManifest" >> transforms.WriteJson(os.path.join(manifest, "shards.json")))
+                   reader, spec, seed, num_shards, spill_dir, stats, num_sources=len(sources)))
+    bad = (spilled[transforms.BAD_TAG]
+           | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason}))
+    shards = (spilled[transforms.RUNS_TAG]
+              | "MergeShards" >> transforms.MergeShards(work_dir, num_shards, spill_dir))
+    # The one final leaf (some runners, e.g. Dask, compute only the last one).
+    ({"stats": stats, "bad": bad, "shards": shards}
+     | "WriteManifest" >> transforms.WriteManifest(os.path.join(manifest, _MANIFEST_FILE)))
 
 
 # === publishing ===
@@ -284,11 +275,16 @@ def _read_json(path: str):
         return json.load(f)
 
 
+def _read_manifest(work_dir: str) -> dict[str, list[Any]]:
+    manifest = _read_json(os.path.join(work_dir, _MANIFEST_DIR, _MANIFEST_FILE))
+    return {kind: manifest.get(kind, []) for kind in ("stats", "bad", "shards")}
+
+
 def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, command: str) -> DatasetSpec:
     from pipeline import transforms
 
-    manifest = os.path.join(work_dir, _MANIFEST_DIR)
-    shards = _read_json(os.path.join(manifest, "shards.json"))
+    manifest = _read_manifest(work_dir)
+    shards = manifest["shards"]
     written = {(s["split"], s["shard"]): s for s in shards}
     split_names = [name for name, _ in reader.split_fractions]
     split_names += sorted({s["split"] for s in shards} - set(split_names))
@@ -314,7 +310,7 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
                          "std": list(reader.fixed_normalization["std"]),
                          "source": reader.fixed_normalization.get("source", "dabs")}
     else:
-        (stats,) = _read_json(os.path.join(manifest, "stats.json"))
+        (stats,) = manifest["stats"]
         if not stats["mean"]:
             raise PreprocessError(f"{spec.name}: the train split is empty; cannot compute statistics")
         normalization = {"mean": stats["mean"], "std": stats["std"], "source": "pipeline"}
@@ -425,6 +421,10 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
         raise RawDataMissing(f"{args.dataset}: no raw records found in {os.path.abspath(data_dir)}; "
                              f"expected {'; '.join(reader.expected_files())}")
     command = "python -m pipeline.preprocess " + shlex.join(argv)
+    if runners.is_dask(beam_args):
+        beam_args = runners.with_dask_defaults(beam_args, len(sources))
+        # Before anything is written: a cluster that cannot run the job is a one-line error.
+        runners.check_dask_cluster(beam_args, ["pipeline.transforms", type(reader).__module__])
 
     # The spec's name, not the flag: `--dataset custom --name mine` lands in <output_dir>/mine.
     dataset_dir = os.path.join(output_dir, spec.name)
@@ -438,9 +438,9 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     published = False
     try:
         logging.info("%s: %d sources from %s -> %s", args.dataset, len(sources), data_dir, version_dir)
-        with make_pipeline(beam_args) as p:
-            build_graph(p, reader, spec, sources, work_dir, args.seed, args.num_shards)
-        bad = _read_json(os.path.join(work_dir, _MANIFEST_DIR, "bad.json"))
+        runners.run_graph(beam_args, lambda p: build_graph(
+            p, reader, spec, sources, work_dir, args.seed, args.num_shards))
+        bad = _read_manifest(work_dir)["bad"]
         final = _finish_spec(reader, spec, work_dir, args.num_shards, command)
         num_good = sum(s.num_examples for s in final.splits.values())
         _check_bad_records(args.dataset, bad, num_good, args.max_bad_fraction)
@@ -473,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run(argv)
-    except (RawDataMissing, PreprocessError, SpecError, KeyError, download.DownloadError) as e:
+    except (RawDataMissing, PreprocessError, SpecError, KeyError, download.DownloadError,
+            runners.RunnerError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
-        return 2 if isinstance(e, RawDataMissing) else 1
+        return 2 if isinstance(e, (RawDataMissing, runners.RunnerError)) else 1
     return 0
 
 

@@ -1,15 +1,25 @@
 """Beam PTransforms of the preprocessing job (see `pipeline/preprocess.py` for the graph).
 
-Statistics pass (only when the pipeline computes the normalization): ReadRaw -> AssignSplit ->
-ComputeStats over the train split. Main pass: TokenizeAndSpill reads each source again, splits,
-tokenizes with the statistics as a side input and writes id-sorted runs to spill files, at most
-SPILL_BUDGET_BYTES of examples in memory at a time; MergeShards merges each (split, shard)'s runs
-into its GZIP TFRecord shard. The dataset-specific parts come from a `DatasetReader`; the
+Statistics pass (only when the pipeline computes the normalization): ComputeStats reads each
+source for the moments of its train examples and merges them in source order (so the floats are
+the same on every runner). Main pass: TokenizeAndSpill reads each source again, splits,
+tokenizes with the statistics (joined to each source) and writes id-sorted runs to spill files,
+at most SPILL_BUDGET_BYTES of examples in memory at a time; MergeShards merges each
+(split, shard)'s runs into its GZIP TFRecord shard. The dataset-specific parts come from a `DatasetReader`; the
 tokenizer is `preprocessing.tokenize`, the same ops the exported model runs.
 
 Memory: nothing but source descriptions, run-file names and statistics passes between stages,
 so a local runner (which keeps what passes between stages in memory) stays bounded however
 large the dataset. The price is reading the raw data twice when statistics are computed.
+
+Portability (DESIGN.md): the graph uses only what every runner executes the same way. Every
+ParDo has a single output (records of different kinds are told apart by type with `Filter`,
+because Beam's DaskRunner merges the tagged outputs of a multi-output ParDo into one
+collection); there are no side inputs (the DaskRunner computes a side input inside each task
+that reads it, recomputing its whole upstream graph: the statistics reach the tokenizer through
+a GroupByKey join instead); and the graph has exactly one final leaf, WriteManifest (the
+DaskRunner computes only the last leaf). Every file is written under a temporary name and
+renamed into place, so a task that a runner retries or runs twice leaves whole files only.
 
 Determinism and mixing: the shard of an example is a hash of its id, and each shard holds its
 examples sorted by `order_key` — a seeded hash of the id, then the id — (a merge of sorted runs),
@@ -28,6 +38,7 @@ import json
 import logging
 import os
 import struct
+import uuid
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
@@ -37,8 +48,8 @@ from preprocessing.datasets.base import BadRecord, DatasetReader, RawExample, ha
 from preprocessing.series_records import RawSeries, make_series_example
 from preprocessing.spec import DatasetSpec
 
+# Keys of the dict TokenizeAndSpill returns.
 BAD_TAG = "bad"
-GOOD_TAG = "good"
 RUNS_TAG = "runs"
 _METRICS_NAMESPACE = "keras_metamae.preprocess"
 # A worker logs one progress line per this many tokenized examples.
@@ -50,6 +61,8 @@ SPILL_BUDGET_BYTES = 64 << 20
 # Runs merged at once (open files); more are merged in rounds.
 MERGE_FAN_IN = 128
 TOKENIZE_BATCH = 64
+# Raw examples the statistics pass stacks before folding them into its running moments.
+STATS_BATCH = 256
 # Python's own bytes per held (id, record) pair (tuple, str and bytes headers, list slot).
 _ITEM_OVERHEAD = 150
 
@@ -75,123 +88,101 @@ def shard_of(example_id: str, num_shards: int) -> int:
     return min(int(hash_fraction("shard/" + example_id, 0) * num_shards), num_shards - 1)
 
 
-# === read ===
-class _ReadSource(beam.DoFn):
-    """Reads one source; routes BadRecords to a separate output instead of failing."""
+# === statistics ===
+def _moments(values: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, M2) per channel of `values` [rows, channels], float64."""
+    mean = values.mean(axis=0)
+    return values.shape[0], mean, ((values - mean) ** 2).sum(axis=0)
 
-    def __init__(self, reader: DatasetReader, metrics_prefix: str):
+
+def merge_moments(a, b):
+    """Chan et al.'s parallel update of (count, mean, M2): stays accurate for large raw values
+    where a sum of squares would cancel."""
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    if na == 0:
+        return b
+    if nb == 0:
+        return a
+    n = na + nb
+    delta = np.asarray(mb) - np.asarray(ma)
+    return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
+
+
+class _SourceMoments(beam.DoFn):
+    """(index, source) -> (index, (count, mean, M2)) of the source's `split` examples' raw values
+    per channel, accumulated in read order in fixed-size batches, so the result depends on the
+    source alone. BadRecords are only counted (the main pass reports them)."""
+
+    def __init__(self, reader: DatasetReader, seed: int, num_channels: int, split: str,
+                 metrics_prefix: str):
         self._reader = reader
+        self._seed = seed
+        self._channels = num_channels
+        self._split = split
         self._read = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, metrics_prefix + "examples_read")
         self._bad = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, metrics_prefix + "bad_records")
 
-    def process(self, source) -> Iterator[Any]:
+    def process(self, indexed_source):
+        index, source = indexed_source
+        acc = (0, np.zeros(self._channels), np.zeros(self._channels))
+        batch: list[np.ndarray] = []
         for record in self._reader.read_source(source):
             if isinstance(record, BadRecord):
                 self._bad.inc()
-                yield beam.pvalue.TaggedOutput(BAD_TAG, record)
-            else:
-                self._read.inc()
-                yield record
+                continue
+            self._read.inc()
+            if self._reader.split_of(record, self._seed) != self._split:
+                continue
+            batch.append(np.asarray(continuous_input(record.input), np.float64).reshape(-1, self._channels))
+            if len(batch) == STATS_BATCH:
+                acc = merge_moments(acc, _moments(np.concatenate(batch)))
+                batch = []
+        if batch:
+            acc = merge_moments(acc, _moments(np.concatenate(batch)))
+        n, mean, m2 = acc
+        yield index, (int(n), [float(v) for v in mean], [float(v) for v in m2])
 
 
-class ReadRaw(beam.PTransform):
-    """sources -> {good: RawExample, bad: BadRecord}.
-
-    `metrics_prefix` keeps a second read of the same sources (the statistics pass) from adding
-    to the job's `examples_read` / `bad_records` counters, which TokenizeAndSpill reports.
-    """
-
-    def __init__(self, reader: DatasetReader, sources: list[Any], metrics_prefix: str = ""):
-        super().__init__()
-        self._reader = reader
-        self._sources = sources
-        self._metrics_prefix = metrics_prefix
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "Sources" >> beam.Create(self._sources, reshuffle=False)
-            # Spreads the (few, heavy) sources over workers before reading.
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadSource(self._reader, self._metrics_prefix))
-            .with_outputs(BAD_TAG, main=GOOD_TAG)
-        )
-
-
-class AssignSplit(beam.PTransform):
-    """RawExample -> (split, RawExample), deterministic in (id or group, seed)."""
-
-    def __init__(self, reader: DatasetReader, seed: int):
-        super().__init__()
-        self._reader = reader
-        self._seed = seed
-
-    def expand(self, examples):
-        reader, seed = self._reader, self._seed
-        return examples | "Split" >> beam.Map(lambda ex: (reader.split_of(ex, seed), ex))
-
-
-# === statistics ===
-class MeanStdCombineFn(beam.CombineFn):
-    """Per-channel (last axis) mean and population std of raw inputs.
-
-    The accumulator is (count, mean, M2) per channel, merged with Chan et al.'s parallel
-    update, which stays accurate for large raw values where sum-of-squares would cancel.
-    """
-
-    def __init__(self, num_channels: int):
-        self._channels = num_channels
-
-    def create_accumulator(self):
-        return 0, np.zeros(self._channels), np.zeros(self._channels)
-
-    @staticmethod
-    def _merge(a, b):
-        (na, ma, m2a), (nb, mb, m2b) = a, b
-        if na == 0:
-            return b
-        if nb == 0:
-            return a
-        n = na + nb
-        delta = mb - ma
-        return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
-
-    def add_input(self, accumulator, x):
-        values = np.asarray(x, np.float64).reshape(-1, self._channels)
-        mean = values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
-        return self._merge(accumulator, (values.shape[0], mean, m2))
-
-    def merge_accumulators(self, accumulators):
-        result = self.create_accumulator()
-        for acc in accumulators:
-            result = self._merge(result, acc)
-        return result
-
-    def extract_output(self, accumulator):
-        n, mean, m2 = accumulator
-        if n == 0:
-            return {"mean": [], "std": [], "count": 0}
-        std = np.sqrt(m2 / n)
-        std = np.where(std < MIN_STD, 1.0, std)
-        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "count": int(n)}
+def stats_from_moments(per_source: Iterable[Any], num_channels: int) -> dict[str, Any]:
+    """{"mean", "std", "count"} from (index, (count, mean, M2)) pairs, merged in index order so
+    the floats do not depend on how a runner grouped or ordered them; None items are skipped."""
+    acc = (0, np.zeros(num_channels), np.zeros(num_channels))
+    for _, (n, mean, m2) in sorted(item for item in per_source if item is not None):
+        acc = merge_moments(acc, (n, np.asarray(mean), np.asarray(m2)))
+    n, mean, m2 = acc
+    if n == 0:
+        return {"mean": [], "std": [], "count": 0}
+    std = np.sqrt(m2 / n)
+    std = np.where(std < MIN_STD, 1.0, std)
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "count": int(n)}
 
 
 class ComputeStats(beam.PTransform):
-    """(split, RawExample) -> one dict {"mean", "std", "count"} over the train split."""
+    """(index, source) -> exactly one dict {"mean", "std", "count"} over the train split.
 
-    def __init__(self, num_channels: int, split: str = "train"):
+    Each source's moments are computed in one DoFn call and all are merged in source order by
+    one GroupByKey: a CombineFn would merge in whatever order a runner's bundles give (floats
+    differing in the last bits between runners), and CombineGlobally's default value for an
+    empty input is computed through a side input. A `None` marker makes the group exist even
+    without sources.
+    """
+
+    def __init__(self, reader: DatasetReader, seed: int, num_channels: int, split: str = "train",
+                 metrics_prefix: str = "stats_pass_"):
         super().__init__()
+        self._fn = _SourceMoments(reader, seed, num_channels, split, metrics_prefix)
         self._channels = num_channels
-        self._split = split
 
-    def expand(self, keyed):
-        split = self._split
+    def expand(self, indexed_sources):
+        channels = self._channels
+        moments = indexed_sources | "SourceMoments" >> beam.ParDo(self._fn)
+        marker = indexed_sources.pipeline | "Marker" >> beam.Create([None])
         return (
-            keyed
-            | "TrainOnly" >> beam.Filter(lambda kv: kv[0] == split)
-            | "Inputs" >> beam.Map(lambda kv: continuous_input(kv[1].input))
-            | "MeanStd" >> beam.CombineGlobally(MeanStdCombineFn(self._channels))
+            (moments, marker)
+            | "WithMarker" >> beam.Flatten()
+            | "OneKey" >> beam.Map(lambda item: (None, item))
+            | "Gather" >> beam.GroupByKey()
+            | "Merge" >> beam.Map(lambda grouped: stats_from_moments(grouped[1], channels))
         )
 
 
@@ -309,18 +300,52 @@ def _open(path: str, mode: str):
     return open(path, mode, buffering=1 << 20)
 
 
+def _temporary_name(path: str) -> str:
+    """A unique sibling of `path` to write into before `_rename_into_place`."""
+    return f"{path}.tmp-{uuid.uuid4().hex}"
+
+
+def _rename_into_place(tmp: str, path: str) -> None:
+    if "://" in path:
+        import tensorflow as tf
+
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove_quietly(path: str) -> None:
+    """Best effort: the build folder is removed with a failed run anyway."""
+    try:
+        if "://" in path:
+            import tensorflow as tf
+
+            tf.io.gfile.remove(path)
+        else:
+            os.remove(path)
+    except Exception:
+        pass
+
+
 def write_run(path: str, items: Iterable[tuple[str, bytes]]) -> int:
-    """Writes (key, record) pairs, already sorted by key, to a run file; returns their number."""
+    """Writes (key, record) pairs, already sorted by key, to a run file; returns their number.
+    The file appears whole or not at all (a retried task rewrites the same bytes)."""
     if "://" not in path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     count = 0
-    with _open(path, "wb") as f:
-        for example_id, record in items:
-            key = example_id.encode()
-            f.write(struct.pack("<II", len(key), len(record)))
-            f.write(key)
-            f.write(record)
-            count += 1
+    tmp = _temporary_name(path)
+    try:
+        with _open(tmp, "wb") as f:
+            for example_id, record in items:
+                key = example_id.encode()
+                f.write(struct.pack("<II", len(key), len(record)))
+                f.write(key)
+                f.write(record)
+                count += 1
+        _rename_into_place(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
     return count
 
 
@@ -355,7 +380,8 @@ def merged_runs(paths: list[str], scratch_prefix: str,
 
 
 class _ReadTokenizeSpill(beam.DoFn):
-    """(index, source) -> run-file dicts {"split", "shard", "run"}; BadRecords to BAD_TAG."""
+    """(index, source, statistics) -> run-file dicts {"split", "shard", "run"} and BadRecords
+    (one output; TokenizeAndSpill tells them apart by type)."""
 
     def __init__(self, reader: DatasetReader, spec: DatasetSpec, seed: int, num_shards: int,
                  spill_dir: str, budget_bytes: int):
@@ -370,15 +396,15 @@ class _ReadTokenizeSpill(beam.DoFn):
         self._count = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_tokenized")
         self._seen = 0
 
-    def process(self, indexed_source, stats):
-        index, source = indexed_source
+    def process(self, element):
+        index, source, stats = element
         spec = normalized_spec(self._spec, stats)
         buffers: dict[tuple[str, int], list[tuple[str, bytes]]] = collections.defaultdict(list)
         held, runs, batch = 0, 0, []
         for record in self._reader.read_source(source):
             if isinstance(record, BadRecord):
                 self._bad.inc()
-                yield beam.pvalue.TaggedOutput(BAD_TAG, record)
+                yield record
                 continue
             self._read.inc()
             batch.append((self._reader.split_of(record, self._seed), record))
@@ -412,33 +438,72 @@ class _ReadTokenizeSpill(beam.DoFn):
         buffers.clear()
 
 
+def _is_run(item: Any) -> bool:
+    return isinstance(item, dict)
+
+
+def _is_bad(item: Any) -> bool:
+    return isinstance(item, BadRecord)
+
+
+def _source_and_stats(grouped) -> tuple[int, Any, Any]:
+    """(index, [("source", s), ("stats", st)] in any order) -> (index, s, st)."""
+    index, tagged = grouped
+    parts = dict(tagged)
+    return index, parts["source"], parts["stats"]
+
+
 class TokenizeAndSpill(beam.PTransform):
-    """(index, source) -> {"runs": run-file dicts, BAD_TAG: BadRecords}."""
+    """(index, source) -> {RUNS_TAG: run-file dicts, BAD_TAG: BadRecords}.
+
+    `stats` is a PCollection of exactly one element (the statistics dict, or None). It is
+    joined to every source by a GroupByKey on the source index rather than passed as a side
+    input (see the module docstring); the GroupByKey also spreads the sources over workers.
+    """
 
     def __init__(self, reader: DatasetReader, spec: DatasetSpec, seed: int, num_shards: int,
-                 spill_dir: str, stats, budget_bytes: int | None = None):
+                 spill_dir: str, stats, num_sources: int, budget_bytes: int | None = None):
         super().__init__()
         self._fn = _ReadTokenizeSpill(reader, spec, seed, num_shards, spill_dir,
                                       budget_bytes or SPILL_BUDGET_BYTES)
-        self._stats = stats  # a singleton PCollection: the statistics dict, or None
+        self._stats = stats
+        self._num_sources = num_sources
 
     def expand(self, indexed_sources):
-        return indexed_sources | "ReadTokenizeSpill" >> beam.ParDo(
-            self._fn, stats=beam.pvalue.AsSingleton(self._stats)).with_outputs(BAD_TAG, main=RUNS_TAG)
+        num_sources = self._num_sources
+        keyed = indexed_sources | "KeySource" >> beam.Map(lambda kv: (kv[0], ("source", kv[1])))
+        stats = self._stats | "StatsPerSource" >> beam.FlatMap(
+            lambda st: [(i, ("stats", st)) for i in range(num_sources)])
+        out = (
+            (keyed, stats)
+            | "Both" >> beam.Flatten()
+            | "JoinStats" >> beam.GroupByKey()
+            | "SourceAndStats" >> beam.Map(_source_and_stats)
+            | "ReadTokenizeSpill" >> beam.ParDo(self._fn)
+        )
+        return {RUNS_TAG: out | "RunsOnly" >> beam.Filter(_is_run),
+                BAD_TAG: out | "BadOnly" >> beam.Filter(_is_bad)}
 
 
 # === write ===
 def write_records(path: str, records: Iterable[bytes]) -> str:
-    """Writes a GZIP TFRecord file; returns the sha256 of the uncompressed records."""
+    """Writes a GZIP TFRecord file, whole or not at all; returns the sha256 of the uncompressed
+    records."""
     import tensorflow as tf
 
     digest = hashlib.sha256()
     tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
-        for record in records:
-            digest.update(len(record).to_bytes(8, "little"))
-            digest.update(record)
-            writer.write(record)
+    tmp = _temporary_name(path)
+    try:
+        with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+            for record in records:
+                digest.update(len(record).to_bytes(8, "little"))
+                digest.update(record)
+                writer.write(record)
+        _rename_into_place(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
     return digest.hexdigest()
 
 
@@ -481,23 +546,46 @@ class MergeShards(beam.PTransform):
         )
 
 
-class WriteJson(beam.PTransform):
-    """Collects a PCollection into one JSON list file (for the driver to read afterwards)."""
+def _tagged(kind: str):
+    return lambda item: (kind, item)
+
+
+def write_manifest(path: str, grouped) -> str:
+    """Writes {kind: [items sorted by their JSON]} to `path`, whole or not at all."""
+    import tensorflow as tf
+
+    _, tagged = grouped
+    manifest: dict[str, list[Any]] = collections.defaultdict(list)
+    for kind, item in tagged:
+        manifest[kind].append(item)
+    manifest = {kind: sorted(items, key=json.dumps) for kind, items in sorted(manifest.items())}
+    tmp = _temporary_name(path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(manifest, f)
+    _rename_into_place(tmp, path)
+    return path
+
+
+class WriteManifest(beam.PTransform):
+    """{kind: PCollection} -> one JSON file {kind: [items]} for the driver to read afterwards.
+
+    This is the job's only final leaf: everything the driver needs (statistics, bad records,
+    the shard list) flows into it. A GroupByKey on one key gathers the items (CombineGlobally's
+    default value would need a side input); a kind without items is left out of the file.
+    """
 
     def __init__(self, path: str):
         super().__init__()
         self._path = path
 
-    def expand(self, pcoll):
+    def expand(self, pcolls: dict):
         path = self._path
-
-        def write(items):
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path, "w") as f:
-                json.dump(sorted(items, key=json.dumps), f)
-            return path
-
-        return (pcoll
-                | "ToList" >> beam.combiners.ToList()
-                | "WriteFile" >> beam.Map(write))
+        tagged = [pcoll | f"Tag_{kind}" >> beam.Map(_tagged(kind))
+                  for kind, pcoll in sorted(pcolls.items())]
+        return (
+            tagged
+            | "All" >> beam.Flatten()
+            | "OneKey" >> beam.Map(lambda item: (None, item))
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.Map(lambda grouped: write_manifest(path, grouped))
+        )
