@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -46,10 +47,17 @@ def test_import_is_light_and_names_resolve():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
+    # Built from a copy: setuptools writes build/ and *.egg-info beside setup.py.
+    source = tmp_path_factory.mktemp("source")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("keras_metamae", "pipeline", "preprocessing"):
+        shutil.copytree(os.path.join(REPO, name), source / name, ignore=ignore)
+    for name in ("setup.py", "requirements.txt"):
+        shutil.copy(os.path.join(REPO, name), source / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), REPO], check=True, timeout=300,
-                   cwd=str(tmp_path_factory.mktemp("build")))
+                    "-q", "-w", str(out), str(source)], check=True, timeout=300,
+                   cwd=str(source))
     (path,) = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".whl")]
     return path
 
