@@ -12,8 +12,11 @@ and the peak memory (GPU: the allocator's peak; CPU: the process's peak RSS) and
 own BENCHMARKS.md section only with `--publish`.
 
 Paper EuroSAT config: batch 64, 64 tokens of 832 values, 12-layer encoder (d=256), 4-layer
-decoder (d=128). Steps are timed after warm-up (tracing, XLA compilation) with `model.fit` on
-in-memory synthetic tokens, so the number is the model's step alone.
+decoder (d=128). Steps are timed after warm-up (tracing, XLA compilation) with `fit`'s train
+function on in-memory synthetic tokens, so the number is the model's step alone. The variants
+run in turns (one step of each, again and again: `bench/step_timing.py`), so that the load of
+a shared machine weighs on all of them alike; the load average is given with the figures.
+`--xla` adds the XLA rows on a CPU (their first-step column is the compile time).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench import step_timing  # noqa: E402
 from bench.markdown_section import replace_section  # noqa: E402
 from keras_metamae.metamae import MetaMAE  # noqa: E402
 
@@ -102,7 +106,9 @@ def time_reader(batch: int, examples_per_class: int) -> float:
         raw = make_eurosat.make_raw(root, per_class=examples_per_class)
         out = os.path.join(root, "out")
         result = preprocess.run(["--dataset", "eurosat", "--data_dir", raw, "--output_dir", out])
-        ds = data.make_dataset(result.spec, result.version_dir, "train", batch, repeat=True)
+        # The split pretraining reads (EuroSAT's protocol names it "pretrain").
+        split = result.spec.protocol_splits("pretrain")
+        ds = data.make_dataset(result.spec, result.version_dir, split, batch, repeat=True)
         iterator = iter(ds)
         for _ in range(5):
             next(iterator)
@@ -168,6 +174,8 @@ def main():
                         help="--config mscoco: also write its BENCHMARKS.md section")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--xla", action="store_true",
+                        help="XLA rows on a CPU too (on a GPU they always run)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..",
                                                          "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -184,15 +192,22 @@ def main():
             ("MetaMAE first-order", "metamae", True, False, "float32"),
             ("MetaMAE second-order", "metamae", False, False, "float32"),
             ("MetaMAE second-order", "metamae", False, False, "bfloat16")]
-    if has_gpu:  # XLA on a CPU compiles for minutes and is not what anyone trains with
+    if has_gpu or args.xla:  # on a CPU, XLA compiles the second-order graph for minutes
         runs += [("MAE", "mae", False, True, "float32"),
                  ("MetaMAE second-order", "metamae", False, True, "float32")]
-    rows, step_of = [], {}
+    config = dict(step_timing.paper_config("eurosat"), batch=batch, encoder_depth=depth)
+    steps, first_step = {}, {}
     for name, method, first_order, jit, precision in runs:
-        seconds = time_model(method, first_order, jit, precision, batch, depth, args.steps,
-                             args.warmup)
-        step_of[(name, jit, precision)] = seconds
-        rows.append((name, "on" if jit else "off", precision, seconds))
+        key = (name, jit, precision)
+        steps[key] = step_timing.build_step(config, method, first_order, precision, jit)
+        first_step[key] = step_timing.time_call(steps[key])  # tracing (+ XLA compilation)
+    load_start = os.getloadavg()
+    step_of = step_timing.interleaved_medians(steps, rounds=args.steps, warmup=args.warmup)
+    rows = []
+    for name, method, first_order, jit, precision in runs:
+        seconds = step_of[(name, jit, precision)]
+        rows.append((name, "on" if jit else "off", precision, seconds,
+                     first_step[(name, jit, precision)]))
         print(f"{name:<22} xla={jit!s:<5} {precision:<8} {seconds * 1000:8.1f} ms/step "
               f"{batch / seconds:8.1f} examples/s", flush=True)
     reader = time_reader(batch, 40)
@@ -206,15 +221,18 @@ def main():
         f"Training step, batch {batch}, 64 tokens of 832, encoder depth {depth}, decoder depth 4 "
         f"({'quick config' if args.quick else 'paper EuroSAT config'}); {device}, "
         f"{platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}. "
-        f"Median of {args.steps} steps after {args.warmup} warm-up steps."
-        + ("" if has_gpu else " XLA rows are measured on GPUs only (on a CPU, compiling the "
-                              "second-order graph takes longer than a short run)."),
+        f"Median of {args.steps} steps after {args.warmup} warm-up steps, the variants timed "
+        f"in turns; load average {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end (1/5/15 min)."
+        + ("" if has_gpu or args.xla else
+           " XLA rows are measured on GPUs only (on a CPU, compiling the second-order graph "
+           "takes longer than a short run; `--xla` adds them)."),
         "",
-        "| model | XLA | precision | ms/step | steps/s | examples/s |",
-        "|---|---|---|---:|---:|---:|",
+        "| model | XLA | precision | first step s | ms/step | steps/s | examples/s |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
-    for name, jit, precision, seconds in rows:
-        lines.append(f"| {name} | {jit} | {precision} | {seconds * 1000:.1f} | "
+    for name, jit, precision, seconds, first in rows:
+        lines.append(f"| {name} | {jit} | {precision} | {first:.1f} | {seconds * 1000:.1f} | "
                      f"{1 / seconds:.2f} | {batch / seconds:.1f} |")
     lines += [
         "",

@@ -1,0 +1,72 @@
+"""The step benchmark scripts: what they say when something is missing, and a CPU smoke run."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def _run(script, *args, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(REPO, "bench", script), *args],
+                          capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+
+
+def _fake_python(tmp_path, found):
+    """An executable that answers the script's import probe like a Python with `found`."""
+    path = tmp_path / "python"
+    path.write_text("#!/bin/sh\necho '" + found + "'\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_compare_reference_without_anything_names_every_missing_piece(tmp_path):
+    result = _run("compare_reference.py", "--torch_python", str(tmp_path / "no-python"),
+                  "--output", str(tmp_path / "B.md"))
+    assert result.returncode == 2
+    assert "--reference_dir" in result.stderr
+    assert str(tmp_path / "no-python") in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_compare_reference_names_models_py_and_timm_when_missing(tmp_path):
+    python = _fake_python(tmp_path, '{"torch": true, "timm": false}')
+    result = _run("compare_reference.py", "--torch_python", python, "--reference_dir",
+                  str(tmp_path), "--output", str(tmp_path / "B.md"))
+    assert result.returncode == 2
+    assert "models.py" in result.stderr
+    assert f"timm in {python}" in result.stderr
+    assert "torch in" not in result.stderr  # torch was found
+
+
+def test_compare_reference_is_ready_when_nothing_is_missing(tmp_path):
+    sys.path.insert(0, REPO)
+    from bench import compare_reference
+
+    (tmp_path / "models.py").write_text("")
+    python = _fake_python(tmp_path, '{"torch": true, "timm": true}')
+    assert compare_reference.missing_requirements(str(tmp_path), python) == []
+
+
+def test_gpu_bench_without_a_gpu_exits_2_and_says_so(tmp_path):
+    result = _run("gpu_bench.py", "--output", str(tmp_path / "B.md"), timeout=300)
+    assert result.returncode == 2
+    assert "no GPU" in result.stderr and "--allow_cpu --tiny" in result.stderr
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_gpu_bench_tiny_cpu_smoke_run_writes_its_table(tmp_path):
+    out = tmp_path / "B.md"
+    result = _run("gpu_bench.py", "--allow_cpu", "--tiny", "--steps", "2", "--configs",
+                  "eurosat", "--kinds", "mae,meta2", "--precisions", "float32", "--xla", "off",
+                  "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- gpu_bench:start -->" in text and "Tiny smoke-test config" in text
+    assert "examples/s" in text and "tf.data reader alone" in text
+    rows = [line for line in text.splitlines() if line.startswith("| eurosat")]
+    assert len(rows) == 2 and not any("skipped" in row for row in rows)
