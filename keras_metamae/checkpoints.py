@@ -42,12 +42,15 @@ class CheckpointManager:
     Args:
         directory: where checkpoints live (created if needed).
         keep: how many of the newest checkpoints to keep.
+        create: create `directory` now; False for a reader that must not write (a non-chief
+            worker restoring from the chief's checkpoints).
     """
 
-    def __init__(self, directory: str, keep: int = 3):
+    def __init__(self, directory: str, keep: int = 3, create: bool = True):
         self.directory = directory
         self.keep = keep
-        os.makedirs(directory, exist_ok=True)
+        if create:
+            os.makedirs(directory, exist_ok=True)
 
     def steps(self) -> list[int]:
         found = []

@@ -43,6 +43,14 @@ def define_flags() -> None:
         define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
                   "float": flags.DEFINE_float}.get(str(field.type), flags.DEFINE_string)
         define(field.name, None, help_text)
+    # Multi-worker training (not TrainConfig fields: the same run may resume on another cluster).
+    flags.DEFINE_string("worker_hosts", None, "Every worker's host:port, comma-separated, the "
+                        "same on all workers; builds TF_CONFIG (see keras_metamae/multiworker.py).")
+    flags.DEFINE_integer("worker_index", None, "This worker's position in --worker_hosts (0 is "
+                         "the chief, the only one that writes the workdir).")
+    flags.DEFINE_integer("num_workers", None, "Number of workers (checked against --worker_hosts).")
+    flags.DEFINE_float("worker_timeout_s", 300.0, "Multi-worker: how long to wait for every "
+                       "worker to connect at start, and at most for any one collective step.")
 
 
 # Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
@@ -120,19 +128,24 @@ def check_workdir_spec(workdir: str, spec, version_dir: str) -> None:
     os.replace(tmp, path)
 
 
-def build_strategy(name: str):
+def uses_multiworker(name: str) -> bool:
+    return name == "multiworker" or (name == "auto" and bool(os.environ.get("TF_CONFIG")))
+
+
+def build_strategy(name: str, worker_timeout_s: float = 300.0):
     import tensorflow as tf
 
+    # Before anything lists devices: collectives are configured at program startup only.
+    if uses_multiworker(name):
+        from keras_metamae import multiworker
+
+        return multiworker.start_strategy(worker_timeout_s)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        if os.environ.get("TF_CONFIG"):
-            name = "multiworker"
-        elif len(gpus) > 1:
+        if len(gpus) > 1:
             name = "mirrored"
         else:
             name = "default"
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         # All GPUs; without GPUs, every logical CPU device (how the tests split one CPU in two).
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -215,8 +228,12 @@ def sample_tokens(spec, version_dir: str, split: str, count: int):
 
 def run_training(dataset: str = "digits", overrides: dict | None = None,
                  data_dir: str | None = None, workdir: str | None = None,
-                 raw_data_dir: str | None = None, verbose: int | str = "auto") -> dict:
-    """Trains (or resumes) and returns the run summary. The absl entry point calls this."""
+                 raw_data_dir: str | None = None, verbose: int | str = "auto",
+                 worker_timeout_s: float = 300.0) -> dict:
+    """Trains (or resumes) and returns the run summary. The absl entry point calls this.
+
+    Under multi-worker training (`TF_CONFIG`) every worker calls this; only the chief writes
+    `workdir`, the others write to a scratch folder that is removed at the end."""
     import keras
     import tensorflow as tf
 
@@ -227,9 +244,21 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     from keras_metamae.nonfinite import StopOnNonFinite
     from preprocessing.spec import load_spec
 
+    from keras_metamae import multiworker
+
     overrides = dict(overrides or {})
+    # The multi-worker strategy first of all: nothing may touch TensorFlow's devices before it.
+    multi_worker = uses_multiworker(overrides.get("strategy") or "auto")
+    strategy = build_strategy("multiworker", worker_timeout_s) if multi_worker else None
+    chief, task = True, None
+    if multi_worker:
+        cluster, task_type, task_index = multiworker.cluster_from_tf_config()
+        chief, task = multiworker.is_chief(task_type, task_index, cluster), (task_type, task_index)
     data_dir = data_dir or default_data_dir()
-    version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
+    if multi_worker:  # workers must not race to preprocess into the same folder
+        version_dir = data.find_dataset_dir(data_dir, dataset)
+    else:
+        version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
     spec = load_spec(version_dir)
     config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
     # Say which defaults ran: a dataset without a Table 8 row must never look like a paper run.
@@ -238,17 +267,23 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         print(f"Preset: {config_lib.describe_preset(config.preset)}")
     config.data_dir = data_dir
     config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
+    # Where this process writes: the workdir on the chief, a scratch folder on other workers.
+    out_dir = config.workdir if chief else multiworker.scratch_dir(config.workdir, *task)
     check_workdir_config(config.workdir, config)
     # Before anything is written: a workdir of an older weights format stays as it was.
-    CheckpointManager(os.path.join(config.workdir, "checkpoints")).check_weights_format(
-        MetaMAE.weights_format)
-    check_workdir_spec(config.workdir, spec, version_dir)
-    config.save(config.workdir)
+    restore_from = CheckpointManager(os.path.join(config.workdir, "checkpoints"), create=chief)
+    restore_from.check_weights_format(MetaMAE.weights_format)
+    if chief:
+        check_workdir_spec(config.workdir, spec, version_dir)
+    else:  # the chief checks and records the spec; this worker reads what it recorded
+        os.makedirs(out_dir, exist_ok=True)
+    config.save(out_dir)
 
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision != "float32":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-    strategy = build_strategy(config.strategy)
+    if strategy is None:
+        strategy = build_strategy(config.strategy)
 
     # The spec's protocol names the pretraining splits (EuroSAT: `pretrain`, never the held-out
     # transfer part).
@@ -271,29 +306,41 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     model = build_model(config, spec, strategy, config.steps)
     with strategy.scope():
         materialize(model, spec)
-    manager = CheckpointManager(os.path.join(config.workdir, "checkpoints"),
+    manager = CheckpointManager(os.path.join(out_dir, "checkpoints"),
                                 keep=config.keep_checkpoints)
-    start_step = manager.restore(model)
+    # Every worker resumes from the chief's checkpoints.
+    start_step = restore_from.restore(model)
+    if multi_worker:
+        start_step = multiworker.agreed_step(strategy, start_step)
     if start_step:
-        logging.info("resumed from step %d (%s)", start_step, manager.directory)
-        print(f"Resumed from step {start_step} of {config.steps} ({manager.directory})")
+        logging.info("resumed from step %d (%s)", start_step, restore_from.directory)
+        print(f"Resumed from step {start_step} of {config.steps} ({restore_from.directory})")
 
     # Data position on resume: the epoch is re-shuffled with a seed derived from its index,
     # and the batches already seen in that epoch are skipped.
     epoch_index, offset = divmod(start_step, batches_per_epoch)
-    train_ds = data.make_dataset(spec, version_dir, train_split, config.batch_size,
-                                 shuffle=True, repeat=True, seed=config.seed + epoch_index,
-                                 skip_batches=offset)
-    val_ds = None
-    if val_split:
-        val_ds = data.make_dataset(spec, version_dir, val_split, config.batch_size,
-                                   shuffle=False, repeat=True, seed=config.seed)
-    # Pretraining sees tokens only; string ids cannot be distributed/reduced by Keras under a
-    # strategy (its symbolic build averages the first batch across replicas).
-    train_ds, val_ds = (ds.map(lambda batch: {"tokens": batch["tokens"]}) if ds is not None
-                        else None for ds in (train_ds, val_ds))
+    def train_input(input_context=None):
+        ds = data.make_dataset(spec, version_dir, train_split, config.batch_size,
+                               shuffle=True, repeat=True, seed=config.seed + epoch_index,
+                               skip_batches=offset, input_context=input_context)
+        return tokens_only(ds, as_tensor=multi_worker)
 
-    tensorboard_dir = os.path.join(config.workdir, "tensorboard")
+    def val_input(input_context=None):
+        ds = data.make_dataset(spec, version_dir, val_split, config.batch_size,
+                               shuffle=False, repeat=True, seed=config.seed,
+                               input_context=input_context)
+        return tokens_only(ds, as_tensor=multi_worker)
+
+    if multi_worker:
+        # Each worker reads its share of the shards and batches its share of the global
+        # batch (Keras cannot split one dict dataset across workers itself).
+        train_ds = strategy.distribute_datasets_from_function(train_input)
+        val_ds = strategy.distribute_datasets_from_function(val_input) if val_split else None
+    else:
+        train_ds = train_input()
+        val_ds = val_input() if val_split else None
+
+    tensorboard_dir = os.path.join(out_dir, "tensorboard")
     summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size)
     stop_on_nonfinite = StopOnNonFinite(config.max_bad_steps)
     callbacks = [
@@ -303,7 +350,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         cb.PeriodicCheckpoint(manager, config.checkpoint_every, config.checkpoint_minutes,
                               extra={"dataset": dataset, "model": config.model}),
     ]
-    if spec.is_image_like and not spec.is_discrete:
+    if spec.is_image_like and not spec.is_discrete and chief:
         callbacks.append(cb.ReconstructionImages(
             tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split or train_split[0], 4),
             every_epochs=max(1, config.checkpoint_every // config.log_every)))
@@ -341,7 +388,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
             f"set --clip_norm, or use --mixed_precision float32.")
 
     export_dir = None
-    if config.export:
+    if config.export and chief:
         from keras_metamae import export
 
         export_dir = export.export_encoder(model, spec, config.workdir)
@@ -358,12 +405,24 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         "last": records[-1] if records else None,
         "export_dir": export_dir,
         "skipped_steps": skipped,
-        "tensorboard": tensorboard_dir,
+        "tensorboard": os.path.join(config.workdir, "tensorboard"),  # the chief's
         "completed": history is not None or start_step >= config.steps,
     }
-    with open(os.path.join(config.workdir, "train_summary.json"), "w") as f:
+    with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if not chief:
+        multiworker.remove_scratch(out_dir)
     return summary
+
+
+def tokens_only(ds, as_tensor: bool = False):
+    """Pretraining sees tokens only; string ids cannot be distributed/reduced by Keras under a
+    strategy (its symbolic build averages the first batch across replicas). Across workers
+    that average cannot take a dict at all, so there the batch is the tokens tensor itself
+    (`MetaMAE.train_step` accepts both)."""
+    if as_tensor:
+        return ds.map(lambda batch: batch["tokens"])
+    return ds.map(lambda batch: {"tokens": batch["tokens"]})
 
 
 def print_summary(summary: dict) -> None:
@@ -398,12 +457,40 @@ def main(argv):
     for field in config_lib.TrainConfig.__dataclass_fields__:
         if field not in _SKIP and FLAGS[field].present:
             overrides[field] = FLAGS[field].value
+    from keras_metamae import multiworker
+
     try:
-        summary = run_training(FLAGS.dataset, overrides, FLAGS.data_dir, FLAGS.workdir,
-                               FLAGS.raw_data_dir, verbose="auto" if sys.stdout.isatty() else 2)
-    except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
+        tf_config = multiworker.tf_config_from_flags(FLAGS.worker_hosts, FLAGS.worker_index,
+                                                     FLAGS.num_workers)
+        if FLAGS.worker_timeout_s <= 0:
+            raise ValueError(f"--worker_timeout_s: got {FLAGS.worker_timeout_s}, expected > 0")
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if tf_config:
+        os.environ["TF_CONFIG"] = tf_config
+    multi_worker = uses_multiworker(overrides.get("strategy") or "auto")
+    try:
+        summary = run_training(FLAGS.dataset, overrides, FLAGS.data_dir, FLAGS.workdir,
+                               FLAGS.raw_data_dir, verbose="auto" if sys.stdout.isatty() else 2,
+                               worker_timeout_s=FLAGS.worker_timeout_s)
+    except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Multi-worker: TensorFlow's exit waits for the peers at a shutdown barrier.
+        (os._exit if multi_worker else sys.exit)(2)
+    except Exception as e:
+        import tensorflow as tf
+
+        if not (multi_worker and isinstance(e, tf.errors.OpError)):
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: multi-worker training stopped: another worker failed or cannot be "
+              f"reached ({type(e).__name__}: {first_line[:300]}); rerun every worker with the "
+              f"same command to resume from the chief's last checkpoint", file=sys.stderr,
+              flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     print_summary(summary)
 
 
