@@ -70,3 +70,59 @@ def test_gpu_bench_tiny_cpu_smoke_run_writes_its_table(tmp_path):
     assert "examples/s" in text and "tf.data reader alone" in text
     rows = [line for line in text.splitlines() if line.startswith("| eurosat")]
     assert len(rows) == 2 and not any("skipped" in row for row in rows)
+
+
+# A stand-in for a PyTorch environment and the reference's models.py: just enough of their
+# interface (written here, not taken from either) to run the comparison's protocol end to end.
+_FAKE_TORCH = '''
+__version__ = "0.0-fake"
+_threads = [1]
+def set_num_threads(n): _threads[0] = n
+def get_num_threads(): return _threads[0]
+def manual_seed(seed): pass
+def randn(*shape): return shape
+class _AdamW:
+    def __init__(self, params, lr, weight_decay): self.params = list(params)
+    def zero_grad(self, set_to_none=True): pass
+    def step(self): pass
+class optim:
+    AdamW = _AdamW
+'''
+_FAKE_MODELS = '''
+class _Loss:
+    def backward(self): pass
+class _Attention:
+    fused_attn = True
+class MAE:
+    def __init__(self, **kwargs):
+        self.kwargs, self.attention = kwargs, _Attention()
+    def modules(self): return [self, self.attention]
+    def train(self): pass
+    def parameters(self): return []
+    def __call__(self, batch): return {"loss": _Loss()}
+class MetaMAE(MAE):
+    pass
+'''
+
+
+def test_compare_reference_runs_both_sides_in_turns_and_writes_its_table(tmp_path):
+    fake = tmp_path / "fake_env"
+    fake.mkdir()
+    (fake / "torch.py").write_text(_FAKE_TORCH)
+    (fake / "timm.py").write_text('__version__ = "0.0-fake"\n')
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "models.py").write_text(_FAKE_MODELS)
+    python = tmp_path / "torch_python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n")
+    result = _run("compare_reference.py", "--torch_python", str(python), "--reference_dir",
+                  str(reference), "--kinds", "mae", "--rounds", "1", "--warmup", "1",
+                  "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- compare_reference:start -->" in text
+    assert "torch 0.0-fake" in text and "timm 0.0-fake" in text and "load average" in text
+    assert "| MAE |" in text
