@@ -348,8 +348,12 @@ def _mixed_tokens(batch, rng):
 
 @pytest.mark.parametrize("kind", ["continuous", "discrete", "segmented"])
 def test_embedding_only_kept_tokens_gives_the_same_latent_and_gradients(kind):
+    """The encoder gathers the kept tokens and their position (and modality) rows before
+    embedding them; in float64 that equals embedding all T tokens and then keeping n, for the
+    latent and for every weight's gradient."""
     rng = np.random.default_rng(20)
-    batch, segments = 3, None
+    batch = 3
+    keep = tf.constant([[0, 3, 5, 7], [1, 2, 4, 6], [2, 3, 6, 7]], tf.int32)
     if kind == "continuous":
         num_tokens, extra = 8, dict(token_grid=[2, 4], token_dim=3)
         tokens = tf.constant(rng.normal(size=(batch, 8, 3)))
@@ -360,14 +364,12 @@ def test_embedding_only_kept_tokens_gives_the_same_latent_and_gradients(kind):
         segments, packed = _mixed_tokens(batch, rng)
         num_tokens, extra = 10, dict(token_grid=[10], token_dim=3, segments=segments)
         tokens = tf.constant(packed)
+        # Kept sets that mix the segments differently: image only, text only, both.
+        keep = tf.constant([[0, 1, 2, 5], [6, 7, 8, 9], [1, 4, 6, 9]], tf.int32)
     keras.utils.set_random_seed(0)
     encoder = model_lib.Encoder(num_tokens=num_tokens, embed_dim=8, depth=1, num_heads=2,
                                 mlp_dim=16, dtype="float64", **extra)
     encoder.build()
-    # Kept sets that mix segments differently in each example (image only, text only, both).
-    keep = tf.constant([[0, 1, 2, 5], [6, 7, 8, 9], [1, 4, 6, 9]][:batch], tf.int32)
-    if kind != "segmented":
-        keep = tf.constant([[0, 3, 5, 7], [1, 2, 4, 6], [2, 3, 6, 7]], tf.int32)
     with tf.GradientTape(persistent=True) as tape:
         new = encoder(tokens, keep_indices=keep)
         old = _latent_embed_all_then_keep(encoder, tokens, keep)
