@@ -392,6 +392,10 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         from keras_metamae import export
 
         export_dir = export.export_encoder(model, spec, config.workdir)
+    if multi_worker:
+        # The workers end together: one that exits while the chief still exports would be
+        # reported to it as a crashed peer.
+        multiworker.agreed_step(strategy, final_step)
 
     records = summaries.history
     summary = {
@@ -492,6 +496,12 @@ def main(argv):
         sys.stdout.flush()
         os._exit(1)
     print_summary(summary)
+    if multi_worker:
+        # Everything is written and closed. TensorFlow's exit would wait for the other workers
+        # at a shutdown barrier and report those already gone as crashed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -104,18 +104,22 @@ def test_two_workers_train_resume_and_a_killed_peer_is_reported(digits_data_dir,
     workdir = str(tmp_path / "run")
     hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     # 1. Two steps of a global batch of 16 split 8 + 8 across the workers.
-    procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "2"), f"a{i}")
-             for i in range(2)]
+    procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "2",
+                                  "--export=true"), f"a{i}") for i in range(2)]
     wait_all(procs)
     outputs = [read(p.out_path) for p in procs]
     assert all("steps        0 -> 2" in out for out in outputs), outputs
     # Both workers took the same steps: the same logged losses.
-    loss_lines = [[line for line in out.splitlines() if "loss" in line and "/step" in line]
-                  for out in outputs]
+    # (Keras' progress line: "1/1 - <time> - <time>/step - contrastive_accuracy: ... - loss: ...")
+    loss_lines = [[line.split("/step - ", 1)[1] for line in out.splitlines()
+                   if "loss" in line and "/step - " in line] for out in outputs]
     assert loss_lines[0] and loss_lines[0] == loss_lines[1]
     # Only the chief wrote the workdir; the other worker's scratch folder is gone.
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "dataset_spec.json",
-                                           "tensorboard", "train_summary.json"]
+                                           "export", "tensorboard", "train_summary.json"]
+    assert os.listdir(os.path.join(workdir, "export", "encoder")) == ["1"]
+    # The workers end together (the other waits for the chief's export): no crashed-peer report.
+    assert "unhealthy" not in read(procs[0].err_path)
     assert json.load(open(os.path.join(workdir, "checkpoints", "latest.json")))["step"] == 2
     assert len(os.listdir(os.path.join(workdir, "tensorboard", "train"))) >= 1
 
