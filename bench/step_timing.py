@@ -9,6 +9,7 @@ alike instead of whichever happened to run last.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -85,6 +86,11 @@ def build_step(config: dict, method: str, first_order: bool, precision: str = "f
             model = MetaMAE(method=method, first_order=first_order, seed=seed, **config)
             model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
                           jit_compile=jit_compile)
+        # What `fit` does before its first step: under a strategy the optimizer's slots
+        # cannot be created inside the replicated step.
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model.build()
+            model.optimizer.build(model.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.make_train_function()
