@@ -186,10 +186,23 @@ def agreed_step(strategy, step: int) -> int:
     return step
 
 
-def scratch_dir(workdir: str, task_type: str, task_index: int) -> str:
-    """Where a non-chief worker writes what the chief writes into `workdir`."""
-    return os.path.join(workdir, f".scratch-{task_type}-{task_index}")
+# The scratch folder this process writes to, removed when it ends (also on errors).
+_scratch_in_use: str | None = None
 
 
-def remove_scratch(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def make_scratch_dir(workdir: str, task_type: str, task_index: int) -> str:
+    """Creates the folder where a non-chief worker writes what the chief writes into
+    `workdir`, and remembers it for `remove_scratch_dir`."""
+    global _scratch_in_use
+    path = os.path.join(workdir, f".scratch-{task_type}-{task_index}")
+    os.makedirs(path, exist_ok=True)
+    _scratch_in_use = path
+    return path
+
+
+def remove_scratch_dir() -> None:
+    """Removes this process's scratch folder, if it made one."""
+    global _scratch_in_use
+    if _scratch_in_use:
+        shutil.rmtree(_scratch_in_use, ignore_errors=True)
+        _scratch_in_use = None

@@ -268,7 +268,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     config.data_dir = data_dir
     config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
     # Where this process writes: the workdir on the chief, a scratch folder on other workers.
-    out_dir = config.workdir if chief else multiworker.scratch_dir(config.workdir, *task)
+    out_dir = config.workdir
     check_workdir_config(config.workdir, config)
     # Before anything is written: a workdir of an older weights format stays as it was.
     restore_from = CheckpointManager(os.path.join(config.workdir, "checkpoints"), create=chief)
@@ -276,7 +276,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     if chief:
         check_workdir_spec(config.workdir, spec, version_dir)
     else:  # the chief checks and records the spec; this worker reads what it recorded
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = multiworker.make_scratch_dir(config.workdir, *task)
     config.save(out_dir)
 
     keras.utils.set_random_seed(config.seed)
@@ -414,8 +414,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     }
     with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    if not chief:
-        multiworker.remove_scratch(out_dir)
+    multiworker.remove_scratch_dir()
     return summary
 
 
@@ -481,6 +480,7 @@ def main(argv):
     except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        multiworker.remove_scratch_dir()
         # Multi-worker: TensorFlow's exit waits for the peers at a shutdown barrier.
         (os._exit if multi_worker else sys.exit)(2)
     except Exception as e:
@@ -494,6 +494,7 @@ def main(argv):
               f"same command to resume from the chief's last checkpoint", file=sys.stderr,
               flush=True)
         sys.stdout.flush()
+        multiworker.remove_scratch_dir()
         os._exit(1)
     print_summary(summary)
     if multi_worker:

@@ -123,22 +123,24 @@ def test_two_workers_train_resume_and_a_killed_peer_is_reported(digits_data_dir,
     assert json.load(open(os.path.join(workdir, "checkpoints", "latest.json")))["step"] == 2
     assert len(os.listdir(os.path.join(workdir, "tensorboard", "train"))) >= 1
 
-    # 2. A rerun resumes both workers from the chief's checkpoint. SIGTERM stops worker 1
-    # mid-run (TensorFlow's coordination agent would only log it), and worker 0 then exits
-    # with a clear error instead of hanging.
+    # 2. A rerun resumes both workers from the chief's checkpoint. SIGTERM stops the chief
+    # mid-run (TensorFlow's coordination agent would only log it), and worker 1 then exits
+    # with a clear error instead of hanging, removing its scratch folder.
     hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "100000"),
                     f"b{i}") for i in range(2)]
     for proc in procs:
         wait_for_text(proc, proc.out_path, "Resumed from step 2 of 100000")
-    wait_for_text(procs[0], procs[0].out_path, "Epoch 4/")  # steps 3 and 4 are done
-    procs[1].send_signal(signal.SIGTERM)
-    procs[1].wait(timeout=30)
-    assert procs[1].returncode == -signal.SIGTERM
-    procs[0].wait(timeout=90)
-    err = read(procs[0].err_path)
-    assert procs[0].returncode == 1, err[-3000:]
+    wait_for_text(procs[1], procs[1].out_path, "Epoch 4/")  # steps 3 and 4 are done
+    assert os.path.isdir(os.path.join(workdir, ".scratch-worker-1"))
+    procs[0].send_signal(signal.SIGTERM)
+    procs[0].wait(timeout=30)
+    assert procs[0].returncode == -signal.SIGTERM
+    procs[1].wait(timeout=90)
+    err = read(procs[1].err_path)
+    assert procs[1].returncode == 1, err[-3000:]
     assert "error: multi-worker training stopped: another worker failed" in err
+    assert not os.path.exists(os.path.join(workdir, ".scratch-worker-1"))
 
 
 def test_a_peer_that_never_connects_is_reported(digits_data_dir, tmp_path, launch):
