@@ -1,7 +1,8 @@
 """Multi-worker training: who the workers are, starting the strategy, and who writes what.
 
-    # on host A                                             # on host B
+    # on host A (worker 0, the chief)
     python -m keras_metamae.train --worker_hosts A:2222,B:2222 --worker_index 0 --workdir /shared/run
+    # on host B (worker 1)
     python -m keras_metamae.train --worker_hosts A:2222,B:2222 --worker_index 1 --workdir /shared/run
 
 `--worker_hosts`/`--worker_index` only build the `TF_CONFIG` that TensorFlow reads; setting
@@ -14,7 +15,7 @@
   `start_strategy` first waits, bounded by `--worker_timeout_s`, until every peer's address
   answers (a one-line error otherwise), and gives SIGTERM back its default action (terminate).
 * Only the chief may write the run's files. The other workers write to a scratch folder of
-  their own, as the TensorFlow multi-worker guide prescribes, removed when they finish.
+  their own, as the TensorFlow multi-worker guide prescribes, removed when they end.
 """
 
 from __future__ import annotations
