@@ -15,7 +15,6 @@ benchmark's markers; other benchmarks own the rest of the file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench.markdown_section import markers, replace_section  # noqa: E402
-from bench.preprocess_bench import write_eurosat_folder  # noqa: E402
+from bench.preprocess_bench import (synthetic_eurosat_folder,  # noqa: E402
+                                    workers_benchmark_parser)
 
 START_MARKER, END_MARKER = markers("dask_bench")
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
@@ -148,18 +148,10 @@ def render(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eurosat_images", type=int, default=2000)
-    parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
-    parser.add_argument("--out", default=os.path.join(REPO, "bench", "out", "dask"))
-    parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"))
+    parser = workers_benchmark_parser(__doc__.splitlines()[0], 2000, "dask")
     args = parser.parse_args(argv)
 
-    raw_dir = os.path.join(args.out, f"eurosat-raw-{args.eurosat_images}")
-    if not os.path.isdir(raw_dir):
-        print(f"writing {args.eurosat_images} synthetic EuroSAT tiles to {raw_dir}")
-        write_eurosat_folder(raw_dir + ".partial", args.eurosat_images)
-        os.rename(raw_dir + ".partial", raw_dir)
+    raw_dir = synthetic_eurosat_folder(args.out, args.eurosat_images)
     rows = []
     for dataset, data_dir in (("digits", None), ("eurosat", raw_dir)):
         for workers in args.workers:

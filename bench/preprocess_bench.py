@@ -85,19 +85,31 @@ def render(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eurosat_images", type=int, default=5000)
+def workers_benchmark_parser(description: str, eurosat_images: int, out: str):
+    """The flags the preprocessing benchmarks share (this one and bench/dask_bench.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--eurosat_images", type=int, default=eurosat_images)
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
-    parser.add_argument("--out", default=os.path.join(REPO, "bench", "out", "preprocess"))
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "out", out))
     parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"))
+    return parser
+
+
+def synthetic_eurosat_folder(out: str, images: int) -> str:
+    """`<out>/eurosat-raw-<images>`: the synthetic tiles, written once (renamed into place)."""
+    raw_dir = os.path.join(out, f"eurosat-raw-{images}")
+    if not os.path.isdir(raw_dir):
+        print(f"writing {images} synthetic EuroSAT tiles to {raw_dir}")
+        write_eurosat_folder(raw_dir + ".partial", images)
+        os.rename(raw_dir + ".partial", raw_dir)
+    return raw_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = workers_benchmark_parser(__doc__.splitlines()[0], 5000, "preprocess")
     args = parser.parse_args(argv)
 
-    raw_dir = os.path.join(args.out, f"eurosat-raw-{args.eurosat_images}")
-    if not os.path.isdir(raw_dir):
-        print(f"writing {args.eurosat_images} synthetic EuroSAT tiles to {raw_dir}")
-        write_eurosat_folder(raw_dir + ".partial", args.eurosat_images)
-        os.rename(raw_dir + ".partial", raw_dir)
+    raw_dir = synthetic_eurosat_folder(args.out, args.eurosat_images)
     rows = []
     for dataset, data_dir in (("digits", None), ("eurosat", raw_dir)):
         for workers in args.workers:
