@@ -18,6 +18,7 @@ signatures with one input per segment instead of `inputs`/`tokens`: see
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -30,9 +31,31 @@ from keras_metamae.cli import quiet_tensorflow_logs
 EXPORT_SUBDIR = os.path.join("export", "encoder")
 
 
+# Beside each version's saved_model.pb: which checkpoint step it holds.
+EXPORT_INFO = "export_info.json"
+
+
+def _versions(base: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+
+
 def next_version(base: str) -> int:
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
-    return max(versions, default=0) + 1
+    return max(_versions(base), default=0) + 1
+
+
+def export_of_step(workdir: str, step: int) -> str | None:
+    """The newest exported version holding checkpoint `step`, if there is one: rerunning a
+    finished training command reuses it instead of giving TF Serving an identical new version."""
+    base = os.path.join(workdir, EXPORT_SUBDIR)
+    for version in reversed(_versions(base)):
+        path = os.path.join(base, str(version), EXPORT_INFO)
+        try:
+            with open(path) as f:
+                if json.load(f).get("step") == step:
+                    return os.path.dirname(path)
+        except (OSError, ValueError):
+            continue  # an export from before export_info.json, or unreadable: not a match
+    return None
 
 
 def _all_finite(x, axis_from: int = 1):
@@ -185,7 +208,8 @@ def build_segmented_archive(encoder, spec):
     return archive
 
 
-def export_encoder(model, spec, workdir: str, version: int | None = None) -> str:
+def export_encoder(model, spec, workdir: str, version: int | None = None,
+                   step: int | None = None) -> str:
     """Writes the encoder of a trained `MetaMAE` to `<workdir>/export/encoder/<version>/`.
 
     The SavedModel is written to a temporary folder and renamed, so TF Serving (which polls
@@ -203,6 +227,10 @@ def export_encoder(model, spec, workdir: str, version: int | None = None) -> str
         # Written next to the model so a consumer knows the token contract it serves.
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             f.write(spec.to_json())
+        if step is None:
+            step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
+        with open(os.path.join(tmp, EXPORT_INFO), "w") as f:
+            json.dump({"step": int(step)}, f)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):

@@ -391,7 +391,8 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     if config.export and chief:
         from keras_metamae import export
 
-        export_dir = export.export_encoder(model, spec, config.workdir)
+        export_dir = (export.export_of_step(config.workdir, final_step)
+                      or export.export_encoder(model, spec, config.workdir, step=final_step))
     if multi_worker:
         # The workers end together: one that exits while the chief still exports would be
         # reported to it as a crashed peer.

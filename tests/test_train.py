@@ -71,6 +71,24 @@ def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir
     assert resumed["start_step"] == 6 and resumed["final_step"] == 9
 
 
+def test_rerunning_a_finished_run_does_not_export_a_duplicate_version(digits_data_dir, tmp_path):
+    """TF Serving would "upgrade" to a new version holding the same weights."""
+    from keras_metamae import train
+
+    workdir = str(tmp_path / "run")
+    first = train.run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
+                               verbose=0)
+    again = train.run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
+                               verbose=0)
+    base = os.path.join(workdir, "export", "encoder")
+    assert os.listdir(base) == ["1"] and again["export_dir"] == first["export_dir"]
+    assert json.load(open(os.path.join(base, "1", "export_info.json"))) == {"step": 3}
+    # More training is a new version.
+    more = train.run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
+                              verbose=0)
+    assert sorted(os.listdir(base)) == ["1", "2"] and more["export_dir"].endswith("2")
+
+
 def test_workdir_refuses_a_different_architecture(digits_data_dir, tmp_path):
     from keras_metamae import train
 
