@@ -27,9 +27,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.markdown_section import markers, replace_section  # noqa: E402
-from bench.preprocess_bench import (synthetic_eurosat_folder,  # noqa: E402
-                                    workers_benchmark_parser)
+from bench.markdown_section import markers  # noqa: E402
+from bench.preprocess_bench import run_workers_benchmark, workers_benchmark_parser  # noqa: E402
 
 START_MARKER, END_MARKER = markers("dask_bench")
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
@@ -149,18 +148,7 @@ def render(rows: list[dict], args) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = workers_benchmark_parser(__doc__.splitlines()[0], 2000, "dask")
-    args = parser.parse_args(argv)
-
-    raw_dir = synthetic_eurosat_folder(args.out, args.eurosat_images)
-    rows = []
-    for dataset, data_dir in (("digits", None), ("eurosat", raw_dir)):
-        for workers in args.workers:
-            rows.append(bench_one(dataset, data_dir, workers, args.out))
-            print(rows[-1], flush=True)
-    section = render(rows, args)
-    body = section.replace(START_MARKER, "").replace(END_MARKER, "")
-    replace_section(args.benchmarks_md, "dask_bench", body)
-    print(section)
+    run_workers_benchmark(parser.parse_args(argv), bench_one, render, "dask_bench")
 
 
 if __name__ == "__main__":

@@ -105,20 +105,25 @@ def synthetic_eurosat_folder(out: str, images: int) -> str:
     return raw_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = workers_benchmark_parser(__doc__.splitlines()[0], 5000, "preprocess")
-    args = parser.parse_args(argv)
-
+def run_workers_benchmark(args, bench_one, render, section: str) -> None:
+    """digits and the synthetic EuroSAT folder at each worker count, then the table into
+    BENCHMARKS.md between `section`'s markers (this benchmark and bench/dask_bench.py)."""
+    start_marker, end_marker = markers(section)
     raw_dir = synthetic_eurosat_folder(args.out, args.eurosat_images)
     rows = []
     for dataset, data_dir in (("digits", None), ("eurosat", raw_dir)):
         for workers in args.workers:
             rows.append(bench_one(dataset, data_dir, workers, args.out))
-            print(rows[-1])
-    section = render(rows, args)
-    body = section.replace(START_MARKER, "").replace(END_MARKER, "")
-    replace_section(args.benchmarks_md, "preprocess_bench", body)
-    print(section)
+            print(rows[-1], flush=True)
+    table = render(rows, args)
+    replace_section(args.benchmarks_md, section,
+                    table.replace(start_marker, "").replace(end_marker, ""))
+    print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = workers_benchmark_parser(__doc__.splitlines()[0], 5000, "preprocess")
+    run_workers_benchmark(parser.parse_args(argv), bench_one, render, "preprocess_bench")
 
 
 if __name__ == "__main__":
