@@ -19,6 +19,7 @@ _EXPORTS = {
     "model_from_spec": ("keras_metamae.api", "model_from_spec"),
     "tokens_only": ("keras_metamae.api", "tokens_only"),
     "embed": ("keras_metamae.api", "embed"),
+    "load_encoder": ("keras_metamae.api", "load_encoder"),
     "make_dataset": ("keras_metamae.data", "make_dataset"),
     "find_dataset": ("keras_metamae.data", "find_dataset_dir"),
     "load_spec": ("preprocessing.spec", "load_spec"),

@@ -45,3 +45,23 @@ def embed(model_or_encoder, tokens, training: bool = False):
     representation the linear probe and the exported `serving_default` use."""
     encoder = getattr(model_or_encoder, "encoder", model_or_encoder)
     return encoder.features(tokens, training=training)
+
+
+def load_encoder(path: str):
+    """The `encoder.keras` of an export version (`<workdir>/export/encoder/<version>/`) as a
+    Keras model on tokens, outputs `embedding` and `token_features`, ready to fine-tune.
+    Imports the module that registers the encoder's layers first (Keras cannot find them
+    otherwise)."""
+    import os
+
+    import keras
+
+    import keras_metamae.model  # noqa: F401  (registers Encoder and its layers)
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "encoder.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no exported Keras encoder here; exports from before "
+                                f"encoder.keras existed can be redone with "
+                                f"python -m keras_metamae.export --workdir <workdir>")
+    return keras.saving.load_model(path)

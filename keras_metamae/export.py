@@ -11,6 +11,9 @@ base path is `<workdir>/export/encoder`). Signatures, all with a dynamic batch d
   input holds NaN or Inf: that row's embedding must not be trusted).
 - `embed_tokens`: `tokens` = already tokenized input; returns `embedding` and `valid`.
 - `tokens`: `inputs` = raw examples; returns `token_features` [batch, num_tokens, embed_dim].
+Beside them in each version folder: `spec.json` (the token contract), `export_info.json` (the
+checkpoint step) and `encoder.keras`, the encoder as a Keras model on tokens for fine-tuning
+(`keras.saving.load_model` after `import keras_metamae`; see `encoder_keras_model`).
 Mixed-token specs (`spec.segments`, e.g. mscoco image + caption) get the same three
 signatures with one input per segment instead of `inputs`/`tokens`: see
 `build_segmented_archive`.
@@ -208,6 +211,33 @@ def build_segmented_archive(encoder, spec):
     return archive
 
 
+# Beside each version's SavedModel: the encoder as a Keras model, for fine-tuning in Keras.
+KERAS_ENCODER = "encoder.keras"
+
+
+def encoder_keras_model(encoder, spec):
+    """The encoder as a functional `keras.Model` on tokens, saved as `encoder.keras` beside
+    each SavedModel version for fine-tuning in Keras (the SavedModel is for serving only).
+
+    Input `tokens`: `[batch, num_tokens, token_dim]` float32 (int64 `[batch, num_tokens]` for
+    discrete tokens; the packed float tokens for a mixed-token spec), as stored in the
+    TFRecords. Outputs: `embedding` `[batch, embed_dim]`, the mean of the non-CLS output
+    tokens (what the linear probe and `serving_default` use), and `token_features`
+    `[batch, num_tokens, embed_dim]`. Loading it needs `import keras_metamae` (the encoder's
+    layers are registered there).
+    """
+    import keras
+
+    if spec.is_discrete and not getattr(spec, "segments", None):
+        tokens = keras.Input((spec.num_tokens,), dtype="int64", name="tokens")
+    else:
+        tokens = keras.Input((spec.num_tokens, spec.token_dim), dtype="float32", name="tokens")
+    token_features = encoder(tokens)[:, 1:, :]
+    embedding = keras.ops.mean(token_features, axis=1)
+    return keras.Model(tokens, {"embedding": embedding, "token_features": token_features},
+                       name="metamae_encoder")
+
+
 def export_encoder(model, spec, workdir: str, version: int | None = None,
                    step: int | None = None) -> str:
     """Writes the encoder of a trained `MetaMAE` to `<workdir>/export/encoder/<version>/`.
@@ -224,6 +254,7 @@ def export_encoder(model, spec, workdir: str, version: int | None = None,
     tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}")
     try:
         build_archive(model.encoder, spec).write_out(tmp, verbose=False)
+        encoder_keras_model(model.encoder, spec).save(os.path.join(tmp, KERAS_ENCODER))
         # Written next to the model so a consumer knows the token contract it serves.
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             f.write(spec.to_json())

@@ -119,6 +119,36 @@ def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdi
     assert "expected to be a float tensor but is a int32 tensor" in report["wrong_dtype"]
 
 
+def test_keras_encoder_export_loads_and_fine_tunes(trained_workdir):
+    import keras
+
+    import keras_metamae
+    from keras_metamae import data
+    from keras_metamae.export import KERAS_ENCODER, load_trained_model
+
+    model, spec, config, _ = load_trained_model(trained_workdir)
+    version_dir = data.find_dataset_dir(config.data_dir, "digits")
+    batch = next(iter(data.make_dataset(spec, version_dir, "test", 16, shuffle=False,
+                                        repeat=False)))
+    tokens, labels = batch["tokens"].numpy(), batch["label"].numpy()
+    assert os.path.exists(os.path.join(trained_workdir, "export", "encoder", "1", KERAS_ENCODER))
+    loaded = keras_metamae.load_encoder(os.path.join(trained_workdir, "export", "encoder", "1"))
+    out = loaded(tokens)
+    np.testing.assert_allclose(np.asarray(out["embedding"]),
+                               np.asarray(model.encoder.features(tokens)), atol=1e-5)
+    assert tuple(out["token_features"].shape) == (16, spec.num_tokens, TINY_MODEL["embed_dim"])
+
+    # Fine-tuning: a classification head on the embedding, encoder weights trained with it.
+    logits = keras.layers.Dense(10)(loaded.output["embedding"])
+    classifier = keras.Model(loaded.input, logits)
+    classifier.compile(keras.optimizers.SGD(0.1),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy() for w in loaded.trainable_weights]
+    classifier.fit(tokens, labels, epochs=1, batch_size=16, verbose=0)
+    changed = [not np.allclose(b, w.numpy()) for b, w in zip(before, loaded.trainable_weights)]
+    assert len(before) > 10 and all(changed)
+
+
 def test_export_cli_writes_the_next_version(trained_workdir):
     done = subprocess.run([sys.executable, "-m", "keras_metamae.export", "--workdir",
                            trained_workdir], cwd=REPO, capture_output=True, text=True,
