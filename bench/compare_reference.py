@@ -74,7 +74,7 @@ def missing_requirements(reference_dir: str | None, torch_python: str) -> list[s
     for module in ("torch", "timm"):
         if not found.get(module):
             missing.append(f"{module} in {torch_python} (e.g. `python -m venv /tmp/torchvenv && "
-                           f"/tmp/torchvenv/bin/pip install torch timm`, then "
+                           f"/tmp/torchvenv/bin/pip install torch timm==0.6.13`, then "
                            f"--torch_python /tmp/torchvenv/bin/python)")
     return missing
 
@@ -84,7 +84,13 @@ def _worker(reference_dir: str, threads: int) -> None:
     import timm
     import torch
 
+    import numpy as np
+
     torch.set_num_threads(threads)
+    # The reference builds its position table with `np.float`, which NumPy 1.24 removed; the
+    # alias meant the builtin float.
+    if "float" not in np.__dict__:
+        np.float = float
     sys.path.insert(0, os.path.abspath(reference_dir))
     import models  # the reference's models.py, from the user's path
 
