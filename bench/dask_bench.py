@@ -4,8 +4,8 @@
     python -m bench.dask_bench --eurosat_images 500 --workers 1,2,4
 
 For each worker count a fresh `dask scheduler` and N `dask worker --nthreads 1 --no-nanny`
-processes start on 127.0.0.1; the job runs as `python -m pipeline.preprocess --runner DaskRunner
---dask_client_address ...` (default partitioning: one source per task). Reported: wall-clock of
+processes start on 127.0.0.1; the job runs as `python -m pipeline.preprocess ... -- --runner
+DaskRunner --dask_client_address ...` (default partitioning: one source per task). Reported: wall-clock of
 the whole job (including the driver's start-up, the cluster check and the workers' first
 imports, which dominate at small sizes), examples/s, and peak RSS (VmHWM) of the driver and of
 the largest worker. EuroSAT = the synthetic 13-band 64x64 uint16 GeoTIFF folder of
@@ -36,7 +36,8 @@ START_TIMEOUT_S = 120
 # The child prints its own peak RSS at exit (see bench/memory_bench.py for why VmHWM).
 _JOB = ("import atexit, sys; atexit.register(lambda: print('PEAK_KB', next(l for l in "
         "open('/proc/self/status') if l.startswith('VmHWM')).split()[1], flush=True)); "
-        "from pipeline import preprocess; sys.exit(preprocess.main(sys.argv[1:]))")
+        "from keras_metamae import cli; from pipeline import preprocess; "
+        "cli.run_program(preprocess, sys.argv)")
 
 
 def _peak_kb(pid: int) -> int:
@@ -102,10 +103,10 @@ def bench_one(dataset: str, data_dir: str | None, workers: int, out_root: str) -
     output_dir = os.path.join(out_root, f"dask-{dataset}-w{workers}")
     shutil.rmtree(output_dir, ignore_errors=True)
     with LoopbackCluster(workers, os.path.join(out_root, f"dask-cluster-w{workers}")) as cluster:
-        argv = ["--dataset", dataset, "--output_dir", output_dir, "--num_shards", "4",
-                "--runner", "DaskRunner", "--dask_client_address", cluster.address]
+        argv = ["--dataset", dataset, "--data_dir", output_dir, "--num_shards", "4"]
         if data_dir:
-            argv += ["--data_dir", data_dir]
+            argv += ["--raw_data_dir", data_dir]
+        argv += ["--", "--runner", "DaskRunner", "--dask_client_address", cluster.address]
         start = time.time()
         done = subprocess.run([sys.executable, "-c", _JOB, *argv], cwd=REPO, capture_output=True,
                               text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

@@ -33,7 +33,8 @@ START_MARKER, END_MARKER = markers("memory_bench")
 _READ_ALL = ("import sys; from preprocessing import registry; "
              "r = registry.get_reader('higgs', data_dir=sys.argv[1]); "
              "print(sum(1 for _ in r.read_all()))")
-_JOB = "import sys; from pipeline import preprocess; sys.exit(preprocess.main(sys.argv[1:]))"
+_JOB = ("import sys; from keras_metamae import cli; from pipeline import preprocess; "
+        "cli.run_program(preprocess, sys.argv)")
 # Printed by the child at exit: its own peak RSS (VmHWM belongs to the process image, unlike
 # ru_maxrss, which on Linux also counts the parent's pages at fork).
 _PEAK = ("import atexit; atexit.register(lambda: print(next(l for l in open('/proc/self/status') "
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         assert int(out.strip()) == rows, out
         output_dir = os.path.join(args.out, f"processed-{rows}")
         shutil.rmtree(output_dir, ignore_errors=True)
-        seconds, job_mb, _ = measure(_JOB, "--dataset", "higgs", "--data_dir", data_dir,
-                                     "--output_dir", output_dir, "--download", "never")
+        seconds, job_mb, _ = measure(_JOB, "--dataset", "higgs", "--raw_data_dir", data_dir,
+                                     "--data_dir", output_dir, "--download", "never")
         shutil.rmtree(output_dir, ignore_errors=True)
         results.append((rows, reader_mb, job_mb, seconds))
         print(f"{rows} rows: reader peak {reader_mb:.0f} MB, Beam job peak {job_mb:.0f} MB, {seconds:.1f} s")

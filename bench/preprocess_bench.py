@@ -50,11 +50,11 @@ def write_eurosat_folder(data_dir: str, num_images: int, seed: int = 0) -> None:
 def bench_one(dataset: str, data_dir: str | None, workers: int, out_root: str) -> dict:
     output_dir = os.path.join(out_root, f"{dataset}-w{workers}")
     shutil.rmtree(output_dir, ignore_errors=True)
-    argv = ["--dataset", dataset, "--output_dir", output_dir, "--num_shards", "4"]
+    argv = ["--dataset", dataset, "--data_dir", output_dir, "--num_shards", "4"]
     if data_dir:
-        argv += ["--data_dir", data_dir]
+        argv += ["--raw_data_dir", data_dir]
     if workers > 1:
-        argv += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        argv += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     start = time.time()
     result = preprocess.run(argv)
     seconds = time.time() - start

@@ -105,7 +105,7 @@ def time_reader(batch: int, examples_per_class: int) -> float:
     with tempfile.TemporaryDirectory() as root:
         raw = make_eurosat.make_raw(root, per_class=examples_per_class)
         out = os.path.join(root, "out")
-        result = preprocess.run(["--dataset", "eurosat", "--data_dir", raw, "--output_dir", out])
+        result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", raw, "--data_dir", out])
         # The split pretraining reads (EuroSAT's protocol names it "pretrain").
         split = result.spec.protocol_splits("pretrain")
         ds = data.make_dataset(result.spec, result.version_dir, split, batch, repeat=True)

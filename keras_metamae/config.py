@@ -4,7 +4,7 @@ Each preset states the exact command that uses it. Flags given on the command li
 the preset; the resolved config is written to `<workdir>/config.json` so a run can be repeated.
 
     # Paper-scale EuroSAT pretraining (GPU): 100k steps, batch 64, alpha 0.1, lambda 1.0
-    python -m pipeline.preprocess --dataset eurosat --data_dir data/raw/eurosat
+    python -m pipeline.preprocess --dataset eurosat --raw_data_dir data/raw/eurosat
     python -m keras_metamae.train --dataset eurosat --workdir workdirs/eurosat
 
     # The embedded default (CPU, minutes)
@@ -85,7 +85,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     preset: str = ""  # which preset the defaults came from (see `preset_name`)
-    data_dir: str = ""  # root of preprocessed datasets (pipeline --output_dir)
+    data_dir: str = ""  # root of processed datasets (preprocess and train --data_dir), absolute
     workdir: str = ""
     model: str = "metamae"  # "metamae" | "mae" (plain MAE with the same decoder)
     steps: int = 100_000

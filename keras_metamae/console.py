@@ -1,37 +1,33 @@
 """Console scripts installed by `pip install .`: metamae-preprocess, metamae-train,
-metamae-evaluate, metamae-export, metamae-reproduce (the same programs as `python -m ...`)."""
+metamae-evaluate, metamae-export, metamae-reproduce (the same programs as `python -m ...`,
+run through keras_metamae/cli.py)."""
 
 from __future__ import annotations
 
 import importlib
-import sys
 
 
-def _absl_program(module_name: str) -> None:
-    from absl import app
+def _run(module_name: str) -> None:
+    from keras_metamae import cli
 
-    module = importlib.import_module(module_name)
-    module.define_flags()
-    app.run(module.main)
+    cli.run_program(importlib.import_module(module_name))
 
 
 def preprocess() -> None:
-    from pipeline import preprocess as program
-
-    sys.exit(program.main())
+    _run("pipeline.preprocess")
 
 
 def train() -> None:
-    _absl_program("keras_metamae.train")
+    _run("keras_metamae.train")
 
 
 def evaluate() -> None:
-    _absl_program("keras_metamae.evaluate")
+    _run("keras_metamae.evaluate")
 
 
 def export() -> None:
-    _absl_program("keras_metamae.export")
+    _run("keras_metamae.export")
 
 
 def reproduce() -> None:
-    _absl_program("keras_metamae.reproduce")
+    _run("keras_metamae.reproduce")

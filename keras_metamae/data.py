@@ -34,7 +34,7 @@ class DataError(ValueError):
 
 
 def _preprocess_hint(dataset: str, output_dir: str) -> str:
-    return f"python -m pipeline.preprocess --dataset {dataset} --output_dir {output_dir}"
+    return f"python -m pipeline.preprocess --dataset {dataset} --data_dir {output_dir}"
 
 
 def _version_key(path: str):
@@ -55,9 +55,9 @@ def find_dataset_dir(output_dir: str, dataset: str) -> str:
                 candidates.append(path)
     if not candidates:
         raise DataError(
-            f"{dataset_dir}: no preprocessed version of {dataset!r} (a folder holding "
-            f"{SPEC_FILENAME}). Run `{_preprocess_hint(dataset, output_dir)}` first."
-        )
+            f"no preprocessed version of {dataset!r} in {dataset_dir}, i.e. no folder holding "
+            f"{SPEC_FILENAME} (--data_dir {output_dir}): run "
+            f"`{_preprocess_hint(dataset, output_dir)}` first, or pass the --data_dir that holds it")
     return max(candidates, key=_version_key)
 
 

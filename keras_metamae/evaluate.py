@@ -12,21 +12,30 @@ epochs, scored on the test split with the spec's metric after the last epoch (`v
 test value at the best validation epoch where the protocol has a validation split. Next to it a
 converged probe (standardized features, L-BFGS logistic regression regularised on validation).
 Writes `<workdir>/eval/<dataset>.json` and TensorBoard scalars under `<workdir>/tensorboard/eval`.
+
+The workdir alone says what to evaluate (its config.json and the spec it was trained on,
+`dataset_spec.json`), so it can be evaluated from any directory, also after being moved; the
+processed data comes from the run's `--data_dir` unless `--data_dir` says where it is now.
+`--dry_run` prints what would be probed and written, and exits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from keras_metamae.cli import quiet_tensorflow_logs
+from keras_metamae import cli, metrics
 
-from keras_metamae import metrics
+if TYPE_CHECKING:
+    from keras_metamae.config import TrainConfig
+    from preprocessing.spec import DatasetSpec
 
 
 def extract_features(encoder, spec, version_dir: str, split, batch_size: int,
@@ -298,92 +307,175 @@ def log_to_tensorboard(workdir: str, record: dict, step: int) -> None:
     writer.flush()
 
 
-def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
-                   encoder_kind: str = "pretrained", epochs: int = 100,
-                   batch_size: int | None = None, baseline: bool = True,
-                   transfer: bool = False, probe: str = "both") -> dict:
-    from keras_metamae import config as config_lib
+@dataclasses.dataclass
+class EvaluationPlan:
+    """What `run_evaluation` probes and where it writes, resolved before any computation."""
+
+    workdir: str
+    config: TrainConfig
+    train_spec: DatasetSpec  # what the encoder was trained on
+    dataset: str
+    version_dir: str
+    spec: DatasetSpec  # what it is evaluated on
+    batch_size: int
+    output_path: str
+
+    def describe(self, encoder_kind: str, probe: str, epochs: int, baseline: bool) -> str:
+        from keras_metamae.checkpoints import CheckpointManager
+
+        steps = CheckpointManager(os.path.join(self.workdir, "checkpoints"), create=False).steps()
+        encoder = ("random (untrained, same architecture)" if encoder_kind == "random" else
+                   f"pretrained, checkpoint step {steps[-1]}" if steps else "pretrained: none yet")
+        roles = {r: self.spec.protocol_splits(r) for r in ("probe_train", "probe_val", "probe_test")}
+        splits = ", ".join(f"{role[6:]} {'+'.join(names) or '-'}" for role, names in roles.items())
+        return "\n".join([
+            f"workdir      {self.workdir} ({self.config.model} on {self.config.dataset})",
+            f"encoder      {encoder}",
+            f"dataset      {self.dataset}: {self.version_dir}",
+            f"probe        {probe} on {splits}; metric {self.spec.metric}; {epochs} epochs, "
+            f"batch {self.batch_size}" + ("; plus a random-encoder baseline" if
+                                          baseline and encoder_kind == "pretrained" else ""),
+            f"writes       {self.output_path} and {os.path.join(self.workdir, 'tensorboard', 'eval')}",
+            "nothing was computed or written (--dry_run)",
+        ])
+
+
+def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
+                    encoder_kind: str = "pretrained", batch_size: int | None = None
+                    ) -> EvaluationPlan:
+    """Resolves and checks everything an evaluation needs before computing anything: the
+    workdir, the data (its location and token contract) and that the outputs can be written.
+    Raises UserError (or the data module's DataError)."""
     from keras_metamae import data
-    from keras_metamae.export import load_trained_model
+    from keras_metamae.export import load_workdir
     from preprocessing.spec import load_spec, token_segments
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: not a training workdir (no config.json)")
-    config = config_lib.TrainConfig.load(config_path)
+    workdir = cli.local_path(workdir, "--workdir")
+    config, train_spec = load_workdir(workdir)
     dataset = dataset or config.dataset
-    data_dir = data_dir or config.data_dir
+    if data_dir is None:
+        # Absolute as train records it (an older workdir's relative path: from here).
+        data_dir = os.path.abspath(config.data_dir)
+        if not os.path.isdir(data_dir):
+            raise cli.UserError(
+                "the processed data this run was trained on is gone", data_dir,
+                f"pass --data_dir, the root of processed datasets that holds {dataset}")
+    else:
+        data_dir = cli.local_path(data_dir, "--data_dir")
     version_dir = data.find_dataset_dir(data_dir, dataset)
     spec = load_spec(version_dir)
-    train_spec = load_spec(data.find_dataset_dir(config.data_dir, config.dataset))
     # The encoder's token contract must match the evaluated dataset's.
     for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
         # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
         same = (token_segments(spec.segments) == token_segments(train_spec.segments)
                 if field == "segments" else getattr(spec, field) == getattr(train_spec, field))
         if not same:
-            raise ValueError(
-                f"{version_dir}/spec.json: {field}={getattr(spec, field)} but the encoder in "
-                f"{workdir} was trained on {config.dataset} with {field}="
-                f"{getattr(train_spec, field)}; transfer needs a dataset of the same modality")
+            raise cli.UserError(
+                f"{dataset} has {field}={getattr(spec, field)} but the encoder was trained on "
+                f"{config.dataset} with {field}={getattr(train_spec, field)}",
+                f"{version_dir}/spec.json",
+                "transfer needs a dataset of the same modality and tokens")
+    suffix = "" if encoder_kind == "pretrained" else "-random"
+    output_path = os.path.join(workdir, "eval", f"{dataset}{suffix}.json")
+    # Before the probe runs (minutes): a result that cannot be written is refused now.
+    cli.check_writable(os.path.dirname(output_path), "--workdir")
+    cli.check_writable(os.path.join(workdir, "tensorboard", "eval"), "--workdir")
     # Table 16 fixes some probe batches (Genomics-ID 64 where pretraining uses 32).
     batch_size = batch_size or spec.probe_batch_size or config.batch_size
+    return EvaluationPlan(workdir=workdir, config=config, train_spec=train_spec, dataset=dataset,
+                          version_dir=version_dir, spec=spec, batch_size=batch_size,
+                          output_path=output_path)
 
+
+def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
+                   encoder_kind: str = "pretrained", epochs: int = 100,
+                   batch_size: int | None = None, baseline: bool = True,
+                   transfer: bool = False, probe: str = "both") -> dict:
+    """Probes the workdir's encoder (`plan_evaluation`), writes the JSON and TensorBoard
+    scalars, returns the record."""
+    from keras_metamae.export import load_trained_model
+
+    plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size)
+    config, spec, train_spec = plan.config, plan.spec, plan.train_spec
     step = 0
     if encoder_kind == "random":
         encoder = random_encoder(config, train_spec)
     else:
-        model, _, _, step = load_trained_model(workdir)
+        model, _, _, step = load_trained_model(plan.workdir)
         encoder = model.encoder
-    record = linear_eval(encoder, spec, version_dir, epochs=epochs, batch_size=batch_size,
-                         seed=config.seed, probe=probe)
-    record.update(encoder=encoder_kind, step=step, workdir=workdir,
+    record = linear_eval(encoder, spec, plan.version_dir, epochs=epochs,
+                         batch_size=plan.batch_size, seed=config.seed, probe=probe)
+    record.update(encoder=encoder_kind, step=step, workdir=plan.workdir,
                   pretrain_dataset=config.dataset, model=config.model, transfer=transfer)
     record["baseline_random"] = None
     if encoder_kind == "pretrained" and baseline:
-        baseline_record = linear_eval(random_encoder(config, train_spec), spec, version_dir,
-                                      epochs=epochs, batch_size=batch_size, seed=config.seed,
-                                      knn=False, probe=probe)
+        baseline_record = linear_eval(random_encoder(config, train_spec), spec, plan.version_dir,
+                                      epochs=epochs, batch_size=plan.batch_size,
+                                      seed=config.seed, knn=False, probe=probe)
         record["baseline_random"] = baseline_record["value"]
         if "converged" in baseline_record:
             record["baseline_random_converged"] = baseline_record["converged"]["value"]
-    suffix = "" if encoder_kind == "pretrained" else "-random"
-    write_json(os.path.join(workdir, "eval", f"{dataset}{suffix}.json"), record)
-    log_to_tensorboard(workdir, record, step)
+    write_json(plan.output_path, record)
+    log_to_tensorboard(plan.workdir, record, step)
     return record
 
 
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Command-line flags; defined only when run as a program."""
-    flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints.")
-    flags.DEFINE_string("dataset", None, "Dataset to evaluate on (default: the pretraining one).")
-    flags.DEFINE_string("transfer_dataset", None, "A transfer set of the same modality.")
-    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (default: the run's).")
-    flags.DEFINE_enum("encoder", "pretrained", ["pretrained", "random"], "Which encoder to probe.")
-    flags.DEFINE_integer("epochs", 100, "Linear-head epochs (DABS protocol: 100).")
-    flags.DEFINE_integer("batch_size", None, "Linear-head batch size (default: the preset's).")
-    flags.DEFINE_bool("baseline", True, "Also probe a randomly initialized encoder.")
-    flags.DEFINE_enum("probe", "both", list(PROBES),
-                      "paper: the DABS probe (Adam lr 1e-4, L2 1e-4, --epochs); converged: "
-                      "standardized features + L-BFGS logistic regression (ridge for "
-                      "regression) regularised on validation; both (default).")
-    flags.mark_flag_as_required("workdir")
+    def define(kind, name, default, help_text, *args):
+        getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_text, flag_values=flag_values)
+
+    define("string", "workdir", None, "Training workdir holding config.json and checkpoints "
+           "(required).")
+    define("string", "dataset", None, "Dataset to evaluate on (default: the pretraining one).")
+    define("string", "transfer_dataset", None, "A transfer set of the same modality.")
+    define("string", "data_dir", None, "Root of processed datasets (default: the run's, as "
+           "recorded in its config.json).")
+    define("enum", "encoder", "pretrained", "Which encoder to probe.", ["pretrained", "random"])
+    define("integer", "epochs", 100, "Linear-head epochs (DABS protocol: 100).")
+    define("integer", "batch_size", None, "Linear-head batch size (default: the preset's).")
+    define("bool", "baseline", True, "Also probe a randomly initialized encoder.")
+    define("enum", "probe", "both", "paper: the DABS probe (Adam lr 1e-4, L2 1e-4, --epochs); "
+           "converged: standardized features + L-BFGS logistic regression (ridge for "
+           "regression) regularised on validation; both (default).", list(PROBES))
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
 
 
-def main(argv):
-    quiet_tensorflow_logs()
-    del argv
+def main(invocation: cli.Invocation):
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
+    from keras_metamae.data import DataError
+
+    cli.quiet_tensorflow_logs()
+    if FLAGS.dataset and FLAGS.transfer_dataset:
+        raise cli.UserError("--dataset and --transfer_dataset both given",
+                            f"--transfer_dataset {FLAGS.transfer_dataset}",
+                            "pass one of them: the dataset to evaluate on")
+    if FLAGS.epochs < 1:
+        raise cli.UserError(f"invalid value {FLAGS.epochs}", f"--epochs {FLAGS.epochs}",
+                            "expected at least 1 epoch")
+    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+        raise cli.UserError(f"invalid value {FLAGS.batch_size}", f"--batch_size {FLAGS.batch_size}",
+                            "expected a positive batch size")
     dataset = FLAGS.transfer_dataset or FLAGS.dataset
     try:
+        if FLAGS.dry_run:
+            plan = plan_evaluation(FLAGS.workdir, dataset, FLAGS.data_dir, FLAGS.encoder,
+                                   FLAGS.batch_size)
+            print(plan.describe(FLAGS.encoder, FLAGS.probe, FLAGS.epochs, FLAGS.baseline))
+            return 0
         record = run_evaluation(FLAGS.workdir, dataset, FLAGS.data_dir, FLAGS.encoder,
                                 FLAGS.epochs, FLAGS.batch_size, FLAGS.baseline,
                                 transfer=bool(FLAGS.transfer_dataset), probe=FLAGS.probe)
+    except DataError as e:
+        raise cli.UserError.wrap(e, f"--data_dir {FLAGS.data_dir}" if FLAGS.data_dir else
+                                 "--data_dir", "pass the --data_dir that holds the processed "
+                                 "dataset") from e
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError.wrap(e, f"--workdir {FLAGS.workdir}",
+                                 "see `python -m keras_metamae.evaluate --help`") from e
     line = f"{record['dataset']}: {record['metric']} = {record['value']:.4f} ({record['encoder']})"
     if record.get("baseline_random") is not None:
         line += f", random encoder {record['baseline_random']:.4f}"
@@ -399,5 +491,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_program(sys.modules[__name__])

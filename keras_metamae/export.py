@@ -27,15 +27,17 @@ import shutil
 import sys
 import uuid
 
-from absl import app, flags
+from absl import flags
 
-from keras_metamae.cli import quiet_tensorflow_logs
+from keras_metamae import cli
 
 EXPORT_SUBDIR = os.path.join("export", "encoder")
 
 
 # Beside each version's saved_model.pb: which checkpoint step it holds.
 EXPORT_INFO = "export_info.json"
+# In the workdir: the spec of the data the run was trained on (written by train).
+WORKDIR_SPEC = "dataset_spec.json"
 
 
 def _versions(base: str) -> list[int]:
@@ -79,9 +81,14 @@ def checked_shape(x, expected, name: str, dataset: str):
     import tensorflow as tf
 
     want = "[batch, " + ", ".join(str(d) for d in expected) + "]"
+    # Compared as text ("8,8,1"): the shape of an input of another rank is a vector of another
+    # length, which an element-wise comparison rejects with "Incompatible shapes: [3] vs. [2]"
+    # instead of this message.
+    got = tf.strings.reduce_join(tf.strings.as_string(tf.shape(x)[1:]), separator=",")
     check = tf.debugging.assert_equal(
-        tf.shape(x)[1:], tf.constant(expected, tf.int32),
-        message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {dataset}")
+        got, tf.constant(",".join(str(d) for d in expected)),
+        message=f"{name} must have shape {want} ({x.dtype.name}) for dataset {dataset} (x "
+                f"below: the shape it got, after the batch)")
     with tf.control_dependencies([check]):
         x = tf.identity(x)
     return tf.ensure_shape(x, [None, *expected])
@@ -269,51 +276,113 @@ def export_encoder(model, spec, workdir: str, version: int | None = None,
     return final
 
 
-def load_trained_model(workdir: str):
-    """Rebuilds the model of a workdir from its config.json and restores its newest checkpoint."""
+def load_workdir(workdir: str):
+    """(config, the DatasetSpec the encoder was trained on) of a training workdir, from the
+    workdir alone: config.json and dataset_spec.json, so that it can be used from anywhere and
+    after being moved (a workdir older than the spec copy falls back to the processed data
+    config.json names). Raises cli.UserError naming what is missing."""
     from keras_metamae import config as config_lib
-    from keras_metamae import data
-    from keras_metamae.checkpoints import CheckpointManager
-    from keras_metamae.train import build_model_for_spec
     from preprocessing.spec import load_spec
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not a training workdir (no config.json); "
-                                f"train first with python -m keras_metamae.train --workdir {workdir}")
-    config = config_lib.TrainConfig.load(path)
-    spec = load_spec(data.find_dataset_dir(config.data_dir, config.dataset))
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise cli.UserError("not a training workdir, it has no config.json", config_path,
+                            "pass the --workdir of a training run (python -m keras_metamae.train "
+                            "--workdir DIR)")
+    config = config_lib.TrainConfig.load(config_path)
+    spec_path = os.path.join(workdir, WORKDIR_SPEC)
+    if os.path.isfile(spec_path):
+        return config, load_spec(spec_path)
+    from keras_metamae import data
+
+    # Absolute as train records it (an older workdir's relative path: from here).
+    return config, load_spec(data.find_dataset_dir(os.path.abspath(config.data_dir),
+                                                   config.dataset))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    from keras_metamae.checkpoints import CheckpointManager
+
+    return CheckpointManager(os.path.join(workdir, "checkpoints"), create=False).steps()
+
+
+def load_trained_model(workdir: str):
+    """Rebuilds the model of a workdir from its config.json and restores its newest checkpoint."""
+    from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.train import build_model_for_spec
+
+    config, spec = load_workdir(workdir)
+    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), create=False)
+    if not manager.steps():
+        raise cli.UserError("no checkpoint to load", manager.directory,
+                            f"train first: python -m keras_metamae.train --workdir {workdir}")
     model = build_model_for_spec(config, spec)
-    manager = CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.restore(model)
     if step == 0:
-        raise FileNotFoundError(f"{manager.directory}: no readable checkpoint to load")
+        raise cli.UserError("no readable checkpoint to load", manager.directory,
+                            "the checkpoint files are damaged; rerun training to write new ones")
     return model, spec, config, step
 
 
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Command-line flags; defined only when run as a program."""
-    flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of.")
-    flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
-    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string("workdir", None, "Training workdir to export the encoder of (required).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("version", None, "Version number (default: next free integer).",
+                         flag_values=flag_values)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
 
 
-def main(argv):
-    quiet_tensorflow_logs()
-    del argv
-    try:
-        model, spec, _, step = load_trained_model(FLAGS.workdir)
-        path = export_encoder(model, spec, FLAGS.workdir, FLAGS.version)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def describe_export(workdir: str, version: int | None) -> str:
+    """What the export would write (--dry_run); checks what the export itself checks first."""
+    config, spec = load_workdir(workdir)
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise cli.UserError("no checkpoint to export", os.path.join(workdir, "checkpoints"),
+                            f"train first: python -m keras_metamae.train --workdir {workdir}")
+    base = os.path.join(workdir, EXPORT_SUBDIR)
+    target = os.path.join(base, str(version or next_version(base)))
+    existing = export_of_step(workdir, steps[-1])
+    return "\n".join([
+        f"workdir      {workdir} ({config.model} on {config.dataset}, tokens "
+        f"{spec.num_tokens} x {spec.token_dim or spec.vocab_size})",
+        f"checkpoint   step {steps[-1]}"
+        + (f" (already exported as {existing})" if existing else ""),
+        f"writes       {target} (SavedModel, {KERAS_ENCODER}, spec.json, {EXPORT_INFO})",
+        "nothing was written (--dry_run)",
+    ])
+
+
+def main(invocation: cli.Invocation):
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
+    cli.quiet_tensorflow_logs()
+    workdir = cli.local_path(FLAGS.workdir, "--workdir")
+    version = FLAGS.version
+    if version is not None and version < 1:
+        raise cli.UserError(f"invalid value {version}", f"--version {version}",
+                            "expected a positive integer (TF Serving's version folders)")
+    base = os.path.join(workdir, EXPORT_SUBDIR)
+    if FLAGS.dry_run:
+        print(describe_export(workdir, version))
+        return 0
+    # Everything that can refuse the export does so before the model is built.
+    load_workdir(workdir)
+    if not checkpoint_steps(workdir):
+        raise cli.UserError("no checkpoint to export", os.path.join(workdir, "checkpoints"),
+                            f"train first: python -m keras_metamae.train --workdir {workdir}")
+    if version is not None and os.path.exists(os.path.join(base, str(version))):
+        raise cli.UserError("that version exists; versions are never overwritten",
+                            f"--version {version}", f"omit --version to write the next free "
+                            f"one ({next_version(base)})")
+    cli.check_writable(base, "--workdir")
+    model, spec, _, step = load_trained_model(workdir)
+    path = export_encoder(model, spec, workdir, version)
     print(f"Exported the encoder at step {step} to {path}")
     print(f"Inspect: saved_model_cli show --dir {path} --all")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_program(sys.modules[__name__])

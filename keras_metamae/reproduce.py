@@ -23,10 +23,9 @@ import datetime
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from keras_metamae import paper_rows
-from keras_metamae.cli import quiet_tensorflow_logs
+from keras_metamae import cli, paper_rows
 from preprocessing.atomic_files import write_text_atomically
 
 METHODS = ("metamae", "mae")
@@ -121,9 +120,9 @@ def ensure_processed(dataset: str, data_dir: str, raw_root: str | None) -> str:
         return data.find_dataset_dir(data_dir, dataset)
     except data.DataError:
         pass
-    argv = ["--dataset", dataset, "--output_dir", data_dir]
+    argv = ["--dataset", dataset, "--data_dir", data_dir]
     if raw_root and dataset != "digits":
-        argv += ["--data_dir", os.path.join(raw_root, registry.raw_folder(dataset))]
+        argv += ["--raw_data_dir", os.path.join(raw_root, registry.raw_folder(dataset))]
     print(f"Preprocessing {dataset}: python -m pipeline.preprocess {' '.join(argv)}")
     if preprocess.run(argv) is None:
         raise RuntimeError(f"preprocessing {dataset} failed (see the messages above)")
@@ -200,41 +199,47 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("domain", None, f"Pretraining domain: {', '.join(paper_rows.DOMAINS)}.")
-    flags.DEFINE_enum("method", "metamae", list(METHODS),
-                      "metamae, or mae (the paper's MAE column: DABS 2.0 MAE, linear decoder).")
-    flags.DEFINE_string("transfer", None, "A Table 2/3 transfer set of the domain (default: its "
-                        "Table 1 row).")
-    flags.DEFINE_integer("steps", None, "Pretraining steps (default: the preset's; 100k for "
-                         "the paper's domains).")
-    flags.DEFINE_integer("epochs", 100, "Epochs of the paper's probe (DABS: 100).")
-    flags.DEFINE_enum("probe", "both", ["paper", "converged", "both"], "Which linear probe(s).")
-    flags.DEFINE_string("workdir_root", os.path.join("workdirs", "reproduce"),
-                        "Runs go to <workdir_root>/<pretrain>-<method>; results.md here.")
-    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (default "
-                        "$KERAS_METAMAE_DATA or data/processed).")
-    flags.DEFINE_string("raw_root", None, "Root of the raw folders (default data/raw; each "
-                        "dataset reads <raw_root>/<its folder>).")
-    flags.DEFINE_bool("plan", False, "Print every row (command, splits, metric, paper values, "
-                      "estimated cost) and exit.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    def define(kind, name, default, help_text, *args):
+        getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_text, flag_values=flag_values)
+
+    define("string", "domain", None, f"Pretraining domain: {', '.join(paper_rows.DOMAINS)}.")
+    define("enum", "method", "metamae", "metamae, or mae (the paper's MAE column: DABS 2.0 MAE, "
+           "linear decoder).", list(METHODS))
+    define("string", "transfer", None, "A Table 2/3 transfer set of the domain (default: its "
+           "Table 1 row).")
+    define("integer", "steps", None, "Pretraining steps (default: the preset's; 100k for the "
+           "paper's domains).")
+    define("integer", "epochs", 100, "Epochs of the paper's probe (DABS: 100).")
+    define("enum", "probe", "both", "Which linear probe(s).", ["paper", "converged", "both"])
+    define("string", "workdir_root", os.path.join("workdirs", "reproduce"),
+           "Runs go to <workdir_root>/<pretrain>-<method>; results.md here.")
+    define("string", "data_dir", None, "Root of processed datasets (default $KERAS_METAMAE_DATA "
+           "or data/processed).")
+    define("string", "raw_root", None, "Root of the raw folders (default data/raw; each dataset "
+           "reads <raw_root>/<its folder>).")
+    define("bool", "plan", False, "Print every row (command, splits, metric, paper values, "
+           "estimated cost) and exit.")
 
 
-def main(argv):
-    del argv
-    quiet_tensorflow_logs()
-    if FLAGS.plan:
+def main(invocation: cli.Invocation):
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
+    cli.quiet_tensorflow_logs()
+    if FLAGS.plan or FLAGS.dry_run:
         print(plan(FLAGS.steps), end="")
         return
     if not FLAGS.domain:
-        print("error: --domain is required (or --plan to list every row)", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError("no domain given", "--domain",
+                            f"pass --domain, one of {', '.join(paper_rows.DOMAINS)} (or --plan "
+                            f"to list every row)")
     try:
         record = reproduce(FLAGS.domain, FLAGS.method, FLAGS.transfer, FLAGS.steps, FLAGS.epochs,
-                           FLAGS.probe, FLAGS.workdir_root, FLAGS.data_dir, FLAGS.raw_root)
+                           FLAGS.probe, cli.local_path(FLAGS.workdir_root, "--workdir_root"),
+                           cli.local_path(FLAGS.data_dir, "--data_dir"),
+                           cli.local_path(FLAGS.raw_root, "--raw_root"))
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
+                                 "see `python -m keras_metamae.reproduce --plan`") from e
     ours = _scaled(record["value"], record["metric"])
     paper = "not in the paper" if record["paper"] is None else f"paper {record['paper']:g}"
     print(f"{record['pretrain_dataset']} -> {record['dataset']} ({FLAGS.method}): "
@@ -243,5 +248,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_program(sys.modules[__name__])

@@ -4,9 +4,12 @@
     python -m keras_metamae.train --dataset eurosat --workdir workdirs/eurosat
     python -m keras_metamae.train --dataset eurosat --model mae    # the MAE baseline
 
+    python -m keras_metamae.train --dataset eurosat --print_config # the resolved preset; exits
+
 Rerunning the same command resumes from the newest checkpoint in `--workdir` (weights,
 optimizer state, step and therefore the learning-rate schedule). Outputs:
-`<workdir>/config.json`, `tensorboard/`, `checkpoints/`, `export/encoder/<version>/`.
+`<workdir>/config.json` (paths stored absolute, so the workdir can be evaluated and exported
+from anywhere, and moved), `tensorboard/`, `checkpoints/`, `export/encoder/<version>/`.
 """
 
 from __future__ import annotations
@@ -17,24 +20,28 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
+from keras_metamae import cli
 from keras_metamae import config as config_lib
-from keras_metamae.cli import quiet_tensorflow_logs
 
 FLAGS = flags.FLAGS
 
 _SKIP = {"dataset", "data_dir", "workdir"}
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Command-line flags; defined only when run as a program, so importing is side-effect free."""
-    flags.DEFINE_string("dataset", "digits", "Dataset name (a folder under --data_dir).")
-    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets (pipeline "
-                        "--output_dir); default $KERAS_METAMAE_DATA or data/processed.")
-    flags.DEFINE_string("workdir", None, "Run directory; default workdirs/<dataset>-<model>.")
+    flags.DEFINE_string("dataset", "digits", "Dataset name (a folder under --data_dir).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Root of processed datasets (what pipeline.preprocess "
+                        "--data_dir wrote); default $KERAS_METAMAE_DATA or data/processed.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Run directory; default workdirs/<dataset>-<model>.",
+                        flag_values=flag_values)
     flags.DEFINE_string("raw_data_dir", None, "Raw data for the default dataset's on-demand "
-                        "preprocessing (only used when it is not preprocessed yet).")
+                        "preprocessing (only used when it is not preprocessed yet).",
+                        flag_values=flag_values)
     # Every TrainConfig field is a flag; a flag that is not given takes the dataset's preset.
     for field in config_lib.TrainConfig.__dataclass_fields__.values():
         if field.name in _SKIP:
@@ -42,15 +49,19 @@ def define_flags() -> None:
         help_text = f"Overrides the preset (default {field.default!r} when the preset is silent)."
         define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
                   "float": flags.DEFINE_float}.get(str(field.type), flags.DEFINE_string)
-        define(field.name, None, help_text)
+        define(field.name, None, help_text, flag_values=flag_values)
     # Multi-worker training (not TrainConfig fields: the same run may resume on another cluster).
     flags.DEFINE_string("worker_hosts", None, "Every worker's host:port, comma-separated, the "
-                        "same on all workers; builds TF_CONFIG (see keras_metamae/multiworker.py).")
+                        "same on all workers; builds TF_CONFIG (see keras_metamae/multiworker.py).",
+                        flag_values=flag_values)
     flags.DEFINE_integer("worker_index", None, "This worker's position in --worker_hosts (0 is "
-                         "the chief, the only one that writes the workdir).")
-    flags.DEFINE_integer("num_workers", None, "Number of workers (checked against --worker_hosts).")
+                         "the chief, the only one that writes the workdir).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("num_workers", None, "Number of workers (checked against --worker_hosts).",
+                         flag_values=flag_values)
     flags.DEFINE_float("worker_timeout_s", 300.0, "Multi-worker: how long to wait for every "
-                       "worker to connect at start, and at most for any one collective step.")
+                       "worker to connect at start, and at most for any one collective step.",
+                       flag_values=flag_values)
 
 
 # Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
@@ -66,7 +77,8 @@ class NonFiniteTraining(RuntimeError):
 
 
 def default_data_dir() -> str:
-    return os.environ.get("KERAS_METAMAE_DATA", os.path.join("data", "processed"))
+    """The root of processed datasets when --data_dir is not given (preprocess's default too)."""
+    return os.environ.get("KERAS_METAMAE_DATA") or os.path.join("data", "processed")
 
 
 def locate_or_prepare_dataset(dataset: str, data_dir: str, raw_data_dir: str | None = None) -> str:
@@ -81,9 +93,9 @@ def locate_or_prepare_dataset(dataset: str, data_dir: str, raw_data_dir: str | N
     from pipeline import preprocess
 
     logging.info("digits is not preprocessed yet; running the pipeline into %s", data_dir)
-    argv = ["--dataset", "digits", "--output_dir", data_dir]
+    argv = ["--dataset", "digits", "--data_dir", data_dir]
     if raw_data_dir:
-        argv += ["--data_dir", raw_data_dir]
+        argv += ["--raw_data_dir", raw_data_dir]
     preprocess.run(argv)
     return data.find_dataset_dir(data_dir, dataset)
 
@@ -97,9 +109,8 @@ def check_workdir_config(workdir: str, config: config_lib.TrainConfig) -> None:
         old, new = getattr(previous, name), getattr(config, name)
         if old != new:
             raise ValueError(
-                f"{path}: this workdir was trained with {name}={old!r} but now {name}={new!r}; "
-                f"use the same flags to resume, or a new --workdir."
-            )
+                f"this workdir was trained with {name}={old!r} but now {name}={new!r} ({path}): "
+                f"use the same flags to resume it, or a new --workdir")
 
 
 # The token contract a checkpoint was trained on; a resumed run must see the same one.
@@ -118,8 +129,9 @@ def check_workdir_spec(workdir: str, spec, version_dir: str) -> None:
             old, new = getattr(previous, name), getattr(spec, name)
             if old != new:
                 raise ValueError(
-                    f"{version_dir}/spec.json: {name}={new} but {path} (what this workdir was "
-                    f"trained on) has {name}={old}; use a new --workdir or the original data")
+                    f"the data has {name}={new} but this workdir was trained on {name}={old} "
+                    f"({path} vs {version_dir}/spec.json): use a new --workdir, or the data "
+                    f"it was trained on")
         return
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
@@ -226,6 +238,40 @@ def sample_tokens(spec, version_dir: str, split: str, count: int):
     raise ValueError(f"{version_dir}: split {split!r} is empty")
 
 
+def resolve_config(dataset: str, overrides: dict, spec, data_dir: str,
+                   workdir: str | None) -> config_lib.TrainConfig:
+    """The run's config: defaults <- the dataset's preset <- `overrides`, with absolute paths
+    (config.json then means the same from any directory)."""
+    config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
+    config.data_dir = data_dir
+    config.workdir = (cli.local_path(workdir, "--workdir") if workdir else
+                      os.path.abspath(os.path.join("workdirs", f"{dataset}-{config.model}")))
+    return config
+
+
+def pretraining_splits(spec, version_dir: str, batch_size: int):
+    """(train splits, validation split or None, train examples); ValueError when the data
+    cannot feed one batch."""
+    # The spec's protocol names the pretraining splits (EuroSAT: `pretrain`, never the held-out
+    # transfer part).
+    train_split = spec.protocol_splits("pretrain")
+    missing = [s for s in train_split if s not in spec.splits]
+    if missing:
+        raise ValueError(f"no split {missing[0]!r} to pretrain on ({version_dir}/spec.json): "
+                         f"the spec has {sorted(spec.splits)}; preprocess the dataset again")
+    # Validation on the probe's validation split, else its test split, when it holds at least
+    # one batch; none otherwise.
+    val_split = next((s for s in (*spec.protocol_splits("probe_val"), *spec.protocol_splits("probe_test"))
+                      if spec.splits.get(s) and spec.splits[s].num_examples >= batch_size), None)
+    examples = sum(spec.splits[s].num_examples for s in train_split)
+    if examples < batch_size:
+        raise ValueError(
+            f"split {'+'.join(train_split)!r} of {spec.name} has {examples} examples, fewer than "
+            f"one batch (--batch_size {batch_size}): lower --batch_size, or preprocess more data "
+            f"into {version_dir}")
+    return train_split, val_split, examples
+
+
 def run_training(dataset: str = "digits", overrides: dict | None = None,
                  data_dir: str | None = None, workdir: str | None = None,
                  raw_data_dir: str | None = None, verbose: int | str = "auto",
@@ -242,6 +288,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     from keras_metamae.checkpoints import CheckpointManager
     from keras_metamae.metamae import MetaMAE
     from keras_metamae.nonfinite import StopOnNonFinite
+    from preprocessing import registry
     from preprocessing.spec import load_spec
 
     from keras_metamae import multiworker
@@ -254,22 +301,30 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     if multi_worker:
         cluster, task_type, task_index = multiworker.cluster_from_tf_config()
         chief, task = multiworker.is_chief(task_type, task_index, cluster), (task_type, task_index)
-    data_dir = data_dir or default_data_dir()
+    data_dir = cli.local_path(data_dir or default_data_dir(), "--data_dir")
+    raw_data_dir = cli.local_path(raw_data_dir, "--raw_data_dir")
     if multi_worker:  # workers must not race to preprocess into the same folder
         version_dir = data.find_dataset_dir(data_dir, dataset)
     else:
+        if dataset == "digits":
+            # The one dataset preprocessed on demand: bad flags are refused before that writes
+            # anything (its preset does not depend on its spec).
+            resolve_config(dataset, overrides, registry.get_reader("digits").spec_template(),
+                           data_dir, workdir)
         version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
     spec = load_spec(version_dir)
-    config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
+    config = resolve_config(dataset, overrides, spec, data_dir, workdir)
     # Say which defaults ran: a dataset without a Table 8 row must never look like a paper run.
     logging.info("preset: %s", config_lib.describe_preset(config.preset))
     if verbose:
         print(f"Preset: {config_lib.describe_preset(config.preset)}")
-    config.data_dir = data_dir
-    config.workdir = workdir or os.path.join("workdirs", f"{dataset}-{config.model}")
+    # Everything that can refuse the run does so before the first file is written.
+    train_split, val_split, examples = pretraining_splits(spec, version_dir, config.batch_size)
     # Where this process writes: the workdir on the chief, a scratch folder on other workers.
     out_dir = config.workdir
     check_workdir_config(config.workdir, config)
+    if chief:
+        cli.check_writable(config.workdir, "--workdir")
     # Before anything is written: a workdir of an older weights format stays as it was.
     restore_from = CheckpointManager(os.path.join(config.workdir, "checkpoints"), create=chief)
     restore_from.check_weights_format(MetaMAE.weights_format)
@@ -285,22 +340,6 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     if strategy is None:
         strategy = build_strategy(config.strategy)
 
-    # The spec's protocol names the pretraining splits (EuroSAT: `pretrain`, never the held-out
-    # transfer part).
-    train_split = spec.protocol_splits("pretrain")
-    missing = [s for s in train_split if s not in spec.splits]
-    if missing:
-        raise ValueError(f"{version_dir}/spec.json: no split {missing[0]!r} to pretrain on "
-                         f"(the spec has {sorted(spec.splits)})")
-    # Validation on the probe's validation split, else its test split, when it holds at least
-    # one batch; none otherwise.
-    val_split = next((s for s in (*spec.protocol_splits("probe_val"), *spec.protocol_splits("probe_test"))
-                      if spec.splits.get(s) and spec.splits[s].num_examples >= config.batch_size), None)
-    examples = sum(spec.splits[s].num_examples for s in train_split)
-    if examples < config.batch_size:
-        raise ValueError(
-            f"{version_dir}: split {'+'.join(train_split)!r} has {examples} examples, fewer than "
-            f"--batch_size={config.batch_size}")
     batches_per_epoch = examples // config.batch_size
 
     model = build_model(config, spec, strategy, config.steps)
@@ -380,12 +419,13 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     final_step = int(model.optimizer.iterations.numpy())
     skipped = cb.skipped_steps(model)
     if stop_on_nonfinite.stopped_at is not None:
+        last_good = manager.steps()[-1] if manager.steps() else 0
         raise NonFiniteTraining(
-            f"training stopped at step {final_step}: {config.max_bad_steps} consecutive steps "
-            f"had a non-finite loss or gradient ({skipped} skipped in all); the weights were "
-            f"not updated by them, and {manager.directory} holds the last good checkpoint "
-            f"(step {manager.steps()[-1] if manager.steps() else 0}). Lower --learning_rate, "
-            f"set --clip_norm, or use --mixed_precision float32.")
+            f"training stopped at step {final_step} after {config.max_bad_steps} consecutive "
+            f"steps with a non-finite loss or gradient, {skipped} skipped in all, none applied "
+            f"to the weights; the last good checkpoint is step {last_good} "
+            f"({manager.directory}): lower --learning_rate, set --clip_norm, or use "
+            f"--mixed_precision float32, then rerun to resume")
 
     export_dir = None
     if config.export and chief:
@@ -453,10 +493,61 @@ def print_summary(summary: dict) -> None:
     print("\n".join(lines))
 
 
-def main(argv):
-    quiet_tensorflow_logs()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def describe_run(dataset: str, overrides: dict, data_dir: str, workdir: str | None) -> str:
+    """What `run_training` would do with these arguments (--dry_run / --print_config): the
+    preset, the resolved config, the data and the workdir's state. Writes nothing; raises what
+    the run would raise before training."""
+    from keras_metamae import data
+    from keras_metamae.checkpoints import CheckpointManager
+    from preprocessing import registry
+    from preprocessing.spec import load_spec
+
+    try:
+        version_dir = data.find_dataset_dir(data_dir, dataset)
+        spec = load_spec(version_dir)
+        data_line = version_dir
+    except data.DataError:
+        if dataset != "digits":
+            raise
+        # The embedded default is preprocessed on demand: its spec comes from the reader.
+        spec = registry.get_reader("digits").spec_template()
+        version_dir = None
+        data_line = (f"not preprocessed yet: the run first executes `python -m pipeline.preprocess "
+                     f"--dataset digits --data_dir {data_dir}`")
+    config = resolve_config(dataset, overrides, spec, data_dir, workdir)
+    if version_dir:
+        pretraining_splits(spec, version_dir, config.batch_size)
+    check_workdir_config(config.workdir, config)
+    steps_done = CheckpointManager(os.path.join(config.workdir, "checkpoints"), create=False).steps()
+    if not steps_done:
+        state = "new: starts at step 0"
+    elif steps_done[-1] < config.steps:
+        state = f"resumes from step {steps_done[-1]} of {config.steps}"
+    else:
+        state = f"finished (step {steps_done[-1]}): a rerun trains nothing more"
+    return "\n".join([
+        f"preset       {config_lib.describe_preset(config.preset)}",
+        f"data         {data_line}",
+        f"workdir      {config.workdir} ({state})",
+        "config.json  (what the run records)",
+        config.to_json().rstrip(),
+        "nothing was written (--dry_run)",
+    ])
+
+
+def _as_user_error(error: Exception, data_dir: str | None, workdir: str | None) -> cli.UserError:
+    from keras_metamae.data import DataError
+
+    if isinstance(error, DataError):
+        return cli.UserError.wrap(error, f"--data_dir {data_dir or default_data_dir()}",
+                                  "pass the --data_dir that holds the processed dataset")
+    return cli.UserError.wrap(error, f"--workdir {workdir}" if workdir else "--workdir",
+                              "see `python -m keras_metamae.train --help`")
+
+
+def main(invocation: cli.Invocation):
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
+    cli.quiet_tensorflow_logs()
     overrides = {}
     for field in config_lib.TrainConfig.__dataclass_fields__:
         if field not in _SKIP and FLAGS[field].present:
@@ -466,21 +557,32 @@ def main(argv):
     try:
         tf_config = multiworker.tf_config_from_flags(FLAGS.worker_hosts, FLAGS.worker_index,
                                                      FLAGS.num_workers)
-        if FLAGS.worker_timeout_s <= 0:
-            raise ValueError(f"--worker_timeout_s: got {FLAGS.worker_timeout_s}, expected > 0")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError.wrap(e, "--worker_hosts", "give every worker the same --worker_hosts "
+                                 "and its own --worker_index") from e
+    if FLAGS.worker_timeout_s <= 0:
+        raise cli.UserError(f"invalid value {FLAGS.worker_timeout_s}",
+                            f"--worker_timeout_s {FLAGS.worker_timeout_s}",
+                            "expected a positive number of seconds")
+    data_dir = cli.local_path(FLAGS.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
+    workdir = cli.local_path(FLAGS.workdir, "--workdir")
+    raw_data_dir = cli.local_path(FLAGS.raw_data_dir, "--raw_data_dir")
+    if FLAGS.dry_run:
+        try:
+            print(describe_run(FLAGS.dataset, overrides, data_dir, workdir))
+        except ValueError as e:
+            raise _as_user_error(e, data_dir, workdir) from e
+        return 0
     if tf_config:
         os.environ["TF_CONFIG"] = tf_config
     multi_worker = uses_multiworker(overrides.get("strategy") or "auto")
     try:
-        summary = run_training(FLAGS.dataset, overrides, FLAGS.data_dir, FLAGS.workdir,
-                               FLAGS.raw_data_dir, verbose="auto" if sys.stdout.isatty() else 2,
+        summary = run_training(FLAGS.dataset, overrides, data_dir, workdir, raw_data_dir,
+                               verbose="auto" if sys.stdout.isatty() else 2,
                                worker_timeout_s=FLAGS.worker_timeout_s)
     except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        print(_as_user_error(e, data_dir, workdir).report(), file=sys.stderr, flush=True)
         multiworker.remove_scratch_dir()
         # Multi-worker: TensorFlow's exit waits for the peers at a shutdown barrier.
         (os._exit if multi_worker else sys.exit)(2)
@@ -507,5 +609,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_program(sys.modules[__name__])

@@ -1,15 +1,19 @@
 """`python -m pipeline.preprocess`: raw dataset -> tokenized, sharded TFRecords + spec.json.
 
     python -m pipeline.preprocess --dataset digits
-    python -m pipeline.preprocess --dataset eurosat --data_dir data/raw/eurosat --num_shards 16
+    python -m pipeline.preprocess --dataset eurosat --raw_data_dir data/raw/eurosat --num_shards 16
     python -m pipeline.preprocess --list
-    python -m pipeline.preprocess --dataset eurosat --runner=DataflowRunner --project=... --region=...
+    python -m pipeline.preprocess --dataset eurosat --dry_run
+    python -m pipeline.preprocess --dataset eurosat -- --runner DataflowRunner --project P --region R
 
-Flags this module does not know are handed to Beam's PipelineOptions unchanged (`--runner`,
-`--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...). Without `--runner`, and
-with `--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engine behind the
+`--raw_data_dir` is the raw input (default data/raw/<dataset>), `--data_dir` the root of
+processed datasets, the same folder train and evaluate read with `--data_dir` (default
+$KERAS_METAMAE_DATA or data/processed). Everything after `--` goes to Beam's PipelineOptions
+(`--runner`, `--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...); an option Beam
+does not know is an error, as is any unknown flag before `--`. Without `--runner`, and with
+`--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engine behind the
 DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetch Prism).
-`--runner=PrismRunner` still selects Prism explicitly. `--runner=DaskRunner
+`--runner=PrismRunner` still selects Prism explicitly. `-- --runner=DaskRunner
 --dask_client_address=tcp://HOST:PORT` runs it on a dask.distributed cluster, after checking that
 the scheduler and every worker can import this project (pipeline/runners.py).
 
@@ -22,27 +26,30 @@ The graph's one final leaf writes `_manifest/manifest.json` (statistics, bad rec
 which the driver reads after the run; it avoids what only some runners support (see
 pipeline/transforms.py), so it runs unchanged on any of them.
 
-Output: `<output_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
-The version is built in `<output_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
+Output: `<data_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
+The version is built in `<data_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
 every check passed, so an interrupted or failed run never leaves a partial version behind.
-Only a local (or mounted) output_dir gets this atomic rename.
+Paths are local (or mounted) folders: the atomic rename needs one, and `gs://` URLs are refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
-import shlex
+import re
 import shutil
 import sys
 import time
 import uuid
 from typing import Any
 
+from absl import flags
+
+from keras_metamae import cli
 from pipeline import runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
@@ -50,8 +57,9 @@ from preprocessing.official_files import official_files
 from preprocessing.spec import PIPELINE_VERSION, SPEC_FILENAME, DatasetSpec, SpecError, SplitInfo
 
 DEFAULT_DATASET = "digits"
+PROGRAM_NAME = "python -m pipeline.preprocess"
 DEFAULT_RAW_ROOT = os.path.join("data", "raw")
-OUTPUT_DIR_ENV = "KERAS_METAMAE_DATA"
+DATA_DIR_ENV = "KERAS_METAMAE_DATA"  # default --data_dir of preprocess, train and evaluate
 DOWNLOAD_ENV = "KERAS_METAMAE_DOWNLOAD"  # default of --download (e.g. `never` on offline nodes)
 _MANIFEST_DIR = "_manifest"  # driver-only side files inside the temp dir; removed before rename
 _MANIFEST_FILE = "manifest.json"  # {"stats": [..], "bad": [..], "shards": [..]}
@@ -74,46 +82,9 @@ class PreprocessResult:
         return sum(s.num_examples for s in self.spec.splits.values())
 
 
-def default_output_dir() -> str:
-    return os.environ.get(OUTPUT_DIR_ENV) or os.path.join("data", "processed")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess",
-        description="Tokenize a raw dataset into TFRecord shards and spec.json. "
-                    "Unknown flags are passed to Beam's PipelineOptions.",
-    )
-    parser.add_argument("--dataset", default=DEFAULT_DATASET,
-                        help=f"registered dataset name (default {DEFAULT_DATASET}; see --list)")
-    parser.add_argument("--data_dir", default=None,
-                        help="folder holding the raw files (default data/raw/<dataset>; datasets "
-                             "made from the same files share one, e.g. vqa -> data/raw/mscoco)")
-    parser.add_argument("--output_dir", default=None,
-                        help=f"root of processed datasets (default ${OUTPUT_DIR_ENV} or data/processed)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the split hash")
-    parser.add_argument("--num_shards", type=int, default=4, help="shards per split")
-    parser.add_argument("--max_bad_fraction", type=float, default=0.0,
-                        help="fail when more than this fraction of raw records is unreadable")
-    parser.add_argument("--list", action="store_true",
-                        help="list the registered datasets and whether their raw files are present")
-    parser.add_argument("--download", choices=("auto", "never"),
-                        default=os.environ.get(DOWNLOAD_ENV) or "auto",
-                        help="auto: when the raw files are missing, download the official ones "
-                             "(resumable, checksummed) into --data_dir; never: only report what "
-                             f"is missing (default ${DOWNLOAD_ENV} or auto)")
-    parser.add_argument("--download_mirror", default=None, metavar="URL",
-                        help="fetch the official files by name from this mirror instead "
-                             "(checksums are still verified)")
-    parser.add_argument("--download_timeout", type=float, default=30.0,
-                        help="seconds to wait for the download server")
-    custom = parser.add_argument_group(
-        "reader options", "forwarded to the dataset reader (e.g. --dataset custom)")
-    for flag, help_text in READER_FLAGS.items():
-        custom.add_argument(f"--{flag}", default=None, help=help_text)
-    custom.add_argument("--reader_option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other reader option (repeatable)")
-    return parser
+def default_data_dir() -> str:
+    """The root of processed datasets when --data_dir is not given (train's default too)."""
+    return os.environ.get(DATA_DIR_ENV) or os.path.join("data", "processed")
 
 
 # Reader options with a flag of their own; values reach the reader as strings.
@@ -131,36 +102,140 @@ READER_FLAGS = {
 # `--dataset custom --format F` for the folder formats is served by its own reader.
 FOLDER_FORMATS = {"image_folder": "custom_image_folder", "audio_folder": "custom_audio_folder"}
 
+# Old spellings: an error saying what they became, never silently something else.
+RENAMED_FLAGS = {
+    "output_dir": "use --data_dir, the root of processed datasets (the same flag as in train and "
+                  "evaluate); the raw input folder is now --raw_data_dir",
+}
+# What follows `--` on the command line (keras_metamae/cli.py).
+PASSTHROUGH = "Beam pipeline options"
 
-def reader_options(args: argparse.Namespace) -> dict[str, str]:
-    options = {flag: getattr(args, flag) for flag in READER_FLAGS if getattr(args, flag) is not None}
-    for item in args.reader_option:
+
+def is_passthrough_option(name: str) -> bool:
+    return runners.is_beam_option(name)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    def define(kind, name, default, help_text, **kwargs):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values, **kwargs)
+
+    define("string", "dataset", DEFAULT_DATASET,
+           f"Registered dataset name (default {DEFAULT_DATASET}; see --list).")
+    define("string", "raw_data_dir", None,
+           "Folder holding the raw files (default data/raw/<dataset>; datasets made from the same "
+           "files share one, e.g. vqa -> data/raw/mscoco).")
+    define("string", "data_dir", None,
+           f"Root of processed datasets: <data_dir>/<dataset>/<version>/ is written there, where "
+           f"train and evaluate --data_dir read it (default ${DATA_DIR_ENV} or data/processed).")
+    define("integer", "seed", 42, "Seed of the split hash.")
+    define("integer", "num_shards", 4, "Shards per split (at least 1).")
+    define("float", "max_bad_fraction", 0.0,
+           "Fail when more than this fraction of raw records is unreadable (0 to 1).")
+    define("bool", "list", False,
+           "List the registered datasets and whether their raw files are present, and exit.")
+    define("string", "download", None,
+           "auto: when the raw files are missing, download the official ones (resumable, "
+           "checksummed) into --raw_data_dir; never: only report what is missing (default "
+           f"${DOWNLOAD_ENV} or auto).")
+    define("string", "download_mirror", None,
+           "Fetch the official files by name from this mirror URL instead (checksums are still "
+           "verified).")
+    define("float", "download_timeout", 30.0, "Seconds to wait for the download server.")
+    for flag, help_text in READER_FLAGS.items():
+        define("string", flag, None, f"Reader option: {help_text}.")
+    define("multi_string", "reader_option", [],
+           "Any other reader option, KEY=VALUE (repeatable), e.g. image_size=64.")
+
+
+@dataclasses.dataclass
+class JobOptions:
+    """A preprocessing job, resolved from its flags (paths absolute)."""
+
+    dataset: str
+    reader_name: str  # the registered reader (`custom --format image_folder` has its own)
+    reader_options: dict[str, str]
+    reader_option_flags: dict[str, str]  # option -> how it was given, for error messages
+    raw_data_dir: str
+    raw_data_dir_given: bool
+    data_dir: str
+    seed: int
+    num_shards: int
+    max_bad_fraction: float
+    list: bool
+    download: str
+    download_mirror: str | None
+    download_timeout: float
+    dry_run: bool
+    beam_args: list[str]
+    command: str
+
+
+def options_from_flags(values: flags.FlagValues, invocation: cli.Invocation) -> JobOptions:
+    """Checks the flag values (UserError) and resolves them into a JobOptions."""
+    if values.num_shards < 1:
+        raise cli.UserError(f"invalid value {values.num_shards}", f"--num_shards {values.num_shards}",
+                            "expected at least 1 shard per split")
+    if not 0.0 <= values.max_bad_fraction <= 1.0:
+        raise cli.UserError(f"invalid value {values.max_bad_fraction}",
+                            f"--max_bad_fraction {values.max_bad_fraction}",
+                            "expected a fraction from 0 to 1")
+    if values.download_timeout <= 0:
+        raise cli.UserError(f"invalid value {values.download_timeout}",
+                            f"--download_timeout {values.download_timeout}",
+                            "expected a positive number of seconds")
+    download_mode = values.download or os.environ.get(DOWNLOAD_ENV) or "auto"
+    if download_mode not in ("auto", "never"):
+        where = f"--download {values.download}" if values.download else f"${DOWNLOAD_ENV}"
+        raise cli.UserError(f"invalid value {download_mode!r}", where, "expected auto or never")
+    given = {flag: values[flag].value for flag in READER_FLAGS if values[flag].value is not None}
+    option_flags = {flag: f"--{flag} {value}" for flag, value in given.items()}
+    for item in values.reader_option:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--reader_option={item!r}: expected KEY=VALUE")
-        options[key] = value
-    return options
+            raise cli.UserError("expected KEY=VALUE", f"--reader_option {item}",
+                                "write the option as --reader_option KEY=VALUE")
+        given[key] = value
+        option_flags[key] = f"--reader_option {item}"
+    reader_name, given = _reader_name(values.dataset, given)
+    raw_data_dir = cli.local_path(values.raw_data_dir, "--raw_data_dir")
+    if raw_data_dir is None:
+        try:
+            folder = registry.raw_folder(reader_name)
+        except KeyError:
+            folder = reader_name  # an unknown --dataset is reported with the reader list
+        raw_data_dir = os.path.abspath(os.path.join(DEFAULT_RAW_ROOT, folder))
+    data_dir = cli.local_path(values.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
+    try:
+        runners.check_beam_options(invocation.passthrough)
+    except runners.RunnerError as e:
+        raise cli.UserError.wrap(e, "--", "see Beam's pipeline options") from None
+    return JobOptions(
+        dataset=values.dataset, reader_name=reader_name, reader_options=given,
+        reader_option_flags=option_flags, raw_data_dir=raw_data_dir,
+        raw_data_dir_given=values.raw_data_dir is not None, data_dir=data_dir, seed=values.seed,
+        num_shards=values.num_shards, max_bad_fraction=values.max_bad_fraction, list=values.list,
+        download=download_mode, download_mirror=values.download_mirror,
+        download_timeout=values.download_timeout, dry_run=values.dry_run,
+        beam_args=list(invocation.passthrough), command=invocation.command)
 
 
-def resolve_dataset(args: argparse.Namespace, options: dict[str, str]) -> tuple[str, dict[str, str]]:
+def _reader_name(dataset: str, options: dict[str, str]) -> tuple[str, dict[str, str]]:
     """The registered reader name and its options (routes custom folder formats)."""
-    if args.dataset == "custom" and options.get("format") in FOLDER_FORMATS:
+    if dataset == "custom" and options.get("format") in FOLDER_FORMATS:
         options = dict(options)
         return FOLDER_FORMATS[options.pop("format")], options
-    return args.dataset, options
+    return dataset, options
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    args, beam_args = build_parser().parse_known_args(argv)
-    if args.num_shards < 1:
-        raise SystemExit(f"--num_shards={args.num_shards}: expected at least 1")
-    if not 0.0 <= args.max_bad_fraction <= 1.0:
-        raise SystemExit(f"--max_bad_fraction={args.max_bad_fraction}: expected a value in [0, 1]")
-    if args.download not in ("auto", "never"):  # a bad $KERAS_METAMAE_DOWNLOAD
-        raise SystemExit(f"${DOWNLOAD_ENV}={args.download!r}: expected auto or never")
-    if args.download_timeout <= 0:
-        raise SystemExit(f"--download_timeout={args.download_timeout}: expected a positive number")
-    return args, beam_args
+def parse_args(argv: list[str]) -> JobOptions:
+    """The job of command-line style `argv` (without the program name); raises UserError."""
+    values = flags.FlagValues()
+    define_flags(values)
+    cli.define_common_flags(values)
+    invocation = cli.parse_command_line(
+        values, argv, program=PROGRAM_NAME, renamed=RENAMED_FLAGS, passthrough=PASSTHROUGH,
+        is_passthrough_option=is_passthrough_option)
+    return options_from_flags(values, invocation)
 
 
 # === --list ===
@@ -207,7 +282,7 @@ def _download_note(dataset: str) -> str:
 
 
 # === raw files ===
-def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) -> None:
+def ensure_raw(reader, dataset: str, data_dir: str, job: JobOptions) -> None:
     """Returns once the reader finds its raw files, downloading the official ones if allowed.
 
     Raises RawDataMissing (nothing to read and no download possible; the message names the
@@ -218,13 +293,13 @@ def ensure_raw(reader, dataset: str, data_dir: str, args: argparse.Namespace) ->
         return
     except RawDataMissing as missing:
         files = official_files(dataset)
-        if args.download == "never" or not files:
+        if job.download == "never" or not files:
             raise
         logging.info("%s: raw files missing in %s; downloading %s", dataset, data_dir,
                      ", ".join(f.describe() for f in files))
         try:
-            download.ensure_raw_files(list(files), data_dir, mirror=args.download_mirror,
-                                      timeout=args.download_timeout)
+            download.ensure_raw_files(list(files), data_dir, mirror=job.download_mirror,
+                                      timeout=job.download_timeout)
         except download.NetworkUnavailable as e:
             raise RawDataMissing(f"{missing}\nThe automatic download failed: {e}. Place the "
                                  f"file(s) by hand, or pass --download_mirror URL.") from e
@@ -340,8 +415,9 @@ def _check_bad_records(name: str, bad: list[dict[str, str]], num_good: int, max_
         listed = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad[:_LIST_BAD_PATHS])
         more = f"\n  ... and {len(bad) - _LIST_BAD_PATHS} more" if len(bad) > _LIST_BAD_PATHS else ""
         raise PreprocessError(
-            f"{name}: {len(bad)} of {total} raw records are unreadable or malformed "
-            f"({fraction:.2%} > --max_bad_fraction={max_fraction}); nothing was written:\n"
+            f"{name}: {len(bad)} of {total} raw records are unreadable or malformed, "
+            f"{fraction:.2%} of them (--max_bad_fraction {max_fraction}): fix or remove them, or "
+            f"accept that share with --max_bad_fraction; nothing was written. The bad records:\n"
             f"{listed}{more}"
         )
 
@@ -399,36 +475,136 @@ def _publish(work_dir: str, version_dir: str) -> None:
 def run(argv: list[str] | None = None) -> PreprocessResult | None:
     """Runs the job for command-line style `argv` (without the program name).
 
-    Raises RawDataMissing, PreprocessError, KeyError (unknown dataset) on failure;
-    returns None for `--list` (after printing the table).
+    Raises cli.UserError (a bad flag), RawDataMissing, PreprocessError, ... on failure;
+    returns None for `--list` and `--dry_run` (after printing).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, beam_args = parse_args(argv)
-    if args.list:
+    return run_job(parse_args(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _reader(job: JobOptions, data_dir: str):
+    """The dataset's reader; a dataset or reader option it refuses is a UserError."""
+    try:
+        reader = registry.get_reader(job.reader_name, data_dir=data_dir, **job.reader_options)
+        reader.spec_template()  # a reader refuses bad options here, before looking for data
+        return reader
+    except KeyError as e:
+        raise cli.UserError(f"unknown dataset {job.dataset!r}", f"--dataset {job.dataset}",
+                            f"pick one of `{PROGRAM_NAME} --list`: {', '.join(registry.names())}"
+                            ) from e
+    except (ValueError, TypeError) as e:
+        if isinstance(e, cli.UserError):
+            raise
+        raise cli.UserError.wrap(e, _option_at_fault(str(e), job),
+                                 f"see the reader options in `{PROGRAM_NAME} --help`") from e
+
+
+def _option_at_fault(message: str, job: JobOptions) -> str:
+    """The reader option a reader's complaint is about, as the user gave it (or should give
+    it): the last flag the message names ("custom --format npy: ... need --patch_shape"), else
+    an option whose name it mentions ("image_size=32 is not divisible by patch_size=5")."""
+    for name in reversed(re.findall(r"--(\w+)", message)):
+        if name in job.reader_option_flags:
+            return job.reader_option_flags[name]
+        if name in READER_FLAGS:
+            return f"--{name}"
+    mentioned = [flag for key, flag in job.reader_option_flags.items() if key in message]
+    if mentioned:
+        return mentioned[-1]
+    return next(iter(job.reader_option_flags.values()), f"--dataset {job.dataset}")
+
+
+def _holds_processed_datasets(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(glob.escape(folder), "*", "*", SPEC_FILENAME)))
+
+
+def _finds_raw_files(job: JobOptions, folder: str) -> bool:
+    try:
+        _reader(job, folder).check_raw()
+    except RawDataMissing:
+        return False
+    return True
+
+
+def _check_old_data_dir_meaning(job: JobOptions) -> None:
+    """Before the rename, preprocess's --data_dir was the raw input: refuse a --data_dir that
+    holds this dataset's raw files instead of silently writing processed data into it."""
+    folder = job.data_dir
+    if job.raw_data_dir_given or not os.path.isdir(folder) or _holds_processed_datasets(folder):
+        return
+    # A reader that needs no raw files (digits: embedded) finds them anywhere: no sign.
+    nowhere = os.path.join(folder, f".no-such-folder-{uuid.uuid4().hex}")
+    if _finds_raw_files(job, folder) and not _finds_raw_files(job, nowhere):
+        raise cli.UserError(
+            f"--data_dir holds raw {job.dataset} files", f"--data_dir {folder}",
+            f"--data_dir is now the root of processed datasets (it was --output_dir); pass the "
+            f"raw input as --raw_data_dir {folder}")
+
+
+def describe_job(job: JobOptions) -> str:
+    """What the job would do (--dry_run): nothing is downloaded or written."""
+    reader = _reader(job, job.raw_data_dir)
+    spec = reader.spec_template()
+    try:
+        reader.check_raw()
+        raw = "present"
+    except RawDataMissing:
+        files = official_files(job.reader_name)
+        raw = ("missing; would download " + ", ".join(f.describe() for f in files)
+               if files and job.download == "auto" else "missing (the job would stop there)")
+    version_dir = os.path.join(job.data_dir, spec.name, PIPELINE_VERSION)
+    runner = runners.runner_name(job.beam_args) if job.beam_args else None
+    note = getattr(reader, "input_size_note", lambda: None)() if raw == "present" else None
+    lines = [
+        f"dataset      {job.dataset} (reader {job.reader_name}"
+        + (f"; options {job.reader_options}" if job.reader_options else "") + ")",
+        f"raw input    {job.raw_data_dir} ({raw})",
+        f"tokens       {_token_shape(spec)}, {spec.modality}, task {spec.task}",
+        f"output       {version_dir}"
+        + (" (exists; would be replaced)" if os.path.isdir(version_dir) else " (new)"),
+        f"shards       {job.num_shards} per split, split seed {job.seed}, "
+        f"--max_bad_fraction {job.max_bad_fraction}",
+        f"runner       {runner or 'FnApiRunner (local)'}"
+        + (f"; Beam options {' '.join(job.beam_args)}" if job.beam_args else ""),
+        *([f"note         {note}"] if note else []),
+        "nothing was written (--dry_run)",
+    ]
+    return "\n".join(lines)
+
+
+def run_job(job: JobOptions) -> PreprocessResult | None:
+    """Runs a resolved job. Raises RawDataMissing, PreprocessError, cli.UserError, ..."""
+    if job.list:
         print(list_datasets())
         return None
+    if job.dry_run:
+        print(describe_job(job))
+        return None
     start = time.time()
-    reader_name, options = resolve_dataset(args, reader_options(args))
-    data_dir = args.data_dir or os.path.join(DEFAULT_RAW_ROOT, registry.raw_folder(reader_name))
-    output_dir = args.output_dir or default_output_dir()
-    reader = registry.get_reader(reader_name, data_dir=data_dir, **options)
-    reader.spec_template()  # first: a reader refuses bad flags before looking for data
-    ensure_raw(reader, reader_name, data_dir, args)
+    _check_old_data_dir_meaning(job)
+    data_dir = job.raw_data_dir
+    reader = _reader(job, data_dir)
+    # Before anything is downloaded or written: the output must be writable.
+    cli.check_writable(job.data_dir, "--data_dir")
+    ensure_raw(reader, job.reader_name, data_dir, job)
     reader.prepare()
     spec = reader.spec_template()  # now: label maps may come from downloaded/extracted files
     sources = reader.list_sources()
     if not sources:
-        raise RawDataMissing(f"{args.dataset}: no raw records found in {os.path.abspath(data_dir)}; "
+        raise RawDataMissing(f"{job.dataset}: no raw records found in {data_dir}; "
                              f"expected {'; '.join(reader.expected_files())}")
-    command = "python -m pipeline.preprocess " + shlex.join(argv)
+    # e.g. images of several sizes, all resized to the spec's: said once, with a count.
+    note = getattr(reader, "input_size_note", lambda: None)()
+    if note:
+        logging.warning("%s", note)
+    beam_args = job.beam_args
     if runners.is_dask(beam_args):
         beam_args = runners.with_dask_defaults(beam_args, len(sources))
         # Before anything is written: a cluster that cannot run the job is a one-line error.
         runners.check_dask_cluster(beam_args, ["pipeline.transforms", type(reader).__module__])
 
-    # The spec's name, not the flag: `--dataset custom --name mine` lands in <output_dir>/mine.
-    dataset_dir = os.path.join(output_dir, spec.name)
-    os.makedirs(dataset_dir, exist_ok=True)
+    # The spec's name, not the flag: `--dataset custom --name mine` lands in <data_dir>/mine.
+    dataset_dir = os.path.join(job.data_dir, spec.name)
+    created = cli.make_dirs(dataset_dir)
     version_dir = os.path.join(dataset_dir, PIPELINE_VERSION)
     for action in recover_interrupted(dataset_dir, version_dir):
         logging.warning("%s (left by an interrupted run)", action)
@@ -437,15 +613,15 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     os.makedirs(os.path.join(work_dir, _MANIFEST_DIR))
     published = False
     try:
-        logging.info("%s: %d sources from %s -> %s", args.dataset, len(sources), data_dir, version_dir)
+        logging.info("%s: %d sources from %s -> %s", job.dataset, len(sources), data_dir, version_dir)
         runners.run_graph(beam_args, lambda p: build_graph(
-            p, reader, spec, sources, work_dir, args.seed, args.num_shards))
+            p, reader, spec, sources, work_dir, job.seed, job.num_shards))
         bad = _read_manifest(work_dir)["bad"]
-        final = _finish_spec(reader, spec, work_dir, args.num_shards, command)
+        final = _finish_spec(reader, spec, work_dir, job.num_shards, job.command)
         num_good = sum(s.num_examples for s in final.splits.values())
-        _check_bad_records(args.dataset, bad, num_good, args.max_bad_fraction)
+        _check_bad_records(job.dataset, bad, num_good, job.max_bad_fraction)
         if num_good == 0:
-            raise PreprocessError(f"{args.dataset}: no readable examples in {data_dir}")
+            raise PreprocessError(f"{job.dataset}: no readable examples in {data_dir}")
         shutil.rmtree(os.path.join(work_dir, _MANIFEST_DIR))
         final.save(work_dir)
         _publish(work_dir, version_dir)
@@ -453,6 +629,7 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
     finally:
         if not published:
             shutil.rmtree(work_dir, ignore_errors=True)
+            cli.remove_if_empty(created)  # a failed first run leaves no empty folders behind
     result = PreprocessResult(spec=final, version_dir=version_dir, seconds=time.time() - start,
                               bad_records=bad)
     print(summary(result))
@@ -467,19 +644,36 @@ def summary(result: PreprocessResult) -> str:
             f"{result.version_dir} in {result.seconds:.1f} s ({rate:.1f} examples/s){skipped}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def _user_error(error: Exception, job: JobOptions) -> cli.UserError:
+    """An expected failure of the job as the one-line error the command prints."""
+    raw = f"--raw_data_dir {job.raw_data_dir}"
+    if isinstance(error, RawDataMissing):
+        return cli.UserError.wrap(error, raw, "put the raw files there (`--list` names them), or "
+                                  "pass the folder that holds them as --raw_data_dir")
+    if isinstance(error, download.DownloadError):
+        return cli.UserError.wrap(error, raw, "rerun to resume the download, or place the "
+                                  "official file there by hand")
+    if isinstance(error, PreprocessError):
+        return cli.UserError.wrap(error, raw, "fix or remove the bad records, or accept them "
+                                  "with --max_bad_fraction")
+    if isinstance(error, SpecError):
+        return cli.UserError.wrap(error, f"--dataset {job.dataset}",
+                                  "check the reader options (`--help`)")
+    return cli.UserError.wrap(error, "--", "see the Beam options after `--`")
+
+
+def main(invocation: cli.Invocation) -> int:
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
     # Beam's own INFO logging drowns the job's progress lines.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    job = options_from_flags(flags.FLAGS, invocation)
     try:
-        run(argv)
-    except (RawDataMissing, PreprocessError, SpecError, KeyError, download.DownloadError,
+        run_job(job)
+    except (RawDataMissing, PreprocessError, SpecError, download.DownloadError,
             runners.RunnerError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2 if isinstance(e, (RawDataMissing, runners.RunnerError)) else 1
+        raise _user_error(e, job) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_program(sys.modules[__name__])

@@ -9,10 +9,17 @@
   its DoFns); a cluster that cannot is reported up front instead of failing or hanging later
   (workers that fail to unpickle a task shut down, and the job then waits forever).
 - Anything else (DataflowRunner, FlinkRunner, SparkRunner, PrismRunner, ...) goes to Beam as is.
+
+The options come after `--` on the preprocess command line (`python -m pipeline.preprocess
+--dataset eurosat -- --runner DaskRunner ...`); `check_beam_options` refuses one Beam does not
+know, which Beam itself would only log and ignore.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import logging
 import os
 import time
 from typing import Any, Callable
@@ -34,6 +41,61 @@ SHIP_THE_CODE = (
 
 class RunnerError(ValueError):
     """A runner flag the job cannot run with; the message says which and what to do."""
+
+
+# Beam registers a runner's own options when its module is imported (the others are defined
+# with PipelineOptions itself).
+_RUNNER_OPTION_MODULES = {"dask": "apache_beam.runners.dask.dask_runner"}
+
+
+def _beam_option_parser(with_dask: bool):
+    """An argument parser knowing every Beam pipeline option (Beam builds the same one to read
+    them, in `PipelineOptions.get_all_options`)."""
+    # Importing Beam logs a warning about optional GCP client libraries: noise in an error line.
+    logging.disable(logging.WARNING)
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    finally:
+        logging.disable(logging.NOTSET)
+    if with_dask:
+        try:
+            importlib.import_module(_RUNNER_OPTION_MODULES["dask"])
+        except ImportError:
+            pass  # reported by `_require_dask` when the runner is built
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    option_classes = {}
+    for cls in PipelineOptions.__subclasses__():
+        option_classes.setdefault(str(cls), cls)
+    for cls in option_classes.values():
+        cls._add_argparse_args(parser)  # the hook each PipelineOptions subclass defines
+    return parser
+
+
+def _option_names(parser) -> list[str]:
+    return [name for action in parser._actions for name in action.option_strings]
+
+
+def is_beam_option(name: str) -> bool:
+    """Whether `--name` is a Beam pipeline option (e.g. `runner`, `dask_client_address`)."""
+    return f"--{name}" in _option_names(_beam_option_parser(with_dask="dask" in name))
+
+
+def check_beam_options(beam_args: list[str]) -> None:
+    """Raises RunnerError naming the first argument Beam's PipelineOptions would ignore (a
+    misspelt `--runer DataflowRunner` would otherwise run the job locally)."""
+    if not beam_args:
+        return
+    # Dask's options (and its import) only when the arguments mention it.
+    parser = _beam_option_parser(with_dask=any("dask" in arg.lower() for arg in beam_args))
+    _, unknown = parser.parse_known_args(beam_args)
+    if not unknown:
+        return
+    first = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+    name = first.split("=", 1)[0]
+    close = difflib.get_close_matches(name, _option_names(parser), n=1) if name.startswith("--") else []
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise RunnerError(f"unknown Beam pipeline option after `--` ({first}): {hint}everything "
+                      f"after `--` goes to Beam's PipelineOptions, which would ignore it")
 
 
 def runner_name(beam_args: list[str]) -> str | None:
@@ -103,8 +165,8 @@ def _require_dask(name: str) -> None:
         import dask  # noqa: F401
         import distributed  # noqa: F401
     except ImportError as e:
-        raise RunnerError(f"--runner {name}: {e.name} is not installed; install the pinned dask "
-                          f"and distributed from requirements.txt (pip install -r "
+        raise RunnerError(f"{e.name} is not installed (--runner {name}): install the pinned "
+                          f"dask and distributed from requirements.txt (pip install -r "
                           f"requirements.txt)") from e
 
 

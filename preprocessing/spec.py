@@ -370,7 +370,7 @@ def load_spec(path: str) -> DatasetSpec:
     if not os.path.exists(path):
         raise SpecError(
             f"{path}: no dataset spec here. Run `python -m pipeline.preprocess --dataset NAME "
-            f"--output_dir DIR` first, and pass the version directory that holds spec.json."
+            f"--data_dir DIR` first, and pass the version directory that holds spec.json."
         )
     try:
         with open(path) as f:

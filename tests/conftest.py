@@ -36,5 +36,5 @@ def digits_data_dir(tmp_path_factory) -> str:
     from pipeline import preprocess
 
     root = str(tmp_path_factory.mktemp("processed"))
-    preprocess.run(["--dataset", "digits", "--output_dir", root, "--num_shards", "2"])
+    preprocess.run(["--dataset", "digits", "--data_dir", root, "--num_shards", "2"])
     return root

@@ -75,7 +75,7 @@ def preprocessed(tmp_path_factory):
         if name not in results:
             module, options = FIXTURES[name]
             raw = module.make_raw(str(root / "raw" / name))
-            argv = ["--dataset", name, "--data_dir", raw, "--output_dir", str(root / "out"),
+            argv = ["--dataset", name, "--raw_data_dir", raw, "--data_dir", str(root / "out"),
                     "--num_shards", "1", "--max_bad_fraction", "0.5"]
             for key, value in options.items():
                 argv += ["--reader_option", f"{key}={value}"]

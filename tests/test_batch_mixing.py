@@ -37,8 +37,8 @@ def class_sorted_run(tmp_path_factory):
     np.save(raw / "inputs.npy", inputs)
     np.save(raw / "labels.npy", labels)
     out = str(tmp_path_factory.mktemp("processed"))
-    result = preprocess.run(["--dataset", "custom", "--format", "npy", "--data_dir", str(raw),
-                             "--patch_shape", "1", "--name", "sorted", "--output_dir", out,
+    result = preprocess.run(["--dataset", "custom", "--format", "npy", "--raw_data_dir", str(raw),
+                             "--patch_shape", "1", "--name", "sorted", "--data_dir", out,
                              "--num_shards", "4"])
     return result.version_dir
 

@@ -20,6 +20,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 
+from keras_metamae import cli
 from pipeline import preprocess, runners
 from preprocessing import registry
 from preprocessing.spec import load_spec
@@ -200,12 +201,12 @@ def _files(version_dir: str) -> dict[str, bytes]:
 def test_dask_cluster_writes_the_same_shards_as_the_local_runner(dataset, cluster, tmp_path):
     argv = ["--dataset", dataset, "--num_shards", "2"]
     if dataset == "custom":
-        argv += ["--format", "npy", "--patch_shape", "2,2", "--data_dir",
+        argv += ["--format", "npy", "--patch_shape", "2,2", "--raw_data_dir",
                  _write_custom_npy(tmp_path / "raw"), "--max_bad_fraction", "0.05"]
-    local = preprocess.run(argv + ["--output_dir", str(tmp_path / "local")])
+    local = preprocess.run(argv + ["--data_dir", str(tmp_path / "local")])
 
     dask_out = str(tmp_path / "dask")
-    done = _run_cli(argv + ["--output_dir", dask_out, "--runner", "DaskRunner",
+    done = _run_cli(argv + ["--data_dir", dask_out, "--", "--runner", "DaskRunner",
                             "--dask_client_address", cluster])
     assert done.returncode == 0, done.stderr[-4000:]
     spec = load_spec(local.version_dir.replace(str(tmp_path / "local"), dask_out))
@@ -225,8 +226,8 @@ def test_dask_cluster_writes_the_same_shards_as_the_local_runner(dataset, cluste
 def test_workers_that_cannot_import_the_project_are_a_one_line_error(request, tmp_path, capsys):
     address = start_cluster(request, str(tmp_path / "dask"), [None])
     out = tmp_path / "out"
-    code = preprocess.main(["--dataset", "digits", "--output_dir", str(out),
-                            "--runner", "DaskRunner", "--dask_client_address", address])
+    code = cli.call_program(preprocess, ["--dataset", "digits", "--data_dir", str(out), "--",
+                                         "--runner", "DaskRunner", "--dask_client_address", address])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert err.count("\n") == 0 and err.startswith("error: Dask worker "), err

@@ -369,7 +369,7 @@ def test_beam_job_writes_spec(name, tmp_path):
     module, _, expected_good, _ = CASES[name]
     expected_good = E2E_GOOD.get(name, expected_good)
     data_dir = module.make_raw(str(tmp_path / "raw"))
-    argv = ["--dataset", name, "--data_dir", data_dir, "--output_dir", str(tmp_path / "out"),
+    argv = ["--dataset", name, "--raw_data_dir", data_dir, "--data_dir", str(tmp_path / "out"),
             "--num_shards", "1", "--max_bad_fraction", "0.5"]
     for key, value in E2E_OPTIONS.get(name, {}).items():
         argv += ["--reader_option", f"{key}={value}"]
@@ -410,8 +410,8 @@ def test_custom_formats_through_the_pipeline_flags(flags, expected_good, raw_roo
     from pipeline import preprocess
 
     out = str(tmp_path / "out")
-    result = preprocess.run(["--dataset", "custom", "--data_dir", make_custom.make_raw(raw_root),
-                             "--output_dir", out, "--num_shards", "1",
+    result = preprocess.run(["--dataset", "custom", "--raw_data_dir", make_custom.make_raw(raw_root),
+                             "--data_dir", out, "--num_shards", "1",
                              "--max_bad_fraction", "0.5"] + flags)
     name = flags[flags.index("--name") + 1]
     assert result.version_dir == os.path.join(out, name, PIPELINE_VERSION)
@@ -420,7 +420,8 @@ def test_custom_formats_through_the_pipeline_flags(flags, expected_good, raw_roo
 
 
 def test_reader_option_needs_key_value():
+    from keras_metamae import cli
     from pipeline import preprocess
 
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    with pytest.raises(cli.UserError, match="KEY=VALUE"):
         preprocess.run(["--dataset", "custom", "--reader_option", "novalue"])

@@ -274,7 +274,7 @@ def test_beam_job_end_to_end(name, raw_dirs, tmp_path):
     from preprocessing.spec import load_spec
 
     data_dir = raw_dirs(MINIATURES[name][0])
-    result = preprocess.run(["--dataset", name, "--data_dir", data_dir, "--output_dir", str(tmp_path),
+    result = preprocess.run(["--dataset", name, "--raw_data_dir", data_dir, "--data_dir", str(tmp_path),
                              "--num_shards", "1", "--max_bad_fraction", "0.5"])
     spec = load_spec(result.version_dir)
     expected = REFERENCE[name]
@@ -326,8 +326,8 @@ def test_custom_image_folder_through_the_pipeline_flags(tmp_path):
 
     result = preprocess.run([
         "--dataset", "custom", "--format", "image_folder",
-        "--data_dir", make_custom_folders.make_raw(str(tmp_path)),
-        "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
+        "--raw_data_dir", make_custom_folders.make_raw(str(tmp_path)),
+        "--data_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
         "--reader_option", "image_size=16", "--reader_option", "patch_size=4", "--name", "pets"])
     assert result.version_dir == os.path.join(str(tmp_path / "out"), "pets", PIPELINE_VERSION)
     assert result.spec.name == "pets" and result.spec.input_shape == [16, 16, 3]

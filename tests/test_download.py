@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from keras_metamae import cli
 from pipeline import preprocess
 from preprocessing import download, official_files, registry
 from preprocessing.datasets.base import RawDataMissing
@@ -200,7 +201,7 @@ def _higgs_bytes(tmp_path) -> bytes:
 
 
 def _higgs_args(data_dir, out_dir, *extra):
-    return ["--dataset", "higgs", "--data_dir", str(data_dir), "--output_dir", str(out_dir),
+    return ["--dataset", "higgs", "--raw_data_dir", str(data_dir), "--data_dir", str(out_dir),
             "--reader_option", f"pretrain_rows={make_higgs.PRETRAIN_ROWS}",
             "--max_bad_fraction", "0.1", "--num_shards", "1", *extra]
 
@@ -225,9 +226,9 @@ def test_pipeline_checksum_mismatch_fails_and_leaves_nothing(host, tmp_path):
     url, handler = host
     handler.files["HIGGS.csv.gz"] = _higgs_bytes(tmp_path)  # not the official 2.8 GB file
     raw = tmp_path / "raw"
-    code = preprocess.main(_higgs_args(raw, tmp_path / "out", "--download", "auto",
-                                       "--download_mirror", url))
-    assert code == 1
+    code = cli.call_program(preprocess, _higgs_args(raw, tmp_path / "out", "--download", "auto",
+                                                    "--download_mirror", url))
+    assert code == 2
     assert not raw.exists()  # neither the wrong bytes nor the folder made for them
     assert not (tmp_path / "out" / "higgs" / "1").exists()
 

@@ -66,8 +66,8 @@ def test_eurosat_beam_job_writes_the_protocol(tmp_path):
     from pipeline import preprocess
     from tests.fixtures.make_eurosat import make_raw
 
-    result = preprocess.run(["--dataset", "eurosat", "--data_dir", make_raw(str(tmp_path), per_class=2),
-                             "--output_dir", str(tmp_path / "out"), "--num_shards", "1"])
+    result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", make_raw(str(tmp_path), per_class=2),
+                             "--data_dir", str(tmp_path / "out"), "--num_shards", "1"])
     spec = result.spec
     assert list(spec.splits) == ["pretrain", "transfer_train", "transfer_test"]
     assert sum(s.num_examples for s in spec.splits.values()) == 20
@@ -98,7 +98,7 @@ def test_beam_job_stores_the_reader_values_unscaled(name, fixture, feature_range
     module = importlib.import_module(f"tests.fixtures.{fixture}")
     data_dir = module.make_raw(str(tmp_path / "raw"))
     options = {"pretrain_rows": module.PRETRAIN_ROWS} if name == "higgs" else {}
-    argv = ["--dataset", name, "--data_dir", data_dir, "--output_dir", str(tmp_path / "out"),
+    argv = ["--dataset", name, "--raw_data_dir", data_dir, "--data_dir", str(tmp_path / "out"),
             "--num_shards", "1", "--max_bad_fraction", "0.5"]
     for key, value in options.items():
         argv += ["--reader_option", f"{key}={value}"]

@@ -416,8 +416,8 @@ def processed(raw_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("processed"))
     results = {}
     for name in ("mscoco", "mismatched-caption", "vqa"):
-        argv = ["--dataset", name, "--data_dir", raw_dir, "--output_dir", out,
-                "--num_shards", "2", "--max_bad_fraction", "0.5", "--runner", "FnApiRunner"]
+        argv = ["--dataset", name, "--raw_data_dir", raw_dir, "--data_dir", out,
+                "--num_shards", "2", "--max_bad_fraction", "0.5", "--", "--runner", "FnApiRunner"]
         results[name] = preprocess.run(argv)
     return out, results
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_metamae import cli
 from pipeline import preprocess
 from preprocessing import registry, tokenize
 from preprocessing.datasets.base import RawDataMissing
@@ -34,7 +35,7 @@ def read_split(version_dir, spec, split):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("processed"))
-    result = preprocess.run(["--dataset", "digits", "--output_dir", out, "--num_shards", "3"])
+    result = preprocess.run(["--dataset", "digits", "--data_dir", out, "--num_shards", "3"])
     return out, result
 
 
@@ -50,7 +51,7 @@ def test_digits_counts_layout_and_command(digits_run):
         files = sorted(glob.glob(os.path.join(result.version_dir, info.file_pattern)))
         assert [os.path.basename(f) for f in files] == [
             f"data-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
-    assert spec.command == "python -m pipeline.preprocess --dataset digits --output_dir " + out + " --num_shards 3"
+    assert spec.command == "python -m pipeline.preprocess --dataset digits --data_dir " + out + " --num_shards 3"
     assert len(spec.content_hash) == 64
     # Only the published version is left: no temp or manifest directories.
     assert os.listdir(os.path.join(out, "digits")) == [spec.pipeline_version]
@@ -85,8 +86,8 @@ def test_digits_tokens_equal_tokenizer_output(digits_run):
 
 def test_rerun_is_byte_identical(digits_run, tmp_path):
     out, first = digits_run
-    second = preprocess.run(["--dataset", "digits", "--output_dir", str(tmp_path), "--num_shards", "3",
-                             "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+    second = preprocess.run(["--dataset", "digits", "--data_dir", str(tmp_path), "--num_shards", "3",
+                             "--", "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
     assert second.spec.content_hash == first.spec.content_hash
     assert second.spec.splits == first.spec.splits
     for split, info in first.spec.splits.items():
@@ -98,7 +99,7 @@ def test_rerun_is_byte_identical(digits_run, tmp_path):
 def test_eurosat_zip_end_to_end(tmp_path):
     data_dir = make_raw(str(tmp_path), per_class=2)
     out = str(tmp_path / "out")
-    result = preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out,
+    result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", data_dir, "--data_dir", out,
                              "--num_shards", "2"])
     spec = result.spec
     assert result.num_examples == 20 and not result.bad_records
@@ -118,15 +119,15 @@ def test_eurosat_bad_records_fail_the_job_and_leave_nothing(tmp_path):
     data_dir = make_raw(str(tmp_path), per_class=2, corrupt=1, wrong_bands=1)
     out = str(tmp_path / "out")
     with pytest.raises(preprocess.PreprocessError) as info:
-        preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out])
+        preprocess.run(["--dataset", "eurosat", "--raw_data_dir", data_dir, "--data_dir", out])
     message = str(info.value)
     assert "2 of 22 raw records" in message
     assert "EuroSATallBands.zip:ds/images/remote_sensing/otherDatasets/sentinel_2/tif/AnnualCrop/AnnualCrop_3.tif" in message
     assert "AnnualCrop_4.tif" in message and "got shape [64, 64, 3]" in message
-    assert os.listdir(os.path.join(out, "eurosat")) == []
+    assert not os.path.exists(out)  # not even the folders made for the version
 
     # Within the allowed fraction the job publishes the good records only.
-    result = preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out,
+    result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", data_dir, "--data_dir", out,
                              "--max_bad_fraction", "0.1", "--num_shards", "1"])
     assert result.num_examples == 20 and len(result.bad_records) == 2
     ids = set()
@@ -137,7 +138,7 @@ def test_eurosat_bad_records_fail_the_job_and_leave_nothing(tmp_path):
     # A later failing run leaves the published version untouched.
     before = open(os.path.join(result.version_dir, "spec.json")).read()
     with pytest.raises(preprocess.PreprocessError):
-        preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out])
+        preprocess.run(["--dataset", "eurosat", "--raw_data_dir", data_dir, "--data_dir", out])
     assert open(os.path.join(result.version_dir, "spec.json")).read() == before
     assert os.listdir(os.path.join(out, "eurosat")) == [PIPELINE_VERSION]
 
@@ -146,10 +147,10 @@ def test_missing_raw_data_message(tmp_path):
     empty = tmp_path / "nothing_here"
     empty.mkdir()
     with pytest.raises(RawDataMissing, match="EuroSATallBands.zip"):
-        preprocess.run(["--dataset", "eurosat", "--data_dir", str(empty), "--output_dir", str(tmp_path)])
+        preprocess.run(["--dataset", "eurosat", "--raw_data_dir", str(empty), "--data_dir", str(tmp_path)])
     # The command line prints the message without a traceback and exits non-zero.
     proc = subprocess.run([sys.executable, "-m", "pipeline.preprocess", "--dataset", "eurosat",
-                           "--data_dir", str(empty), "--output_dir", str(tmp_path)],
+                           "--raw_data_dir", str(empty), "--data_dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "https://madm.dfki.de/files/sentinel/EuroSATallBands.zip" in proc.stderr
@@ -164,14 +165,14 @@ def test_list_and_unknown_dataset():
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
     assert "16 x 4" in lines["digits"] and " yes " in lines["digits"]
     assert "64 x 832" in lines["eurosat"] and "EuroSATallBands.zip" in lines["eurosat"]
-    assert preprocess.main(["--dataset", "no_such_set"]) == 1
+    assert cli.call_program(preprocess, ["--dataset", "no_such_set"]) == 2
 
 
 def test_multi_processing_direct_runner_extracted_folder(tmp_path):
     data_dir = make_raw(str(tmp_path), per_class=1, extracted=True)
     out = str(tmp_path / "out")
-    result = preprocess.run(["--dataset", "eurosat", "--data_dir", data_dir, "--output_dir", out,
-                             "--runner=DirectRunner", "--direct_running_mode=multi_processing",
+    result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", data_dir, "--data_dir", out,
+                             "--", "--runner=DirectRunner", "--direct_running_mode=multi_processing",
                              "--direct_num_workers=2"])
     assert result.num_examples == 10
     assert "--direct_running_mode=multi_processing" in result.spec.command

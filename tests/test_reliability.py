@@ -29,7 +29,7 @@ def test_killed_preprocessing_leaves_no_version_and_a_rerun_completes(tmp_path):
     raw = make_eurosat.make_raw(str(tmp_path / "raw"), per_class=12)
     out = str(tmp_path / "out")
     command = [sys.executable, "-m", "pipeline.preprocess", "--dataset", "eurosat",
-               "--data_dir", raw, "--output_dir", out]
+               "--raw_data_dir", raw, "--data_dir", out]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     dataset_dir = os.path.join(out, "eurosat")

@@ -39,14 +39,14 @@ def test_truncated_run_file_names_the_file(tmp_path):
 def test_many_small_runs_give_the_same_shards_as_one_run(tmp_path, monkeypatch):
     """A spill budget of a few examples and a fan-in of 2: every shard is byte-identical."""
     argv = ["--dataset", "digits", "--num_shards", "2"]
-    reference = preprocess.run(argv + ["--output_dir", str(tmp_path / "one")])
+    reference = preprocess.run(argv + ["--data_dir", str(tmp_path / "one")])
 
     written = []
     write_run = transforms.write_run
     monkeypatch.setattr(transforms, "SPILL_BUDGET_BYTES", 2_000)  # ~5 digits examples
     monkeypatch.setattr(transforms, "MERGE_FAN_IN", 2)
     monkeypatch.setattr(transforms, "write_run", lambda p, items: written.append(p) or write_run(p, items))
-    spilled = preprocess.run(argv + ["--output_dir", str(tmp_path / "many")])
+    spilled = preprocess.run(argv + ["--data_dir", str(tmp_path / "many")])
 
     assert len(written) > 300  # hundreds of runs, and merge rounds on top
     assert spilled.spec.content_hash == reference.spec.content_hash

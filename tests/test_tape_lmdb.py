@@ -31,7 +31,7 @@ RECORDS_PER_SOURCE = 4
 def _run(name: str, data_dir: str, out: str):
     from pipeline import preprocess
 
-    return preprocess.run(["--dataset", name, "--data_dir", data_dir, "--output_dir", out,
+    return preprocess.run(["--dataset", name, "--raw_data_dir", data_dir, "--data_dir", out,
                            "--num_shards", "1", "--max_bad_fraction", "0.5"])
 
 
@@ -187,7 +187,7 @@ def test_lmdb_without_num_examples_or_corrupt_is_a_clear_error(name, tmp_path):
     with env.begin(write=True) as txn:
         txn.delete(b"num_examples")
     env.close()
-    argv = ["--dataset", name, "--data_dir", data_dir, "--output_dir", str(tmp_path / "out")]
+    argv = ["--dataset", name, "--raw_data_dir", data_dir, "--data_dir", str(tmp_path / "out")]
     with pytest.raises(_protein.LmdbError, match=re.escape(train) + r": .*no `num_examples`"):
         preprocess.run(argv)
     with open(os.path.join(train, "data.mdb"), "wb") as f:

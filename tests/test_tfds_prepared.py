@@ -98,7 +98,7 @@ def preprocessed(dirs, tmp_path_factory):
     def run(name, kind, options=()):
         key = (name, kind)
         if key not in results:
-            argv = ["--dataset", name, "--data_dir", dirs(kind), "--output_dir", str(out / kind),
+            argv = ["--dataset", name, "--raw_data_dir", dirs(kind), "--data_dir", str(out / kind),
                     "--num_shards", "1", "--max_bad_fraction", "0.5", "--download", "never"]
             for k, v in dict(options).items():
                 argv += ["--reader_option", f"{k}={v}"]

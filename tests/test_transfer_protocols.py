@@ -71,8 +71,8 @@ def test_pfam_protocol_reaches_spec_json(tmp_path):
     from pipeline import preprocess
 
     result = preprocess.run([
-        "--dataset", "pfam", "--data_dir", make_pfam.make_raw(str(tmp_path)),
-        "--output_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
+        "--dataset", "pfam", "--raw_data_dir", make_pfam.make_raw(str(tmp_path)),
+        "--data_dir", str(tmp_path / "out"), "--num_shards", "1", "--max_bad_fraction", "0.5",
         "--reader_option", f"transfer_examples={TRANSFER_EXAMPLES}"])
     with open(os.path.join(result.version_dir, "spec.json")) as f:
         spec = json.load(f)
@@ -107,8 +107,8 @@ def test_tape_test_split_option_reaches_spec_json(tmp_path):
     data_dir = make_stability.make_raw(str(tmp_path))
     specs = {}
     for option in ([], ["--reader_option", "test_split=test"]):
-        result = preprocess.run(["--dataset", "stability", "--data_dir", data_dir,
-                                 "--output_dir", str(tmp_path / f"out{len(option)}"),
+        result = preprocess.run(["--dataset", "stability", "--raw_data_dir", data_dir,
+                                 "--data_dir", str(tmp_path / f"out{len(option)}"),
                                  "--num_shards", "1", "--max_bad_fraction", "0.5", *option])
         with open(os.path.join(result.version_dir, "spec.json")) as f:
             specs[bool(option)] = json.load(f)

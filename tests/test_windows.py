@@ -28,7 +28,7 @@ def pamap2(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("windows")
     data_dir = make_pamap2.make_raw(str(root))
-    argv = ["--dataset", "pamap2", "--data_dir", data_dir, "--output_dir", str(root / "out"),
+    argv = ["--dataset", "pamap2", "--raw_data_dir", data_dir, "--data_dir", str(root / "out"),
             "--num_shards", "2", "--max_bad_fraction", "0.5"]
     for key, value in make_pamap2.READER_OPTIONS.items():
         argv += ["--reader_option", f"{key}={value}"]

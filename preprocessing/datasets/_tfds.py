@@ -2,7 +2,7 @@
 
 `tfds.builder(name, data_dir=D).download_and_prepare()` leaves
 `D/<builder>/[<config>/]<version>/dataset_info.json` next to the record shards. A reader that
-mixes in `PreparedTfds` accepts such a directory under `--data_dir` when its own raw files are
+mixes in `PreparedTfds` accepts such a directory under `--raw_data_dir` when its own raw files are
 absent: data_dir may be D itself, the `<builder>` folder, the `<config>` folder or a
 `<version>` folder; the newest version whose dataset_info.json names the builder (and config)
 is used. Nothing is ever downloaded: the dataset is opened with `tfds.builder_from_directory`.

@@ -1,8 +1,8 @@
 """`custom`: the user's own data, in one of a few plain formats chosen with the `format` option.
 
-    python -m pipeline.preprocess --dataset custom --format npy  --data_dir my_arrays --patch_shape 4,4
-    python -m pipeline.preprocess --dataset custom --format csv  --data_dir my_table --label_column y
-    python -m pipeline.preprocess --dataset custom --format text --data_dir my_seqs --vocab ACGT --seq_len 100
+    python -m pipeline.preprocess --dataset custom --format npy  --raw_data_dir my_arrays --patch_shape 4,4
+    python -m pipeline.preprocess --dataset custom --format csv  --raw_data_dir my_table --label_column y
+    python -m pipeline.preprocess --dataset custom --format text --raw_data_dir my_seqs --vocab ACGT --seq_len 100
 
 Reader options (the pipeline forwards the flags of the same names as keyword arguments):
 - `format`: `npy`, `csv` or `text` (required). Other formats registered by other modules in the
@@ -13,7 +13,7 @@ Reader options (the pipeline forwards the flags of the same names as keyword arg
   characters, the first one pads) and `seq_len` (text), `task` (`multiclass` default, or
   `regression`), `name` (the dataset name written to spec.json; default `custom`).
 
-Layouts under `--data_dir`:
+Layouts under `--raw_data_dir`:
 - npy:  `inputs.npy` `[N, *input_shape]` and `labels.npy` `[N]`; or `train/`, `val/`, `test/`
         subfolders each holding such a pair (then the split is the folder). Read memory-mapped,
         in slices. Example rank picks the tokenizer: `[F]` tabular, `[T, C]` patch1d,

@@ -113,6 +113,30 @@ class CustomImageFolderReader(_FolderReader):
             extra={"pixel_scale": "[0, 1]", "resize": "bilinear, antialiased (aspect not kept)"},
         )
 
+    def input_size_note(self) -> str | None:
+        """One line saying how many images are not `image_size` square (each is resized, the
+        aspect ratio not kept), with an example; None when all are. Reads image headers only."""
+        from PIL import Image
+
+        root = self._data_dir()
+        files = _archives.walk_files(root, self.pattern())
+        other, example = 0, ""
+        for rel in files:
+            try:
+                with Image.open(os.path.join(root, rel)) as image:
+                    width, height = image.size
+            except (OSError, ValueError):
+                continue  # undecodable: the job reports it as a bad record
+            if (width, height) != (self.image_size, self.image_size):
+                other += 1
+                example = example or f"{rel} is {width}x{height}"
+        if not other:
+            return None
+        size = f"{self.image_size}x{self.image_size}"
+        return (f"{self.name}: {other} of {len(files)} images are not {size} pixels (e.g. "
+                f"{example}); they are resized to {size}, bilinear and antialiased, the aspect "
+                f"ratio not kept (--reader_option image_size=N sets the size)")
+
     def example(self, where, data, example_id, label):
         try:
             pixels = _images.decode_rgb(data)

@@ -1,6 +1,6 @@
 """`eurosat`: DABS multi-spectral EuroSAT (13-band 64x64 Sentinel-2 tiles, 10 land-use classes).
 
-Raw formats accepted under `--data_dir`, tried in this order:
+Raw formats accepted under `--raw_data_dir`, tried in this order:
 1. the official `EuroSATallBands.zip` (any `*.zip` whose members look like
    `<...>/<Class>/<Class>_<n>.tif`, at any depth inside the archive);
 2. that archive extracted: `<Class>/<Class>_<n>.tif` files at any depth below data_dir;
@@ -145,7 +145,7 @@ class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
         d = os.path.abspath(self._data_dir())
         raise RawDataMissing(
             f"eurosat: no raw data in {d}. Download {ARCHIVE_NAME} (about 2 GB) from "
-            f"{ARCHIVE_URL} and put it in {d}/ (extracted or not), or pass --data_dir to the "
+            f"{ARCHIVE_URL} and put it in {d}/ (extracted or not), or pass --raw_data_dir to the "
             f"folder that holds it."
         )
 

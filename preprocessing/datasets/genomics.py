@@ -1,6 +1,6 @@
 """`genomics`, `genomics-id`, `genomics-ood`: DABS genomics domain (Ren et al. 2019, genomics_ood).
 
-Raw format under `--data_dir`: the three CSV files DABS produces from the TFDS `genomics_ood`
+Raw format under `--raw_data_dir`: the three CSV files DABS produces from the TFDS `genomics_ood`
 splits with `tfds.as_dataframe(...).to_csv(path)`:
 
     genomicsPretrain.csv     TFDS split `train`          (in-distribution, 10 classes) -> genomics
@@ -142,7 +142,7 @@ class GenomicsReader(_tfds.PreparedTfds, DatasetReader):
                 f"{self.tfds_split!r} ({TFDS_URL}; original data {ORIGINAL_URL}) written as CSV "
                 f"with `tfds.as_dataframe(tfds.load('genomics_ood', split='{self.tfds_split}'))"
                 f".to_csv('{self.file_name}')` as DABS does; put {self.file_name} in {d}/ or "
-                f"pass --data_dir to the folder that holds it."
+                f"pass --raw_data_dir to the folder that holds it."
             )
 
     def list_raw_sources(self) -> list[_line_ranges.LineRange]:

@@ -1,6 +1,6 @@
 """`higgs` and `higgs-transfer`: DABS tabular domain, the UCI HIGGS data set (UCI 00280).
 
-Raw format under `--data_dir`: the official `HIGGS.csv.gz` (or the decompressed `HIGGS.csv`):
+Raw format under `--raw_data_dir`: the official `HIGGS.csv.gz` (or the decompressed `HIGGS.csv`):
 11,000,000 lines, no header, 29 comma-separated numbers per line: column 0 the class label
 (1.0 = signal, 0.0 = background), then 21 low-level kinematic features and 7 high-level
 features derived from them. Example: input float32 `[28]`, one token per feature (28 tokens of 1).
@@ -154,7 +154,7 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
             raise RawDataMissing(
                 f"{self.name}: no {FILE_NAMES[0]} in {d}. Download {FILE_NAMES[0]} (2.8 GB) from "
                 f"{FILE_URL} and put it in {d}/ (gzipped or decompressed as {FILE_NAMES[1]}), "
-                f"or pass --data_dir to the folder that holds it."
+                f"or pass --raw_data_dir to the folder that holds it."
             )
 
     def list_raw_sources(self) -> list[_line_ranges.LineRange]:

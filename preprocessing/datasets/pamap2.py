@@ -1,6 +1,6 @@
 """`pamap2`: DABS time-series domain, PAMAP2 physical activity monitoring (UCI 00231).
 
-Raw format under `--data_dir`: the official `PAMAP2_Dataset.zip` (members
+Raw format under `--raw_data_dir`: the official `PAMAP2_Dataset.zip` (members
 `PAMAP2_Dataset/Protocol/subject10N.dat`), or that archive extracted (`Protocol/subject10N.dat`
 at any depth). Each `.dat` line is 54 space-separated numbers: timestamp (s), activity id,
 heart rate (bpm), then 3 IMUs (hand, chest, ankle) x 17 values (temperature, 3-D acceleration
@@ -180,7 +180,7 @@ class PAMAP2Reader(DatasetReader):
         return RawDataMissing(
             f"pamap2: {detail}. Download {ARCHIVE_NAME} (about 650 MB) from {ARCHIVE_URL} and "
             f"put it in {d}/ (zipped or extracted so that Protocol/subject101.dat exists), or "
-            f"pass --data_dir to the folder that holds it."
+            f"pass --raw_data_dir to the folder that holds it."
         )
 
     def check_raw(self) -> None:

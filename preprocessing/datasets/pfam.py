@@ -1,6 +1,6 @@
 """`pfam`: DABS protein domain, the TAPE Pfam pretraining corpus.
 
-Raw format under `--data_dir` (or its `pfam/` subfolder), one file per stem:
+Raw format under `--raw_data_dir` (or its `pfam/` subfolder), one file per stem:
 
     pfam_train   -> split train           (pretraining)
     pfam_valid   -> splits val, transfer_train, transfer_test  (see "Splits" below)
@@ -235,7 +235,7 @@ class PfamReader(DatasetReader):
                 f"release {TAPE_LMDB_URL} into {d}/ (it is extracted into {d}/pfam/"
                 f"pfam_{{train,valid,holdout}}.lmdb/ on the first run), or TAPE's raw JSON "
                 f"corpus {TAPE_RAW_URL} and put pfam_train.json, pfam_valid.json and "
-                f"pfam_holdout.json in {d}/; or pass --data_dir to the folder that holds them."
+                f"pfam_holdout.json in {d}/; or pass --raw_data_dir to the folder that holds them."
             )
 
     def list_sources(self) -> list[tuple]:

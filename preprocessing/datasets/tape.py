@@ -1,6 +1,6 @@
 """TAPE downstream tasks, the DABS protein transfer sets (pretrain_dataset "pfam").
 
-Raw format under `--data_dir` (or its `<task>/` subfolder), one split per file stem below, in
+Raw format under `--raw_data_dir` (or its `<task>/` subfolder), one split per file stem below, in
 either of TAPE's releases:
 - LMDB, TAPE's official distribution (`http://s3.amazonaws.com/songlabdata/proteindata/
   data_pytorch/<task>.tar.gz`): folders `<task>/<stem>.lmdb/` (`data.mdb`, `lock.mdb`) holding
@@ -133,7 +133,7 @@ class TapeTaskReader(DatasetReader):
                 f"TAPE's LMDB release {TAPE_LMDB_URL.format(task=task)} into {d}/ (it is "
                 f"extracted into {d}/{task}/{task}_*.lmdb/ on the first run), or TAPE's raw "
                 f"JSON data {TAPE_RAW_URL.format(task=task)}, extracted, with the {task}_*.json "
-                f"files in {d}/; or pass --data_dir to that folder."
+                f"files in {d}/; or pass --raw_data_dir to that folder."
             )
 
     def list_sources(self) -> list[tuple]:
