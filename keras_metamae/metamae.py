@@ -371,7 +371,9 @@ class MetaMAE(keras.Model):
         z_star = latent
         inner_loss_before = None
         for _ in range(self.inner_steps):
-            with tf.GradientTape() as inner_tape:
+            # Only Z is differentiated: a tape that also watched the weights would build the
+            # decoder's weight-gradient matmuls for nothing (a larger graph to trace).
+            with tf.GradientTape(watch_accessed_variables=False) as inner_tape:
                 inner_tape.watch(z_star)
                 predictions = self._decode(z_star, keep_indices, training)
                 # Summed over the batch: each example's latent gets the gradient of its own
