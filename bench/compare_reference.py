@@ -162,8 +162,9 @@ class ReferenceWorker:
 
 
 # === the comparison ===
-def compare(args) -> tuple[dict, dict, dict]:
-    """Medians `{kind: seconds}` of ours and of the reference, and the versions."""
+def compare(args) -> tuple[dict, dict, dict, dict]:
+    """Medians `{kind: seconds}` of ours and of the reference, the versions, and
+    `{kind: FLOPs}` of our step (TensorFlow's static count)."""
     import statistics
 
     from bench import step_timing
@@ -177,6 +178,7 @@ def compare(args) -> tuple[dict, dict, dict]:
             _, method, first_order = KINDS[kind]
             ours_steps[kind] = step_timing.build_step(config, method, first_order)
             worker.ask(cmd="build", kind=kind)
+        flops = {kind: step_timing.step_flops(ours_steps[kind]) for kind in args.kinds}
         for kind in args.kinds:  # tracing, allocator warm-up
             for _ in range(args.warmup):
                 ours_steps[kind]()
@@ -193,10 +195,11 @@ def compare(args) -> tuple[dict, dict, dict]:
     finally:
         worker.close()
     median = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
-    return median(ours), median(reference), versions
+    return median(ours), median(reference), versions, flops
 
 
-def table(ours: dict, reference: dict, versions: dict, args, load_start: str) -> str:
+def table(ours: dict, reference: dict, versions: dict, args, load_start: str,
+          flops: dict | None = None) -> str:
     import keras
     import tensorflow as tf
 
@@ -214,19 +217,27 @@ def table(ours: dict, reference: dict, versions: dict, args, load_start: str) ->
         f"attention off (no double backward). {step_timing.machine_line()} at the end; "
         f"{load_start} at the start.",
         "",
-        "| step | reference PyTorch | this project | ratio |",
-        "|---|---:|---:|---:|",
+        "| step | reference PyTorch | this project | ratio | GFLOP per step | ours GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    flops = flops or {}
     for kind in args.kinds:
+        gflop = flops.get(kind, 0.0) / 1e9
         lines.append(f"| {KINDS[kind][0]} | {reference[kind]:.3f} s | {ours[kind]:.3f} s | "
-                     f"{ours[kind] / reference[kind]:.2f}× |")
+                     f"{ours[kind] / reference[kind]:.2f}× | {gflop:.1f} | "
+                     f"{gflop / ours[kind]:.0f} |")
     if "mae" in ours:
         lines.append("")
         for kind in args.kinds:
             if kind != "mae":
+                work = (f"; the step's FLOPs {flops[kind] / flops['mae']:.2f}× MAE's"
+                        if flops.get("mae") else "")
                 lines.append(f"- {KINDS[kind][0]} / MAE: this project "
                              f"{ours[kind] / ours['mae']:.2f}×, reference "
-                             f"{reference[kind] / reference['mae']:.2f}× (target ≤ 1.5×).")
+                             f"{reference[kind] / reference['mae']:.2f}×{work} "
+                             f"(target ≤ 1.5×).")
+    lines += ["", "GFLOP per step: TensorFlow's static count over our traced training step "
+              "(`step_timing.step_flops`); the reference does the same arithmetic."]
     return "\n".join(lines)
 
 
@@ -260,8 +271,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     load_start = "load average " + "/".join(f"{x:.2f}" for x in os.getloadavg())
-    ours, reference, versions = compare(args)
-    text = table(ours, reference, versions, args, load_start)
+    ours, reference, versions, flops = compare(args)
+    text = table(ours, reference, versions, args, load_start, flops)
     from bench.markdown_section import replace_section
 
     replace_section(args.output, SECTION, text)

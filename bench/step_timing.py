@@ -102,7 +102,27 @@ def build_step(config: dict, method: str, first_order: bool, precision: str = "f
         float(np.asarray(logs["loss"]).reshape(-1)[0])
 
     step.model = model
+    step.batch = batch
     return step
+
+
+def step_flops(step) -> float:
+    """Floating-point operations of one training step of a `build_step` model: TensorFlow's
+    static count (`tf.profiler` float_operation, matmuls and elementwise ops with a registered
+    cost) over the traced `train_step` graph, the tapes' gradients included. Depends only on
+    the config, never on the machine, so it says how much of a time ratio is inherent."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    model = step.model
+    shape = [model.num_tokens] if model.is_discrete else [model.num_tokens, model.token_dim]
+    dtype = tf.int64 if model.is_discrete else tf.float32
+    traced = tf.function(lambda tokens: model.train_step({"tokens": tokens}))
+    graph = traced.get_concrete_function(
+        tf.TensorSpec([step.batch, *shape], dtype)).graph
+    options = option_builder.ProfileOptionBuilder(
+        option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    return float(model_analyzer.profile(graph, options=options).total_float_ops)
 
 
 def time_call(fn) -> float:

@@ -125,4 +125,6 @@ def test_compare_reference_runs_both_sides_in_turns_and_writes_its_table(tmp_pat
     text = out.read_text()
     assert "<!-- compare_reference:start -->" in text
     assert "torch 0.0-fake" in text and "timm 0.0-fake" in text and "load average" in text
-    assert "| MAE |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| MAE |"))
+    gflop = float(row.split("|")[5])  # our step's static FLOP count, from the traced graph
+    assert 30 < gflop < 60  # the EuroSAT MAE step: ~43 GFLOP
