@@ -38,23 +38,46 @@ if TYPE_CHECKING:
     from preprocessing.spec import DatasetSpec
 
 
+def _progress_line(label: str | None, total: int | None, unit: str):
+    """A progress line (keras_metamae/progress.py) for one evaluation phase, or None (quiet)."""
+    if label is None:
+        return None
+    from keras_metamae.progress import ProgressLine
+
+    return ProgressLine(label, total=total, unit=unit).start(0, heartbeat=True)
+
+
 def extract_features(encoder, spec, version_dir: str, split, batch_size: int,
-                     per_token: bool = False):
+                     per_token: bool = False, progress: str | None = None):
     """(features, labels) of a whole split (or several, concatenated), in file order, from the
-    frozen encoder."""
+    frozen encoder. `progress`: the label of a progress line (examples embedded), or None."""
     from keras_metamae import data
 
     ds = data.make_dataset(spec, version_dir, split, batch_size, shuffle=False, repeat=False,
                            drop_remainder=False)
+    splits = [split] if isinstance(split, str) else list(split)
+    expected = sum(spec.splits[s].num_examples for s in splits if s in spec.splits)
+    line = _progress_line(progress and f"{progress}: embed {'+'.join(splits)}",
+                          expected or None, "examples")
     features, labels = [], []
-    for batch in ds:
-        if per_token:
-            latent = encoder(batch["tokens"], training=False)[:, 1:, :]
-            features.append(np.asarray(latent, np.float32))
-        else:
-            features.append(np.asarray(encoder.features(batch["tokens"], training=False),
-                                       np.float32))
-        labels.append(batch["label"].numpy())
+    done = 0
+    try:
+        for batch in ds:
+            if per_token:
+                latent = encoder(batch["tokens"], training=False)[:, 1:, :]
+                features.append(np.asarray(latent, np.float32))
+            else:
+                features.append(np.asarray(encoder.features(batch["tokens"], training=False),
+                                           np.float32))
+            labels.append(batch["label"].numpy())
+            done += len(labels[-1])
+            if line is not None:
+                line.update(done)
+        if line is not None:
+            line.finish(done)
+    finally:
+        if line is not None:
+            line.close()
     if not features:
         raise ValueError(f"{version_dir}: split {split!r} is empty")
     return np.concatenate(features), np.concatenate(labels)
@@ -110,7 +133,8 @@ def train_linear_head(train_x, train_y, spec, *, epochs: int, batch_size: int, s
     return predict
 
 
-def paper_probe(spec, train, val, test, *, epochs: int, batch_size: int, seed: int) -> dict:
+def paper_probe(spec, train, val, test, *, epochs: int, batch_size: int, seed: int,
+                progress: str | None = None) -> dict:
     """The DABS/paper linear probe (Adam lr 1e-4, L2 1e-4, `epochs` epochs).
 
     `value` is the test metric after the last epoch, as the reference reports it; where the
@@ -118,15 +142,28 @@ def paper_probe(spec, train, val, test, *, epochs: int, batch_size: int, seed: i
     best validation metric (`best_epoch`, 1-based).
     """
     track = {"best": -np.inf, "epoch": 0, "test": None}
+    line = _progress_line(progress and f"{progress}: paper probe", epochs, "epochs")
 
     def on_epoch_end(epoch, predict):
-        score = metrics.compute(spec.metric, val[1], predict(val[0]), spec.task)
-        if score > track["best"]:
-            track.update(best=score, epoch=epoch + 1,
-                         test=metrics.compute(spec.metric, test[1], predict(test[0]), spec.task))
+        if val is not None:
+            score = metrics.compute(spec.metric, val[1], predict(val[0]), spec.task)
+            if score > track["best"]:
+                track.update(best=score, epoch=epoch + 1,
+                             test=metrics.compute(spec.metric, test[1], predict(test[0]),
+                                                  spec.task))
+        if line is not None:
+            line.update(epoch + 1, details=(f"best val {spec.metric} {track['best']:.4f}"
+                                            if val is not None else None))
 
-    predict = train_linear_head(train[0], train[1], spec, epochs=epochs, batch_size=batch_size,
-                                seed=seed, on_epoch_end=on_epoch_end if val is not None else None)
+    try:
+        predict = train_linear_head(
+            train[0], train[1], spec, epochs=epochs, batch_size=batch_size, seed=seed,
+            on_epoch_end=on_epoch_end if val is not None or line is not None else None)
+        if line is not None:
+            line.finish(epochs)
+    finally:
+        if line is not None:
+            line.close()
     result = {"value": metrics.compute(spec.metric, test[1], predict(test[0]), spec.task)}
     if val is not None:
         result.update(value_best_val=track["test"], best_epoch=track["epoch"],
@@ -197,10 +234,12 @@ def _fit_converged(spec, x, y, strength: float, seed: int):
     return predict
 
 
-def converged_probe(spec, train, val, test, *, seed: int) -> dict:
+def converged_probe(spec, train, val, test, *, seed: int, progress: str | None = None,
+                    strengths=CONVERGED_C_GRID) -> dict:
     """Standardized features, then L-BFGS logistic regression (ridge for regression) with the
     regularisation picked on the validation split, or on a seeded 10% of the training data
-    when the protocol has none; refit on all training data with the chosen strength.
+    when the protocol has none, among `strengths` (inverse regularisation C); refit on all
+    training data with the chosen strength.
 
     The paper's 100 epochs of Adam at lr 1e-4 are far from converged on small data (a random
     digits encoder scores 0.15 with it and 0.60 with kNN); this probe shows what the features
@@ -219,12 +258,23 @@ def converged_probe(spec, train, val, test, *, seed: int) -> dict:
         fit, select = (train_x[kept], train[1][kept]), (train_x[held], train[1][held])
         selected_on = "train_holdout"
     best = (-np.inf, None)
-    for strength in CONVERGED_C_GRID:
-        predict = _fit_converged(spec, fit[0], fit[1], strength, seed)
-        score = metrics.compute(spec.metric, select[1], predict(select[0]), spec.task)
-        if score > best[0]:
-            best = (score, strength)
-    predict = _fit_converged(spec, train_x, train[1], best[1], seed)
+    # One fit per strength, then the refit with the chosen one.
+    line = _progress_line(progress and f"{progress}: converged probe",
+                          len(strengths) + 1, "fits")
+    try:
+        for fits, strength in enumerate(strengths, 1):
+            predict = _fit_converged(spec, fit[0], fit[1], strength, seed)
+            score = metrics.compute(spec.metric, select[1], predict(select[0]), spec.task)
+            if score > best[0]:
+                best = (score, strength)
+            if line is not None:
+                line.update(fits, details=f"C={strength:g}")
+        predict = _fit_converged(spec, train_x, train[1], best[1], seed)
+        if line is not None:
+            line.finish(len(strengths) + 1, details=f"chose C={best[1]:g}")
+    finally:
+        if line is not None:
+            line.close()
     return {"value": metrics.compute(spec.metric, test[1], predict(scale(test[0])), spec.task),
             "C": best[1], "selection_value": best[0], "selected_on": selected_on}
 
@@ -233,11 +283,14 @@ PROBES = ("paper", "converged", "both")
 
 
 def linear_eval(encoder, spec, version_dir: str, *, epochs: int, batch_size: int,
-                seed: int = 0, knn: bool = True, probe: str = "both") -> dict:
+                seed: int = 0, knn: bool = True, probe: str = "both",
+                progress: str | None = None) -> dict:
     """Probes a frozen encoder on the splits the spec's protocol names.
 
     `probe`: "paper" (the DABS protocol, reported as `value`), "converged" (under `converged`)
-    or "both".
+    or "both". `progress`: a label (e.g. "pretrained encoder") to show a progress line per
+    phase (embedding each split, the paper probe's epochs, the converged probe's fits) on
+    stderr; None is quiet.
     """
     if probe not in PROBES:
         raise ValueError(f"--probe: got {probe!r}, expected one of {PROBES}")
@@ -250,12 +303,15 @@ def linear_eval(encoder, spec, version_dir: str, *, epochs: int, batch_size: int
                              f"linear protocol trains on {roles['probe_train']} and reports on "
                              f"{roles['probe_test']} (spec protocol)")
     started = time.perf_counter()
-    train = extract_features(encoder, spec, version_dir, roles["probe_train"], 256, per_token)
-    test = extract_features(encoder, spec, version_dir, roles["probe_test"], 256, per_token)
+    train = extract_features(encoder, spec, version_dir, roles["probe_train"], 256, per_token,
+                             progress)
+    test = extract_features(encoder, spec, version_dir, roles["probe_test"], 256, per_token,
+                            progress)
     val = None
     if roles["probe_val"] and all(spec.splits.get(s) and spec.splits[s].num_examples
                                   for s in roles["probe_val"]):
-        val = extract_features(encoder, spec, version_dir, roles["probe_val"], 256, per_token)
+        val = extract_features(encoder, spec, version_dir, roles["probe_val"], 256, per_token,
+                               progress)
     result = {
         "dataset": spec.name,
         "metric": spec.metric,
@@ -267,9 +323,9 @@ def linear_eval(encoder, spec, version_dir: str, *, epochs: int, batch_size: int
     }
     if probe in ("paper", "both"):
         result.update(paper_probe(spec, train, val, test, epochs=epochs, batch_size=batch_size,
-                                  seed=seed))
+                                  seed=seed, progress=progress))
     if probe in ("converged", "both"):
-        result["converged"] = converged_probe(spec, train, val, test, seed=seed)
+        result["converged"] = converged_probe(spec, train, val, test, seed=seed, progress=progress)
         if probe == "converged":
             result["value"] = result["converged"]["value"]
     result["probe"] = probe
@@ -390,9 +446,9 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
 def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
                    encoder_kind: str = "pretrained", epochs: int = 100,
                    batch_size: int | None = None, baseline: bool = True,
-                   transfer: bool = False, probe: str = "both") -> dict:
+                   transfer: bool = False, probe: str = "both", progress: bool = True) -> dict:
     """Probes the workdir's encoder (`plan_evaluation`), writes the JSON and TensorBoard
-    scalars, returns the record."""
+    scalars, returns the record. `progress`: a line per phase on stderr."""
     from keras_metamae.export import load_trained_model
 
     plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size)
@@ -404,14 +460,16 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
         model, _, _, step = load_trained_model(plan.workdir)
         encoder = model.encoder
     record = linear_eval(encoder, spec, plan.version_dir, epochs=epochs,
-                         batch_size=plan.batch_size, seed=config.seed, probe=probe)
+                         batch_size=plan.batch_size, seed=config.seed, probe=probe,
+                         progress=f"{encoder_kind} encoder" if progress else None)
     record.update(encoder=encoder_kind, step=step, workdir=plan.workdir,
                   pretrain_dataset=config.dataset, model=config.model, transfer=transfer)
     record["baseline_random"] = None
     if encoder_kind == "pretrained" and baseline:
         baseline_record = linear_eval(random_encoder(config, train_spec), spec, plan.version_dir,
                                       epochs=epochs, batch_size=plan.batch_size,
-                                      seed=config.seed, knn=False, probe=probe)
+                                      seed=config.seed, knn=False, probe=probe,
+                                      progress="random encoder" if progress else None)
         record["baseline_random"] = baseline_record["value"]
         if "converged" in baseline_record:
             record["baseline_random_converged"] = baseline_record["converged"]["value"]

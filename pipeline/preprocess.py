@@ -50,7 +50,7 @@ from typing import Any
 from absl import flags
 
 from keras_metamae import cli
-from pipeline import runners
+from pipeline import job_progress, runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
 from preprocessing.official_files import official_files
@@ -614,8 +614,10 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     published = False
     try:
         logging.info("%s: %d sources from %s -> %s", job.dataset, len(sources), data_dir, version_dir)
-        runners.run_graph(beam_args, lambda p: build_graph(
-            p, reader, spec, sources, work_dir, job.seed, job.num_shards))
+        # A progress line on stderr while the graph runs (pipeline/job_progress.py).
+        with job_progress.JobProgress(spec.name, beam_args, len(sources), work_dir):
+            runners.run_graph(beam_args, lambda p: build_graph(
+                p, reader, spec, sources, work_dir, job.seed, job.num_shards))
         bad = _read_manifest(work_dir)["bad"]
         final = _finish_spec(reader, spec, work_dir, job.num_shards, job.command)
         num_good = sum(s.num_examples for s in final.splits.values())

@@ -44,6 +44,7 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
+from pipeline import job_progress
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawExample, hash_fraction
 from preprocessing.series_records import RawSeries, make_series_example
 from preprocessing.spec import DatasetSpec
@@ -126,11 +127,15 @@ class _SourceMoments(beam.DoFn):
         index, source = indexed_source
         acc = (0, np.zeros(self._channels), np.zeros(self._channels))
         batch: list[np.ndarray] = []
+        read = 0
         for record in self._reader.read_source(source):
             if isinstance(record, BadRecord):
                 self._bad.inc()
                 continue
             self._read.inc()
+            read += 1
+            if read % STATS_BATCH == 0:  # the driver's progress line (pipeline/job_progress.py)
+                job_progress.add(job_progress.STATS_READ, STATS_BATCH)
             if self._reader.split_of(record, self._seed) != self._split:
                 continue
             batch.append(np.asarray(continuous_input(record.input), np.float64).reshape(-1, self._channels))
@@ -139,6 +144,8 @@ class _SourceMoments(beam.DoFn):
                 batch = []
         if batch:
             acc = merge_moments(acc, _moments(np.concatenate(batch)))
+        job_progress.add(job_progress.STATS_READ, read % STATS_BATCH)
+        job_progress.add(job_progress.STATS_SOURCES)
         n, mean, m2 = acc
         yield index, (int(n), [float(v) for v in mean], [float(v) for v in m2])
 
@@ -404,6 +411,7 @@ class _ReadTokenizeSpill(beam.DoFn):
         for record in self._reader.read_source(source):
             if isinstance(record, BadRecord):
                 self._bad.inc()
+                job_progress.add(job_progress.BAD_RECORDS)
                 yield record
                 continue
             self._read.inc()
@@ -417,6 +425,7 @@ class _ReadTokenizeSpill(beam.DoFn):
         if batch:
             self._tokenize(batch, spec, buffers)
         yield from self._spill(index, runs, buffers)
+        job_progress.add(job_progress.TOKENIZE_SOURCES)
 
     def _tokenize(self, batch, spec, buffers) -> int:
         size = 0
@@ -424,8 +433,10 @@ class _ReadTokenizeSpill(beam.DoFn):
             buffers[key].append((sort_key, record))
             size += len(record) + len(sort_key) + _ITEM_OVERHEAD
         self._count.inc(len(batch))
+        job_progress.add(job_progress.TOKENIZED, len(batch))
         before, self._seen = self._seen, self._seen + len(batch)
-        if before // LOG_EVERY != self._seen // LOG_EVERY:
+        # A driver in this process shows the counts on its progress line instead.
+        if before // LOG_EVERY != self._seen // LOG_EVERY and not job_progress.watched():
             logging.info("%s: this worker tokenized %d examples", spec.name, self._seen)
         return size
 
@@ -523,10 +534,14 @@ class _MergeShard(beam.DoFn):
             nonlocal count
             for _, record in merged_runs(runs, scratch):
                 count += 1
+                if count % LOG_EVERY == 0:
+                    job_progress.add(job_progress.EXAMPLES_WRITTEN, LOG_EVERY)
                 yield record
 
         rel = shard_path(split, shard, self._num_shards)
         sha = write_records(os.path.join(self._dir, rel), records())
+        job_progress.add(job_progress.EXAMPLES_WRITTEN, count % LOG_EVERY)
+        job_progress.add(job_progress.SHARDS_WRITTEN)
         yield {"split": split, "shard": shard, "path": rel, "num_examples": count, "sha256": sha}
 
 
