@@ -201,6 +201,8 @@ def main():
         key = (name, jit, precision)
         steps[key] = step_timing.build_step(config, method, first_order, precision, jit)
         first_step[key] = step_timing.time_call(steps[key])  # tracing (+ XLA compilation)
+    flops = {key: step_timing.step_flops(step) for key, step in steps.items()
+             if key[2] == "float32" and not key[1]}
     load_start = os.getloadavg()
     step_of = step_timing.interleaved_medians(steps, rounds=args.steps, warmup=args.warmup)
     rows = []
@@ -228,16 +230,21 @@ def main():
            " XLA rows are measured on GPUs only (on a CPU, compiling the second-order graph "
            "takes longer than a short run; `--xla` adds them)."),
         "",
-        "| model | XLA | precision | first step s | ms/step | steps/s | examples/s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | XLA | precision | first step s | ms/step | steps/s | examples/s | "
+        "GFLOP/step | GFLOP/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, jit, precision, seconds, first in rows:
+        gflop = flops.get((name, jit == "on", precision), 0.0) / 1e9
+        rate = f"{gflop:.1f} | {gflop / seconds:.0f}" if gflop else "| "
         lines.append(f"| {name} | {jit} | {precision} | {first:.1f} | {seconds * 1000:.1f} | "
-                     f"{1 / seconds:.2f} | {batch / seconds:.1f} |")
+                     f"{1 / seconds:.2f} | {batch / seconds:.1f} | {rate} |")
+    work = flops[("MetaMAE second-order", False, "float32")] / flops[("MAE", False, "float32")]
     lines += [
         "",
         f"- MetaMAE (second order) / MAE step time: **{meta / mae:.2f}×** "
-        f"(target ≤ 1.5×; the paper reports 1.4×).",
+        f"(target ≤ 1.5×; the paper reports 1.4×); the step's arithmetic alone is "
+        f"{work:.2f}× MAE's (GFLOP: TensorFlow's static count of the traced step).",
         f"- tf.data reader alone: **{reader:,.0f} examples/s**, "
         f"{reader / consumed:.0f}× what the MetaMAE step consumes ({consumed:.1f} examples/s; "
         f"target ≥ 10×).",
