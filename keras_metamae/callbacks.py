@@ -316,7 +316,12 @@ def _experiment_summary(values: dict, metrics) -> bytes:
 
 def write_run_description(logdir: str, config, spec, step: int) -> None:
     """Text summaries of the config and the spec, and the HParams session, at `step` (0 for a
-    new run; a resumed run describes itself again at the step it resumed from)."""
+    new run; a resumed run describes itself again at the step it resumed from).
+
+    The session is `logdir` itself and its metrics live in the `train/`, `validation/`, ...
+    runs below it. TensorBoard finds those only when its `--logdir` is above `logdir` (the
+    workdir or a folder of workdirs): it names the metrics' runs `<session>/<group>`, which
+    for a session at its own root is `./train`, a run it does not have."""
     import os
 
     from tensorboard.plugins.hparams import api as hp
@@ -327,8 +332,9 @@ def write_run_description(logdir: str, config, spec, step: int) -> None:
         tf.summary.text("config/dataset_spec", spec_markdown(spec))
         tf.summary.experimental.write_raw_pb(
             _experiment_summary(hparam_values(config), hparam_metrics(spec)), step=step)
-        hp.hparams(hparam_values(config),
-                   trial_id=os.path.basename(os.path.normpath(config.workdir or logdir)))
+        # The session group is the workdir: two runs with the same folder name elsewhere must
+        # not be averaged as repeats of one trial.
+        hp.hparams(hparam_values(config), trial_id=os.path.abspath(config.workdir or logdir))
     writer.flush()
     writer.close()
 

@@ -7,7 +7,7 @@
     line.finish(1500)
 
 On a terminal (the stream is a TTY) the line is redrawn in place with `\\r`, cut to the
-terminal's width (the bar, then the second rate go first, then the end is cut):
+terminal's width (the details are cut first, then the bar and the second rate go):
 
     train [######----] 700/1,500 steps  46% | 11.8 steps/s (755 examples/s) | 1:04 elapsed, ETA 1:08 | loss 0.2143
 
@@ -37,6 +37,8 @@ LOG_INTERVAL_S = 15.0
 # Seconds between two redraws of the line on a terminal.
 REDRAW_S = 0.2
 BAR_WIDTH = 10
+# The heartbeat writes once nothing has called `update` for this long.
+_STALLED_S = 1.0
 
 
 def format_duration(seconds: float) -> str:
@@ -182,6 +184,7 @@ class ProgressLine:
         self.note = ""  # what happens now between counted units; see `set_note`
         self._started_at: float | None = None
         self._last_write: float | None = None
+        self._last_update: float | None = None
         self._drawn = 0  # characters of the line now on the terminal (TTY only)
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -199,21 +202,21 @@ class ProgressLine:
 
     def text(self, now: float | None = None, finished: bool = False,
              width: int | None = None) -> str:
-        """The line as of `now`. With `width` (terminals), what does not fit is left out: the
-        bar, then the second rate; then the end (details first) is cut."""
+        """The line as of `now`. With `width` (terminals), the details are cut to fit, and the
+        bar, then the second rate, are left out when the rest would not fit without them."""
         now = self.clock() if now is None else now
         elapsed = now - (self._started_at if self._started_at is not None else now)
         options = dict(done=self.done, total=self.total, unit=self.unit, rate=self.rate,
                        per_unit=self.per_unit, elapsed_s=elapsed, finished=finished,
                        note=self.note, details=self.details,
                        bar_width=BAR_WIDTH if self.tty else 0)
-        text = progress_text(self.label, **options)
+        if width is None:
+            return progress_text(self.label, **options)
         for drop in ({"bar_width": 0}, {"per_unit": None}):
-            if width is None or len(text) <= width:
+            if len(progress_text(self.label, **dict(options, details=""))) <= width:
                 break
             options.update(drop)
-            text = progress_text(self.label, **options)
-        return text if width is None else text[:width]
+        return progress_text(self.label, **options)[:width]
 
     # === writing ===
     def start(self, done: int | None = 0, heartbeat: bool = False) -> "ProgressLine":
@@ -221,6 +224,7 @@ class ProgressLine:
             now = self.clock()
             self._started_at = now
             self._last_write = now  # the first line comes after one interval
+            self._last_update = now
             self.done = done
             if done is not None:
                 self.meter.start(done)
@@ -241,6 +245,7 @@ class ProgressLine:
             if self._started_at is None:
                 self.start(done)
             now = self.clock()
+            self._last_update = now
             self.done = done
             if done is not None:
                 self.meter.add(now, done)
@@ -321,8 +326,11 @@ class ProgressLine:
                     self.done = done
                     if done is not None:
                         self.meter.add(now, done)
-                # On a terminal, the elapsed time moves once a second at most.
-                if now - self._last_write >= max(self.interval_s, 1.0 if self.tty else 0.0):
+                # Only while nothing reports (`update` writes its own lines, with fresh
+                # details); on a terminal, the elapsed time moves once a second at most.
+                stalled = self.poll is not None or now - self._last_update >= _STALLED_S
+                if stalled and now - self._last_write >= max(self.interval_s,
+                                                             1.0 if self.tty else 0.0):
                     self._write(now)
 
     def _stop_heartbeat(self) -> None:

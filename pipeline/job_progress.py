@@ -14,9 +14,9 @@
 - Other runners (`multi_processing` workers, Dask, Dataflow, Flink, Spark) run the DoFns in
   other processes or machines, whose tally the driver cannot read. It shows what they leave in
   the job's folder (spilled runs, finished shards; a local or mounted folder) and the elapsed
-  time; the per-step counts are the Beam counters `keras_metamae.preprocess/*` in the runner's
-  own UI (the Dask dashboard, the Dataflow console). The Dask runner reports no metrics to
-  the driver at all.
+  time. Remote runners show the per-step counts, the Beam counters
+  `keras_metamae.preprocess/*`, in their own UI (the Dataflow console, Flink's web UI); the
+  Dask runner reports no Beam metrics at all (its dashboard shows tasks, not examples).
 
 The tally is a process-wide counter, so one job at a time per process is watched.
 """
@@ -36,6 +36,8 @@ STATS_READ, STATS_SOURCES = "stats_read", "stats_sources"
 TOKENIZED, TOKENIZE_SOURCES = "tokenized", "tokenize_sources"
 BAD_RECORDS = "bad_records"
 SHARDS_WRITTEN, EXAMPLES_WRITTEN = "shards_written", "examples_written"
+# What `runners.runner_name` gives for the local runner (None: no --runner).
+LOCAL_RUNNER_NAMES = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner")
 # Seconds between two listings of the job's folder (out-of-process runners).
 _LIST_EVERY_S = 10.0
 
@@ -97,11 +99,14 @@ def stages_text(counts: dict[str, int], rates: dict[str, float | None], num_sour
     return " | ".join(stages)
 
 
-def files_text(spilled_runs: int | None, shards: int | None, runner: str) -> str:
+def files_text(spilled_runs: int | None, shards: int | None, runner: str,
+               finished: bool = False) -> str:
     """The line's part for a runner whose workers the driver cannot see (pure)."""
     seen = ("" if spilled_runs is None else
-            f"{spilled_runs} runs spilled, {shards} shards written so far; ")
-    return (f"{seen}the workers of {runner} count examples in its own UI "
+            f"{spilled_runs} runs spilled, {shards} shards written{'' if finished else ' so far'}; ")
+    if runner in LOCAL_RUNNER_NAMES:
+        return f"{seen}the worker processes' example counts are not visible here"
+    return (f"{seen}example counts per step: {runner}'s own UI "
             f"(Beam counters keras_metamae.preprocess/*)")
 
 
@@ -138,7 +143,7 @@ class JobProgress:
         self.line = progress.ProgressLine(f"preprocess {dataset}", unit=None, stream=stream,
                                           poll=self._poll, **line_options)
 
-    def details(self, now: float | None = None) -> str:
+    def details(self, now: float | None = None, finished: bool = False) -> str:
         now = time.monotonic() if now is None else now
         if self.local:
             counts = _snapshot()
@@ -149,7 +154,7 @@ class JobProgress:
         if now - self._listed_at >= _LIST_EVERY_S:
             self._files, self._listed_at = count_files(self.work_dir), now
         runs, shards = self._files if self._files is not None else (None, None)
-        return files_text(runs, shards, self.runner)
+        return files_text(runs, shards, self.runner, finished)
 
     def _poll(self):
         return None, self.details(self.line.clock())
@@ -170,7 +175,7 @@ class JobProgress:
         try:
             if exc_type is None:
                 self._listed_at = -_LIST_EVERY_S  # the final line counts the files again
-                self.line.finish(details=self.details(self.line.clock()))
+                self.line.finish(details=self.details(self.line.clock(), finished=True))
             else:
                 self.line.close()
         finally:

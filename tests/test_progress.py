@@ -97,6 +97,20 @@ def test_terminal_line_with_the_room_shows_a_bar():
     assert final.endswith(" \n")  # spaces over the longer line drawn before
 
 
+def test_terminal_cuts_the_details_before_leaving_out_the_bar():
+    clock, out = FakeClock(), io.StringIO()
+    line = progress.ProgressLine("train", total=20, unit="steps", stream=out, tty=True,
+                                 width=81, clock=clock)
+    line.start(0)
+    clock.now = 1.0
+    line.update(1)
+    clock.now = 2.0
+    line.update(2, details="loss 0.5, val_loss 0.6, knn_accuracy 0.7")
+    drawn = out.getvalue().split("\r")[-1]
+    assert drawn == ("train [#---------] 2/20 steps  10% | 1.0 steps/s | 0:02 elapsed, "
+                     "ETA 0:18 | loss")  # 80 columns
+
+
 def test_shorter_line_erases_the_longer_one_and_close_ends_it():
     clock, out = FakeClock(), io.StringIO()
     line = progress.ProgressLine("x", total=None, unit="steps", stream=out, tty=True,
@@ -141,8 +155,9 @@ def test_beam_job_stages_text():
     assert text == ("tokenize 3/10 sources, 8,128 examples (640 examples/s) | 2 bad records | "
                     "statistics 10/10 sources, 27,000 read")
     assert job_progress.stages_text({}, {}, 4) == "reading 4 sources"
-    assert job_progress.files_text(12, 3, "DaskRunner").startswith(
-        "12 runs spilled, 3 shards written so far; the workers of DaskRunner")
+    assert job_progress.files_text(12, 3, "DaskRunner") == (
+        "12 runs spilled, 3 shards written so far; example counts per step: DaskRunner's own "
+        "UI (Beam counters keras_metamae.preprocess/*)")
 
 
 def test_reconstruction_panels_are_upscaled_masked_and_captioned():
