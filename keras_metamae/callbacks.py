@@ -341,7 +341,8 @@ def write_run_description(logdir: str, config, spec, step: int) -> None:
 
 class ReconstructionImages(keras.callbacks.Callback):
     """Writes the labelled original | masked | reconstruction panels of image-like datasets
-    (`reconstruction_grid`) to TensorBoard every `every_epochs` chunks, at the global step."""
+    (`reconstruction_grid`) to TensorBoard every `every_epochs` chunks and at the end of
+    training, at the global step."""
 
     def __init__(self, logdir: str, spec, tokens, every_epochs: int = 1, max_images: int = 4,
                  split: str = "validation", model_name: str = "metamae"):
@@ -354,15 +355,24 @@ class ReconstructionImages(keras.callbacks.Callback):
         noise_rng = np.random.default_rng(0)
         # A fixed mask, so images at different steps are comparable.
         self.mask_noise = noise_rng.uniform(size=self.tokens.shape[:2]).astype("float32")
+        self._written_at = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
+        if (epoch + 1) % self.every == 0:
+            self._write()
+
+    def on_train_end(self, logs=None):
+        # The final model's panels, also when the run does not end on the cadence.
+        if self._written_at != global_step(self.model):
+            self._write()
+
+    def _write(self):
         out = self.model.reconstruct(self.tokens, mask_noise=self.mask_noise)
         grid = reconstruction_grid(
             self.spec, self.tokens, keras.ops.convert_to_numpy(out["mask"]),
             keras.ops.convert_to_numpy(out["predictions"]).astype("float32"))
-        with self.writer.as_default(step=global_step(self.model)):
+        self._written_at = global_step(self.model)
+        with self.writer.as_default(step=self._written_at):
             tf.summary.image("reconstruction", grid[None], max_outputs=1,
                              description=self.description)
         self.writer.flush()
