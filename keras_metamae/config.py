@@ -76,6 +76,10 @@ DIGITS_PRESET = dict(
     learning_rate=1e-3,
     checkpoint_every=500,
     log_every=100,
+    # Online kNN/probe at steps 0, 300, ..., 1500 on 1,000 training digits against the 191
+    # validation ones: 3.8% of the run's time (train_summary.json `online_eval`).
+    eval_every=300,
+    online_eval_examples=1000,
 )
 
 
@@ -130,6 +134,11 @@ class TrainConfig:
     max_bad_steps: int = 20
     validation_steps: int = 10
     export: bool = True
+    # === online evaluation (keras_metamae/online_eval.py) ===
+    # kNN + converged probe on a fixed labelled subset every this many steps (0: off); at the
+    # paper's 100k steps, 20 points plus the random-initialised encoder's at step 0.
+    eval_every: int = 5000
+    online_eval_examples: int = 2000  # at most this many bank and this many query examples
 
     def model_kwargs(self, spec) -> dict[str, Any]:
         """Constructor kwargs of `MetaMAE` for this config and a dataset spec."""
@@ -194,7 +203,10 @@ class TrainConfig:
             fail("warmup_steps", f"got {self.warmup_steps}, expected >= 0")
         if self.jit_compile not in ("auto", "on", "off"):
             fail("jit_compile", f"got {self.jit_compile!r}, expected auto|on|off")
-        for flag in ("log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
+        if self.eval_every < 0:
+            fail("eval_every", f"got {self.eval_every}, expected >= 0 (0 turns it off)")
+        for flag in ("log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps",
+                     "online_eval_examples"):
             if getattr(self, flag) < 1:
                 fail(flag, f"got {getattr(self, flag)}, expected >= 1")
         return self

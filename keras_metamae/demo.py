@@ -36,10 +36,12 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
         print(f"[demo] pretraining {model} in {run_dir}")
         summary = train.run_training("digits", overrides, data_dir, run_dir, verbose=2)
         record = evaluate.run_evaluation(run_dir, epochs=epochs, baseline=False)
+        online = summary["online_eval"]
         rows.append({"method": "MetaMAE" if model == "metamae" else "MAE",
                      "metric": record["metric"], "value": record["value"],
                      "converged": (record.get("converged") or {}).get("value"),
                      "knn": record.get("knn_accuracy"), "train_seconds": summary["train_seconds"],
+                     "online": online.get("last"), "online_first": online.get("first"),
                      "export": summary["export_dir"], "workdir": run_dir})
     random_record = evaluate.run_evaluation(os.path.join(workdir, "metamae"), epochs=epochs,
                                             encoder_kind="random")
@@ -47,20 +49,31 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
                  "value": random_record["value"],
                  "converged": (random_record.get("converged") or {}).get("value"),
                  "knn": random_record.get("knn_accuracy"),
+                 # The MetaMAE run's online figure at step 0 is this same random encoder's.
+                 "online": rows[0].get("online_first"),
                  "train_seconds": 0.0, "export": None, "workdir": None})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     # linear = the paper's probe (100 epochs of Adam at lr 1e-4); converged = L-BFGS logistic
-    # regression regularised on validation (see keras_metamae/evaluate.py).
+    # regression regularised on validation (see keras_metamae/evaluate.py), kNN = cosine k=20,
+    # all on the test split. online = the training run's last online evaluation
+    # (keras_metamae/online_eval.py: kNN and converged probe, bank = train, queries = val).
     lines = [f"{'method':<16} {'metric':<10} {'linear':>8} {'converged':>10} {'kNN':>8} "
-             f"{'train time':>11}", "-" * 68]
+             f"{'online kNN':>11} {'online probe':>13} {'step':>5} {'train time':>11}",
+             "-" * 100]
+
+    def figure(value):
+        return "-" if value is None else f"{value:.4f}"
+
     for r in rows:
-        knn = f"{r['knn']:.4f}" if r.get("knn") is not None else "-"
-        converged = f"{r['converged']:.4f}" if r.get("converged") is not None else "-"
-        lines.append(f"{r['method']:<16} {r['metric']:<10} {r['value']:>8.4f} {converged:>10} "
-                     f"{knn:>8} {r['train_seconds']:>10.1f}s")
+        online = r.get("online") or {}
+        probe = next((v for k, v in online.items() if k.startswith("probe_")), None)
+        lines.append(f"{r['method']:<16} {r['metric']:<10} {r['value']:>8.4f} "
+                     f"{figure(r.get('converged')):>10} {figure(r.get('knn')):>8} "
+                     f"{figure(online.get('knn_accuracy')):>11} {figure(probe):>13} "
+                     f"{online.get('step', '-'):>5} {r['train_seconds']:>10.1f}s")
     return "\n".join(lines)
 
 
@@ -87,7 +100,8 @@ def main(argv):
     print(f"Total time: {time.perf_counter() - started:.0f} s")
     print(f"Exported MetaMAE encoder: {rows[0]['export']}")
     print(f"  saved_model_cli show --dir {rows[0]['export']} --all")
-    print(f"TensorBoard: tensorboard --logdir {FLAGS.workdir}")
+    print(f"TensorBoard (losses, online kNN/probe curves of both runs): "
+          f"tensorboard --logdir {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

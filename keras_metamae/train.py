@@ -62,6 +62,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("worker_timeout_s", 300.0, "Multi-worker: how long to wait for every "
                        "worker to connect at start, and at most for any one collective step.",
                        flag_values=flag_values)
+    flags.DEFINE_enum("progress", "line", ["line", "keras"],
+                      "line: one overall progress line on stderr (steps done/total, steps/s, "
+                      "ETA, losses), redrawn on a terminal, a plain line every 15 s in a log; "
+                      "keras: Keras' own bars, one per --log_every chunk.",
+                      flag_values=flag_values)
 
 
 # Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
@@ -275,8 +280,12 @@ def pretraining_splits(spec, version_dir: str, batch_size: int):
 def run_training(dataset: str = "digits", overrides: dict | None = None,
                  data_dir: str | None = None, workdir: str | None = None,
                  raw_data_dir: str | None = None, verbose: int | str = "auto",
-                 worker_timeout_s: float = 300.0) -> dict:
+                 worker_timeout_s: float = 300.0, progress: str = "line") -> dict:
     """Trains (or resumes) and returns the run summary. The absl entry point calls this.
+
+    `verbose` 0 prints nothing; otherwise `progress` says how training shows its progress:
+    "line" (one overall line on stderr: steps, steps/s, ETA, losses; keras_metamae/progress.py)
+    or "keras" (Keras' own per-chunk bars, `fit(verbose=verbose)`).
 
     Under multi-worker training (`TF_CONFIG`) every worker calls this; only the chief writes
     `workdir`, the others write to a scratch folder that is removed at the end."""
@@ -284,7 +293,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     import tensorflow as tf
 
     from keras_metamae import callbacks as cb
-    from keras_metamae import data
+    from keras_metamae import data, online_eval
     from keras_metamae.checkpoints import CheckpointManager
     from keras_metamae.metamae import MetaMAE
     from keras_metamae.nonfinite import StopOnNonFinite
@@ -380,7 +389,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         val_ds = val_input() if val_split else None
 
     tensorboard_dir = os.path.join(out_dir, "tensorboard")
-    summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size)
+    summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size, config, spec)
     stop_on_nonfinite = StopOnNonFinite(config.max_bad_steps)
     callbacks = [
         cb.StopAtStep(config.steps),
@@ -390,9 +399,24 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
                               extra={"dataset": dataset, "model": config.model}),
     ]
     if spec.is_image_like and not spec.is_discrete and chief:
+        image_split = val_split or train_split[0]
         callbacks.append(cb.ReconstructionImages(
-            tensorboard_dir, spec, sample_tokens(spec, version_dir, val_split or train_split[0], 4),
-            every_epochs=max(1, config.checkpoint_every // config.log_every)))
+            tensorboard_dir, spec, sample_tokens(spec, version_dir, image_split, 4),
+            every_epochs=max(1, config.checkpoint_every // config.log_every),
+            split=image_split, model_name=config.model))
+    # After the summaries: its time then stays out of their steps/s.
+    online, online_off = online_eval.from_config(config, spec, version_dir, tensorboard_dir)
+    if online is not None:
+        callbacks.append(online)
+    else:
+        logging.info("online evaluation off: %s", online_off)
+    if progress not in ("line", "keras"):
+        raise ValueError(f"--progress: got {progress!r}, expected line or keras")
+    progress_line = None
+    if verbose and progress == "line":
+        # First: its clock and heartbeat also cover the step-0 online evaluation.
+        progress_line = cb.TrainingProgress(config.steps, config.batch_size, online)
+        callbacks.insert(0, progress_line)
 
     chunk = config.log_every
     initial_epoch = start_step // chunk
@@ -400,21 +424,25 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
     started = time.perf_counter()
     history = None
     if start_step < config.steps:
-        # A shard that breaks mid-read surfaces as a tf.errors exception without a file name;
-        # these re-raise it as a DataError naming the broken shard.
-        with data.explain_data_errors(spec, version_dir, train_split), \
-                data.explain_data_errors(spec, version_dir, val_split or train_split):
-            history = model.fit(
-                train_ds,
-                steps_per_epoch=chunk,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                validation_data=val_ds,
-                validation_steps=config.validation_steps if val_ds is not None else None,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the tf.data pipeline shuffles (seeded, resumable)
-            )
+        try:
+            # A shard that breaks mid-read surfaces as a tf.errors exception without a file name;
+            # these re-raise it as a DataError naming the broken shard.
+            with data.explain_data_errors(spec, version_dir, train_split), \
+                    data.explain_data_errors(spec, version_dir, val_split or train_split):
+                history = model.fit(
+                    train_ds,
+                    steps_per_epoch=chunk,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    validation_data=val_ds,
+                    validation_steps=config.validation_steps if val_ds is not None else None,
+                    callbacks=callbacks,
+                    verbose=verbose if progress == "keras" else 0,
+                    shuffle=False,  # the tf.data pipeline shuffles (seeded, resumable)
+                )
+        finally:  # also when fit raises: stops the line's heartbeat and ends its line
+            if progress_line is not None:
+                progress_line.close()
     seconds = time.perf_counter() - started
     final_step = int(model.optimizer.iterations.numpy())
     skipped = cb.skipped_steps(model)
@@ -450,6 +478,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         "last": records[-1] if records else None,
         "export_dir": export_dir,
         "skipped_steps": skipped,
+        "online_eval": online.summary(seconds) if online is not None else {"off": online_off},
         "tensorboard": os.path.join(config.workdir, "tensorboard"),  # the chief's
         "completed": history is not None or start_step >= config.steps,
     }
@@ -484,10 +513,14 @@ def print_summary(summary: dict) -> None:
             lines.append(f"{key:<24} {start}{last[key]:.4f}")
     if "steps_per_second" in last:
         lines.append(f"{'steps/s (last chunk)':<24} {last['steps_per_second']:.2f}")
+    from keras_metamae.online_eval import summary_lines
+
+    lines += summary_lines(summary.get("online_eval") or {})
     lines += [
         f"workdir      {summary['workdir']}",
         f"encoder      {summary['export_dir']}",
-        f"tensorboard  tensorboard --logdir {summary['tensorboard']}",
+        # The workdir, not its tensorboard/ folder: there HParams would find no metrics.
+        f"tensorboard  tensorboard --logdir {summary['workdir']}",
         f"evaluate     python -m keras_metamae.evaluate --workdir {summary['workdir']}",
     ]
     print("\n".join(lines))
@@ -579,7 +612,7 @@ def main(invocation: cli.Invocation):
     try:
         summary = run_training(FLAGS.dataset, overrides, data_dir, workdir, raw_data_dir,
                                verbose="auto" if sys.stdout.isatty() else 2,
-                               worker_timeout_s=FLAGS.worker_timeout_s)
+                               worker_timeout_s=FLAGS.worker_timeout_s, progress=FLAGS.progress)
     except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
         sys.stdout.flush()
         print(_as_user_error(e, data_dir, workdir).report(), file=sys.stderr, flush=True)

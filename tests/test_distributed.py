@@ -19,14 +19,19 @@ def test_train_entry_point_and_nonfinite_guard_on_two_replicas(digits_data_dir, 
         summary = train.run_training(
             "digits", dict({TINY_MODEL!r}, steps=4, batch_size=16, log_every=2,
                            checkpoint_every=2, validation_steps=1, warmup_steps=1,
-                           strategy="mirrored", export=False),
+                           strategy="mirrored", export=False, eval_every=4,
+                           online_eval_examples=64),
             {digits_data_dir!r}, {str(tmp_path / "run")!r}, verbose=0)
         import tensorflow as tf
         print(json.dumps(dict(final_step=summary["final_step"], loss=summary["last"]["loss"],
-                              replicas=len(tf.config.list_logical_devices("CPU")))))
+                              replicas=len(tf.config.list_logical_devices("CPU")),
+                              online=summary["online_eval"]["history"])))
     """)
     assert train_part["replicas"] == 2
     assert train_part["final_step"] == 4 and train_part["loss"] == train_part["loss"]
+    # Online evaluation embeds with the mirrored encoder: the random one at step 0, then step 4.
+    assert [record["step"] for record in train_part["online"]] == [0, 4]
+    assert all(0 <= record["knn_accuracy"] <= 1 for record in train_part["online"])
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["strategy"] == "mirrored"
 
