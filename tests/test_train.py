@@ -34,35 +34,77 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
-def image_tags(logdir: str) -> set[str]:
+def plugin_values(logdir: str, plugin: str) -> dict[str, list]:
+    """{"<run>/<tag>": [(step, summary value), ...]} of one TensorBoard plugin's summaries."""
     import tensorflow as tf
 
-    tags = set()
-    for path in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+    found: dict[str, list] = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"),
+                                 recursive=True)):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "images":
-                    tags.add(value.tag)
-    return tags
+                if value.metadata.plugin_data.plugin_name == plugin:
+                    key = os.path.relpath(os.path.dirname(path), logdir) + "/" + value.tag
+                    found.setdefault(key, []).append((event.step, value))
+    return found
 
 
-def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir, tmp_path):
-    from keras_metamae import train
+def check_run_description(logdir: str) -> None:
+    """Config and spec as markdown text at step 0; the HParams experiment and session."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata
+
+    texts = {key: [(step, tf.make_ndarray(v.tensor).item().decode()) for step, v in values]
+             for key, values in plugin_values(logdir, "text").items()}
+    (step, config_text), = texts["./config/train_config"]
+    assert step == 0 and "| inner_lr | `0.5` |" in config_text and "| steps | `6` |" in config_text
+    (_, spec_text), = texts["./config/dataset_spec"]
+    assert "| num_tokens | `16` |" in spec_text and "| train | `" in spec_text
+    hparams = plugin_values(logdir, "hparams")
+    (_, experiment), = hparams["./" + metadata.EXPERIMENT_TAG]
+    experiment = metadata.parse_experiment_plugin_data(experiment.metadata.plugin_data.content)
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"loss", "online_eval/knn_accuracy", "linear/digits/accuracy"} <= metric_tags
+    (_, session), = hparams["./" + metadata.SESSION_START_INFO_TAG]
+    session = metadata.parse_session_start_info_plugin_data(session.metadata.plugin_data.content)
+    assert session.hparams["inner_lr"].number_value == 0.5
+    assert session.hparams["model"].string_value == "metamae"
+
+
+def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir, tmp_path,
+                                                                  capsys):
+    from keras_metamae import panels, train
 
     workdir = str(tmp_path / "run")
     summary = train.run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
-                                 verbose=0)
+                                 verbose=2)
     assert summary["final_step"] == 6 and summary["start_step"] == 0
+    # The overall progress line (not a TTY here: plain lines, the last one when training ends).
+    progress_lines = [line for line in capsys.readouterr().err.splitlines()
+                      if line.startswith("train ")]
+    assert progress_lines[-1].startswith("train 6/6 steps 100% | ")
+    assert " examples/s) | done in " in progress_lines[-1]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["embed_dim"] == 16 and config["inner_lr"] == 0.5 and config["steps"] == 6
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
         "ckpt-000000003.weights.h5", "ckpt-000000006.weights.h5", "latest.json"]
-    scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+    logdir = os.path.join(workdir, "tensorboard")
+    scalars = read_scalars(logdir)
     for key in ("train/loss", "train/reconstruction_loss", "train/contrastive_loss",
                 "train/inner_loss_before", "train/inner_loss_after", "train/learning_rate",
-                "train/steps_per_second", "validation/reconstruction_loss"):
+                "train/steps_per_second", "train/examples_per_second",
+                "validation/reconstruction_loss"):
         assert [step for step, _ in scalars[key]] == [3, 6], key
-    assert "reconstruction" in image_tags(os.path.join(workdir, "tensorboard"))
+    check_run_description(logdir)
+    # Labelled panels: 4 rows of 8x8 digits, each panel upscaled 16x to 128 px under a caption.
+    images = plugin_values(logdir, "images")["train/reconstruction"]
+    assert [step for step, _ in images] == [3, 6]
+    width, height, png = images[-1][1].tensor.string_val
+    row = panels.CAPTION_HEIGHT + 128
+    assert (int(height), int(width)) == (4 * row + 3 * panels.PANEL_GAP,
+                                         3 * 128 + 2 * panels.PANEL_GAP)
+    assert png.startswith(b"\x89PNG")
+    assert "original" in images[-1][1].metadata.summary_description
     assert os.path.isdir(os.path.join(workdir, "export", "encoder", "1"))
 
     # The same command with more steps resumes at step 6 with the optimizer state.
