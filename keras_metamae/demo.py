@@ -49,7 +49,8 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
                  "value": random_record["value"],
                  "converged": (random_record.get("converged") or {}).get("value"),
                  "knn": random_record.get("knn_accuracy"),
-                 # The MetaMAE run's online figure at step 0 is this same random encoder's.
+                 # The MetaMAE run's step 0: its encoder at random initialisation (not the
+                 # same draw as `evaluate`'s random baseline, which is not seeded).
                  "online": rows[0].get("online_first"),
                  "train_seconds": 0.0, "export": None, "workdir": None})
     return rows

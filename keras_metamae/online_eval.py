@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
+from keras_metamae.callbacks import global_step
+
 # DINO and the kNN monitors of SSL libraries use 20 neighbours.
 KNN_NEIGHBOURS = 20
 # Every other decade of `evaluate.CONVERGED_C_GRID` around C = 1 (what standardized features
@@ -192,8 +194,6 @@ class OnlineEvaluation(keras.callbacks.Callback):
     def evaluate(self) -> dict:
         """Embeds the subset with the current encoder and scores it; logs and returns a record."""
         from keras_metamae import evaluate
-        from keras_metamae.callbacks import global_step
-
         started = time.perf_counter()
         step = global_step(self.model)
         bank = self._embed_split(self.bank_splits)
@@ -228,14 +228,10 @@ class OnlineEvaluation(keras.callbacks.Callback):
         return step >= self._next_step and (not self.history or self.history[-1]["step"] != step)
 
     def _evaluate_and_schedule(self):
-        from keras_metamae.callbacks import global_step
-
         self.evaluate()
         self._next_step = (global_step(self.model) // self.every + 1) * self.every
 
     def on_train_begin(self, logs=None):
-        from keras_metamae.callbacks import global_step
-
         step = global_step(self.model)
         if step == 0:  # the random-initialised encoder; a resumed run has its figure already
             self._evaluate_and_schedule()
@@ -243,14 +239,10 @@ class OnlineEvaluation(keras.callbacks.Callback):
             self._next_step = (step // self.every + 1) * self.every
 
     def on_epoch_end(self, epoch, logs=None):
-        from keras_metamae.callbacks import global_step
-
         if self._due(global_step(self.model)):
             self._evaluate_and_schedule()
 
     def on_train_end(self, logs=None):
-        from keras_metamae.callbacks import global_step
-
         # The final encoder's figure, also when the run does not end on a multiple of `every`.
         if not self.history or self.history[-1]["step"] != global_step(self.model):
             self._evaluate_and_schedule()
