@@ -36,7 +36,9 @@ def train_command(data_dir, workdir, hosts, index, *extra):
     argv = [sys.executable, "-m", "keras_metamae.train", "--data_dir", data_dir,
             "--workdir", workdir, "--worker_hosts", ",".join(hosts), "--worker_index", str(index),
             "--batch_size", "16", "--log_every", "1", "--checkpoint_every", "1",
-            "--validation_steps", "1", "--export=false", "--warmup_steps", "1"]
+            "--validation_steps", "1", "--export=false", "--warmup_steps", "1",
+            # Keras' per-step lines (compared across workers below); no online evaluation.
+            "--progress", "keras", "--eval_every", "0"]
     for key, value in TINY_MODEL.items():
         argv += [f"--{key}", str(value)]
     return argv + list(extra)
