@@ -12,9 +12,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from keras_metamae.cli import quiet_tensorflow_logs
+from keras_metamae import cli
 
 FLAGS = flags.FLAGS
 
@@ -78,23 +78,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Command-line flags; defined only when run as a program."""
-    flags.DEFINE_integer("steps", None, "Pretraining steps per method (default: the digits preset).")
-    flags.DEFINE_string("workdir", os.path.join("workdirs", "demo"), "Where both runs go.")
-    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets.")
-    flags.DEFINE_integer("epochs", 100, "Linear-probe epochs.")
+    flags.DEFINE_integer("steps", None, "Pretraining steps per method (default: the digits "
+                         "preset).", flag_values=flag_values)
+    flags.DEFINE_string("workdir", os.path.join("workdirs", "demo"), "Where both runs go.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Root of preprocessed datasets.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("epochs", 100, "Linear-probe epochs.", flag_values=flag_values)
 
 
-def main(argv):
-    quiet_tensorflow_logs()
-    del argv
+def main(invocation: cli.Invocation):
+    """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
+    cli.quiet_tensorflow_logs()
+    workdir = cli.local_path(FLAGS.workdir, "--workdir")
+    data_dir = cli.local_path(FLAGS.data_dir, "--data_dir") if FLAGS.data_dir else None
+    for name in ("steps", "epochs"):
+        value = FLAGS[name].value
+        if value is not None and value < 1:
+            raise cli.UserError(f"invalid value {value}", f"--{name} {value}",
+                                "expected a positive integer")
+    if FLAGS.dry_run:
+        print(f"pretrains MetaMAE and MAE on digits into {workdir}/metamae and {workdir}/mae "
+              f"({FLAGS.steps or 'the digits preset'} steps each), probes both and a random "
+              f"encoder ({FLAGS.epochs} epochs), exports the MetaMAE encoder\n"
+              f"nothing was written (--dry_run)")
+        return 0
+    cli.check_writable(workdir, "--workdir")
     started = time.perf_counter()
     try:
-        rows = run_demo(FLAGS.workdir, FLAGS.steps, FLAGS.data_dir, FLAGS.epochs)
+        rows = run_demo(workdir, FLAGS.steps, data_dir, FLAGS.epochs)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError.wrap(e, "make demo", "see the message above") from e
     print()
     print(format_table(rows))
     print()
@@ -102,9 +118,8 @@ def main(argv):
     print(f"Exported MetaMAE encoder: {rows[0]['export']}")
     print(f"  saved_model_cli show --dir {rows[0]['export']} --all")
     print(f"TensorBoard (losses, online kNN/probe curves of both runs): "
-          f"tensorboard --logdir {FLAGS.workdir}")
+          f"tensorboard --logdir {workdir}")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run_program(sys.modules[__name__])

