@@ -101,13 +101,15 @@ def draw_window(tables: dict[str, tf.Tensor], store: dict[str, tf.Tensor], index
 
 def check_first_series(files: list[str], spec: DatasetSpec) -> None:
     """Opens every shard and checks its first series record against the spec (cheap; catches
-    a spec and shards from different runs, or a non-GZIP file, before training starts)."""
+    a spec and shards from different runs, or a file that is not a shard, before training
+    starts)."""
     from keras_metamae.data import DataError
 
     window, channels = int(spec.windows["length"]), int(spec.input_shape[-1])
     for path in files:
         try:
-            for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+            for record in tf.data.TFRecordDataset(
+                    path, compression_type=spec.shard_compression).take(1):
                 example = tf.train.Example.FromString(record.numpy()).features.feature
                 missing = [k for k in (SERIES_FEATURE, LENGTH_FEATURE, "label", "id",
                                        GROUP_FEATURE) if k not in example]
@@ -169,7 +171,7 @@ def make_window_dataset(spec: DatasetSpec, version_dir: str, splits: Sequence[st
         return indices.map(lambda k: draw_window(tables, store, k, seed, window),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    store = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+    store = (tf.data.TFRecordDataset(files, compression_type=spec.shard_compression)
              .map(lambda record: parse_series(record, spec))
              .ragged_batch(expected + 1)  # one more: extra series fail the check below
              .take(1))

@@ -120,7 +120,7 @@ def count_files(work_dir: str) -> tuple[int, int] | None:
         for name in names:
             if name.endswith(".run"):
                 runs += 1
-            elif name.endswith(".tfrecord.gz") and ".tmp-" not in name:
+            elif name.endswith((".tfrecord", ".tfrecord.gz")) and ".tmp-" not in name:
                 shards += 1
     return runs, shards
 

@@ -17,16 +17,18 @@ DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetc
 --dask_client_address=tcp://HOST:PORT` runs it on a dask.distributed cluster, after checking that
 the scheduler and every worker can import this project (pipeline/runners.py).
 
-Graph: (unless the reader has fixed DABS statistics or discrete tokens) a first pass reads the
-sources for the per-channel mean/std of the train split; the main pass reads each source again,
-splits, tokenizes with the statistics (joined to each source) and spills id-sorted runs of
-tf.train.Examples, which are merged into GZIP TFRecord shards sorted by id. Only file names
-pass between the stages, so memory stays bounded on the local runner too (pipeline/transforms.py).
-The graph's one final leaf writes `_manifest/manifest.json` (statistics, bad records, shards),
-which the driver reads after the run; it avoids what only some runners support (see
-pipeline/transforms.py), so it runs unchanged on any of them.
+Graph: one pass reads each source, splits, lays the examples out as tokens in the raw data's
+own dtype (un-normalized; `DatasetSpec.storage`, e.g. uint16 EuroSAT bands) and spills
+id-sorted runs of tf.train.Examples, which are merged into uncompressed TFRecord shards in a
+seeded order; unless the reader has fixed DABS statistics or discrete tokens, the same read
+gives the per-channel mean/std of the train split, which the tf.data reader applies. Only file
+names pass between the stages, so memory stays bounded on the local runner too
+(pipeline/transforms.py). The graph's one final leaf writes `_manifest/manifest.json`
+(statistics, bad records, shards, stage timings), which the driver reads after the run; it
+avoids what only some runners support (see pipeline/transforms.py), so it runs unchanged on any
+of them. The summary line gives the seconds per stage (`PreprocessResult.stages`).
 
-Output: `<data_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord.gz}`.
+Output: `<data_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord}`.
 The version is built in `<data_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
 every check passed, so an interrupted or failed run never leaves a partial version behind.
 Paths are local (or mounted) folders: the atomic rename needs one, and `gs://` URLs are refused.
@@ -62,7 +64,7 @@ DEFAULT_RAW_ROOT = os.path.join("data", "raw")
 DATA_DIR_ENV = "KERAS_METAMAE_DATA"  # default --data_dir of preprocess, train and evaluate
 DOWNLOAD_ENV = "KERAS_METAMAE_DOWNLOAD"  # default of --download (e.g. `never` on offline nodes)
 _MANIFEST_DIR = "_manifest"  # driver-only side files inside the temp dir; removed before rename
-_MANIFEST_FILE = "manifest.json"  # {"stats": [..], "bad": [..], "shards": [..]}
+_MANIFEST_FILE = "manifest.json"  # {"stats": [..], "bad": [..], "shards": [..], "timings": [..]}
 _LIST_BAD_PATHS = 50
 
 
@@ -76,6 +78,8 @@ class PreprocessResult:
     version_dir: str
     seconds: float
     bad_records: list[dict[str, str]]
+    # {stage: {"seconds", ...}} in transforms.STAGES order (transforms.stage_seconds).
+    stages: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -319,28 +323,32 @@ def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str,
     from pipeline import transforms
 
     manifest = os.path.join(work_dir, _MANIFEST_DIR)
+    spec = transforms.with_storage(spec, reader)
     indexed_sources = (p
                        | "Sources" >> beam.Create(list(enumerate(sources)), reshuffle=False)
                        # Spreads the (few, heavy) sources over the local runner's workers (on
                        # Dask, --dask_npartitions does; see pipeline/runners.py).
                        | "Spread" >> beam.Reshuffle())
-    if spec.is_discrete:
-        stats = p | "NoStats" >> beam.Create([None])
-    elif reader.fixed_normalization is not None:
-        stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
-    else:  # a first pass over the raw data; its bad records are reported by the main pass
-        stats = indexed_sources | "ComputeStats" >> transforms.ComputeStats(
-            reader, seed, int(spec.input_shape[-1]))
+    compute_stats = not spec.is_discrete and reader.fixed_normalization is None
     spill_dir = os.path.join(manifest, "spill")
     spilled = (indexed_sources
                | "TokenizeAndSpill" >> transforms.TokenizeAndSpill(
-                   reader, spec, seed, num_shards, spill_dir, stats, num_sources=len(sources)))
+                   reader, spec, seed, num_shards, spill_dir, compute_stats))
+    if compute_stats:  # from the moments the same read gave
+        stats = (spilled[transforms.MOMENTS_TAG]
+                 | "MergeStats" >> transforms.MergeStats(int(spec.input_shape[-1])))
+    elif spec.is_discrete:
+        stats = p | "NoStats" >> beam.Create([None])
+    else:
+        stats = p | "FixedStats" >> beam.Create([dict(reader.fixed_normalization)])
     bad = (spilled[transforms.BAD_TAG]
            | "BadToDict" >> beam.Map(lambda b: {"path": b.path, "reason": b.reason}))
-    shards = (spilled[transforms.RUNS_TAG]
+    merged = (spilled[transforms.RUNS_TAG]
               | "MergeShards" >> transforms.MergeShards(work_dir, num_shards, spill_dir))
+    timings = ((spilled[transforms.TIMINGS_TAG], merged[transforms.TIMINGS_TAG])
+               | "Timings" >> beam.Flatten())
     # The one final leaf (some runners, e.g. Dask, compute only the last one).
-    ({"stats": stats, "bad": bad, "shards": shards}
+    ({"stats": stats, "bad": bad, "shards": merged["shards"], "timings": timings}
      | "WriteManifest" >> transforms.WriteManifest(os.path.join(manifest, _MANIFEST_FILE)))
 
 
@@ -352,12 +360,13 @@ def _read_json(path: str):
 
 def _read_manifest(work_dir: str) -> dict[str, list[Any]]:
     manifest = _read_json(os.path.join(work_dir, _MANIFEST_DIR, _MANIFEST_FILE))
-    return {kind: manifest.get(kind, []) for kind in ("stats", "bad", "shards")}
+    return {kind: manifest.get(kind, []) for kind in ("stats", "bad", "shards", "timings")}
 
 
 def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, command: str) -> DatasetSpec:
     from pipeline import transforms
 
+    spec = transforms.with_storage(spec, reader)
     manifest = _read_manifest(work_dir)
     shards = manifest["shards"]
     written = {(s["split"], s["shard"]): s for s in shards}
@@ -365,17 +374,20 @@ def _finish_spec(reader, spec: DatasetSpec, work_dir: str, num_shards: int, comm
     split_names += sorted({s["split"] for s in shards} - set(split_names))
     lines, splits = [], {}
     for split in split_names:
-        count = 0
+        count, sizes = 0, []
         for shard in range(num_shards):
             entry = written.get((split, shard))
             if entry is None:  # no example hashed here: an empty shard keeps the pattern complete
                 rel = transforms.shard_path(split, shard, num_shards)
                 entry = {"path": rel, "num_examples": 0,
-                         "sha256": transforms.write_records(os.path.join(work_dir, rel), [])}
+                         "sha256": transforms.write_records(os.path.join(work_dir, rel), []),
+                         "bytes": 0}
             count += entry["num_examples"]
+            sizes.append(entry["bytes"])
             lines.append(f"{entry['path']} {entry['sha256']}\n")
         splits[split] = SplitInfo(num_examples=count, num_shards=num_shards,
-                                  file_pattern=transforms.shard_pattern(split, num_shards))
+                                  file_pattern=transforms.shard_pattern(split, num_shards),
+                                  shard_bytes=sizes)
     windows = _count_windows(spec, splits)
     if spec.is_discrete:
         normalization = {}
@@ -614,11 +626,13 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     published = False
     try:
         logging.info("%s: %d sources from %s -> %s", job.dataset, len(sources), data_dir, version_dir)
+        graph_start = time.time()
         # A progress line on stderr while the graph runs (pipeline/job_progress.py).
         with job_progress.JobProgress(spec.name, beam_args, len(sources), work_dir):
             runners.run_graph(beam_args, lambda p: build_graph(
                 p, reader, spec, sources, work_dir, job.seed, job.num_shards))
-        bad = _read_manifest(work_dir)["bad"]
+        graph_end = time.time()
+        bad, timings = (_read_manifest(work_dir)[kind] for kind in ("bad", "timings"))
         final = _finish_spec(reader, spec, work_dir, job.num_shards, job.command)
         num_good = sum(s.num_examples for s in final.splits.values())
         _check_bad_records(job.dataset, bad, num_good, job.max_bad_fraction)
@@ -632,8 +646,12 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
         if not published:
             shutil.rmtree(work_dir, ignore_errors=True)
             cli.remove_if_empty(created)  # a failed first run leaves no empty folders behind
-    result = PreprocessResult(spec=final, version_dir=version_dir, seconds=time.time() - start,
-                              bad_records=bad)
+    from pipeline import transforms
+
+    end = time.time()
+    result = PreprocessResult(spec=final, version_dir=version_dir, seconds=end - start,
+                              bad_records=bad, stages=transforms.stage_seconds(
+                                  timings, start, graph_start, graph_end, end))
     print(summary(result))
     return result
 
@@ -642,8 +660,14 @@ def summary(result: PreprocessResult) -> str:
     per_split = ", ".join(f"{k} {v.num_examples}" for k, v in result.spec.splits.items())
     rate = result.num_examples / max(result.seconds, 1e-9)
     skipped = f"; skipped {len(result.bad_records)} bad records" if result.bad_records else ""
+    stages = ""
+    if result.stages:
+        from pipeline import transforms
+
+        stages = f"\nstages: {transforms.format_stages(result.stages)}"
     return (f"{result.spec.name}: wrote {result.num_examples} examples ({per_split}) to "
-            f"{result.version_dir} in {result.seconds:.1f} s ({rate:.1f} examples/s){skipped}")
+            f"{result.version_dir} in {result.seconds:.1f} s ({rate:.1f} examples/s){skipped}"
+            f"{stages}")
 
 
 def _user_error(error: Exception, job: JobOptions) -> cli.UserError:

@@ -52,24 +52,20 @@ def check_series(series: RawSeries, spec: DatasetSpec) -> np.ndarray:
 
 
 def make_series_example(series: RawSeries, spec: DatasetSpec) -> bytes:
-    """The serialized record of one series (layout in the module docstring)."""
-    import tensorflow as tf
+    """The serialized record of one series (layout in the module docstring), written with
+    `preprocessing.storage` (no TensorFlow in the Beam workers)."""
+    from preprocessing import storage
 
     values = check_series(series, spec)
-    label = np.asarray(series.label).reshape(-1)
-    if spec.label_dtype == "int64":
-        label_feature = tf.train.Feature(int64_list=tf.train.Int64List(value=label.astype(np.int64)))
-    else:
-        label_feature = tf.train.Feature(float_list=tf.train.FloatList(value=label.astype(np.float32)))
-    example = tf.train.Example(features=tf.train.Features(feature={
-        SERIES_FEATURE: tf.train.Feature(float_list=tf.train.FloatList(
-            value=values.reshape(-1).tolist())),
-        LENGTH_FEATURE: tf.train.Feature(int64_list=tf.train.Int64List(value=[values.shape[0]])),
-        "label": label_feature,
-        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[series.id.encode()])),
-        GROUP_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[series.group.encode()])),
-    }))
-    return example.SerializeToString(deterministic=True)
+    (label,) = storage.label_features([series.label], spec, [series.id])
+    (length,) = storage.varint_rows(np.array([[values.shape[0]]]))
+    return storage.serialize_example({
+        SERIES_FEATURE: storage.float_feature(values),
+        LENGTH_FEATURE: storage.int64_feature(length),
+        "label": label,
+        "id": storage.id_feature(series.id),
+        GROUP_FEATURE: storage.id_feature(series.group),
+    })
 
 
 def series_feature_spec(spec: DatasetSpec) -> dict[str, Any]:

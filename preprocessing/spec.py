@@ -14,6 +14,22 @@ Conventions
   (`x - mean) / std`, and `source`: `"pipeline"` (computed on the train split by the Beam
   job) or `"dabs"` (the fixed published statistics). Empty for discrete tokens.
 
+How the shards store the tokens (`storage`, pipeline version 3)
+- `{"dtype", "scale", "compression"}`. Continuous tokens are stored *before* normalization, as
+  the raw values in token order (each example's `[num_tokens, token_dim]` laid out as
+  `preprocessing.tokenize.raw_to_tokens` lays them out), as little-endian `dtype` bytes in one
+  `bytes_list` value of the feature `tokens`. `dtype` is the narrowest of `uint8`, `uint16`,
+  `int16`, `float32` that holds every value exactly (uint8 pixels, uint16 EuroSAT bands;
+  float32 otherwise); `scale` is what the raw value was multiplied by to get an integer
+  (255 for [0, 1] pixels, else 1). The reader turns them into the model's tokens with the
+  spec's statistics, the same float32 operations as the old pipeline:
+  `tokens = (float32(stored) / scale - mean[c]) / std[c]` for the channel `c` of each value
+  (the identity normalization "none" skips the last step). Discrete tokens: `dtype` "int64",
+  ids in an `int64_list` as before. `compression` is the shards' TFRecord compression (""
+  = none: decompressing GZIP cost more than everything else the reader does).
+- Empty (specs of pipeline version 2 and older): `tokens` holds the normalized float32 tokens in
+  a `float_list`, in GZIP shards; the reader still reads them.
+
 Mixed-token sequences (`segments`, e.g. the vision-language `mscoco` domain)
 - `segments` is a list of dicts, one per part of the ONE token sequence, in sequence order:
   `{"name", "kind": "continuous"|"discrete", "num_tokens", "token_grid", "feature",
@@ -69,7 +85,12 @@ import os
 from typing import Any
 
 SPEC_FILENAME = "spec.json"
-PIPELINE_VERSION = "2"  # 2: seeded label-independent order inside shards; protocol
+# 2: seeded label-independent order inside shards; protocol.
+# 3: continuous tokens stored un-normalized in the raw data's dtype, uncompressed (`storage`).
+PIPELINE_VERSION = "3"
+# What `storage.dtype` may be for continuous tokens; discrete ids are always "int64".
+STORAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
+SHARD_COMPRESSIONS = ("", "GZIP")
 
 MODALITIES = (
     "image",
@@ -100,12 +121,15 @@ class SplitInfo:
     """One split of a dataset version: its example count and shard file pattern.
 
     `file_pattern` is relative to the version directory, e.g.
-    `train/data-*-of-00004.tfrecord.gz`.
+    `train/data-*-of-00004.tfrecord`. `shard_bytes` (version 3 on; empty before) holds each
+    shard file's size in shard order: an uncompressed TFRecord file cut at a record boundary
+    reads as a shorter valid file, so the reader compares the sizes before training.
     """
 
     num_examples: int
     file_pattern: str
     num_shards: int
+    shard_bytes: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -143,6 +167,8 @@ class DatasetSpec:
     protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Splits whose windows are drawn at read time from stored series (see the module docstring).
     windows: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # How the shards store the tokens (see the module docstring); empty before version 3.
+    storage: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # === protocol ===
     def protocol_splits(self, role: str) -> list[str]:
@@ -177,6 +203,26 @@ class DatasetSpec:
             lengths = segment_feature_lengths(self.segments)
             return lengths.get("tokens", 0)
         return self.num_tokens if self.is_discrete else self.num_tokens * self.token_dim
+
+    @property
+    def stores_raw_tokens(self) -> bool:
+        """True when the shards hold un-normalized tokens in `storage.dtype` (version 3 on);
+        False for older versions, whose shards hold the normalized float32 tokens."""
+        return bool(self.storage)
+
+    @property
+    def storage_dtype(self) -> str:
+        """Element type of the stored continuous tokens ("float32" for old versions)."""
+        return str(self.storage.get("dtype", "int64" if self.is_discrete else "float32"))
+
+    @property
+    def storage_scale(self) -> float:
+        return float(self.storage.get("scale", 1.0))
+
+    @property
+    def shard_compression(self) -> str:
+        """TFRecord compression of the shards: "" (version 3 on) or "GZIP" (older versions)."""
+        return str(self.storage.get("compression", "GZIP"))
 
     @property
     def windowed_splits(self) -> list[str]:
@@ -229,11 +275,32 @@ class DatasetSpec:
                          f"have ({sorted(self.splits)})")
         if self.windows:
             self._validate_windows(fail)
+        if self.storage:
+            self._validate_storage(fail)
         for name, split in self.splits.items():
             if split.num_examples < 0 or split.num_shards < 1:
                 fail(f"split {name!r} has num_examples={split.num_examples}, "
                      f"num_shards={split.num_shards}")
+            if split.shard_bytes and len(split.shard_bytes) != split.num_shards:
+                fail(f"split {name!r} lists {len(split.shard_bytes)} shard sizes for "
+                     f"num_shards={split.num_shards}")
         return self
+
+    def _validate_storage(self, fail) -> None:
+        unknown = sorted(set(self.storage) - {"dtype", "scale", "compression"})
+        if unknown:
+            fail(f"storage has unknown keys {unknown}; expected dtype, scale, compression")
+        dtype = self.storage.get("dtype")
+        allowed = ("int64",) if self.is_discrete else STORAGE_DTYPES
+        if dtype not in allowed:
+            fail(f"storage.dtype={dtype!r}, expected one of {allowed} for "
+                 f"{'discrete' if self.is_discrete else 'continuous'} tokens")
+        scale = self.storage.get("scale", 1.0)
+        if not isinstance(scale, (int, float)) or not scale > 0:
+            fail(f"storage.scale={scale!r} must be a positive number")
+        if self.storage.get("compression", "") not in SHARD_COMPRESSIONS:
+            fail(f"storage.compression={self.storage.get('compression')!r}, expected one of "
+                 f"{SHARD_COMPRESSIONS}")
 
     def _validate_windows(self, fail) -> None:
         w = self.windows
@@ -342,6 +409,23 @@ class DatasetSpec:
         from preprocessing.atomic_files import write_text_atomically
 
         return write_text_atomically(os.path.join(directory, SPEC_FILENAME), self.to_json())
+
+
+def segment_spec(spec: DatasetSpec, segment: dict[str, Any]) -> DatasetSpec:
+    """A single-modality view of one segment of a segmented spec: its tokenizer, shapes and,
+    if continuous, the spec's normalization and storage."""
+    continuous = segment["kind"] == "continuous"
+    return dataclasses.replace(
+        spec, name=f"{spec.name}/{segment['name']}",
+        input_shape=list(segment.get("input_shape", [segment["num_tokens"]])),
+        tokenizer=segment.get("tokenizer", "patch2d" if continuous else "discrete"),
+        patch_shape=list(segment.get("patch_shape", [])),
+        num_tokens=int(segment["num_tokens"]), token_grid=list(segment["token_grid"]),
+        token_dim=int(segment.get("token_dim", 0)), vocab_size=int(segment.get("vocab_size", 0)),
+        normalization=spec.normalization if continuous else {},
+        storage=(spec.storage if continuous else
+                 {"dtype": "int64", "compression": spec.shard_compression}) if spec.storage else {},
+        segments=[])
 
 
 def packed_width(segments: list[dict[str, Any]]) -> int:

@@ -179,19 +179,9 @@ def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):
 
 
 def _segment_spec(spec: DatasetSpec, segment: Mapping[str, Any]) -> DatasetSpec:
-    """A single-modality view of one segment (its tokenizer, shapes and, if continuous, the
-    spec's normalization)."""
-    import dataclasses
+    from preprocessing.spec import segment_spec
 
-    continuous = segment["kind"] == "continuous"
-    return dataclasses.replace(
-        spec, name=f"{spec.name}/{segment['name']}",
-        input_shape=list(segment.get("input_shape", [segment["num_tokens"]])),
-        tokenizer=segment.get("tokenizer", "patch2d" if continuous else "discrete"),
-        patch_shape=list(segment.get("patch_shape", [])),
-        num_tokens=int(segment["num_tokens"]), token_grid=list(segment["token_grid"]),
-        token_dim=int(segment.get("token_dim", 0)), vocab_size=int(segment.get("vocab_size", 0)),
-        normalization=spec.normalization if continuous else {}, segments=[])
+    return segment_spec(spec, dict(segment))
 
 
 def raw_to_segment_tokens(raw: Mapping[str, Any], spec: DatasetSpec) -> dict[str, tf.Tensor]:
@@ -254,6 +244,35 @@ def unpack_segments(tokens, spec: DatasetSpec) -> dict[str, tf.Tensor]:
             out[segment["name"]] = part[..., :int(segment["token_dim"])]
         start += n
     return out
+
+
+def stored_to_tokens(stored, spec: DatasetSpec) -> tf.Tensor:
+    """The stored values of continuous tokens (`[B, num_tokens * token_dim]` or `[B,
+    num_tokens, token_dim]` in `spec.storage` dtype, token order; see preprocessing/spec.py)
+    -> the float32 tokens `[B, num_tokens, token_dim]` that `raw_to_tokens` gives for the same
+    raw values: the same float32 operations, `(float32(stored) / scale - mean) / std` per
+    channel, so the result is identical."""
+    from preprocessing import storage
+
+    scale = tf.constant(spec.storage_scale, tf.float32)
+    statistics = storage.per_value_statistics(spec)
+    if statistics is None:
+        return scale_and_normalize(stored, scale, None, None, spec)
+    mean, std = statistics
+    return scale_and_normalize(stored, scale, tf.constant(mean), tf.constant(std), spec)
+
+
+def scale_and_normalize(stored, scale, mean, std, spec: DatasetSpec) -> tf.Tensor:
+    """`stored_to_tokens` with its constants as arguments: `(float32(stored) / scale - mean) /
+    std` (`mean`, `std` per stored value `[num_tokens * token_dim]`, or None for the identity).
+    Passed as arguments, an XLA compilation of it keeps the divisions (with a constant divisor
+    XLA multiplies by its reciprocal, which differs in the last bit)."""
+    x = tf.cast(tf.reshape(stored, [-1, spec.num_tokens * spec.token_dim]), tf.float32)
+    if spec.storage_scale != 1:
+        x = x / scale
+    if mean is not None:
+        x = (x - mean) / std
+    return tf.reshape(x, [-1, spec.num_tokens, spec.token_dim])
 
 
 def raw_to_tokens(raw, spec: DatasetSpec) -> tf.Tensor:

@@ -194,7 +194,7 @@ def _run_cli(argv: list[str]) -> subprocess.CompletedProcess:
 
 def _files(version_dir: str) -> dict[str, bytes]:
     return {os.path.relpath(path, version_dir): open(path, "rb").read()
-            for path in sorted(glob.glob(os.path.join(version_dir, "*", "*.tfrecord.gz")))}
+            for path in sorted(glob.glob(os.path.join(version_dir, "*", "*.tfrecord")))}
 
 
 @pytest.mark.parametrize("dataset", ["digits", "custom"])

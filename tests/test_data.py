@@ -1,5 +1,6 @@
 """keras_metamae.data: shards + spec.json -> tf.data, and its error messages."""
 
+import glob
 import os
 
 import numpy as np
@@ -8,12 +9,22 @@ import tensorflow as tf
 
 from keras_metamae import data
 from pipeline import transforms
+from preprocessing import storage
 from preprocessing.spec import DatasetSpec, SplitInfo
 
 
+def legacy_example(tokens, label, example_id):
+    """A record as pipeline versions <= 2 wrote it: normalized float32 tokens in a float_list."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        "tokens": tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(tokens))),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode()]))}))
+
+
 def write_version(root, name="toy", num_examples=10, num_shards=2, discrete=False, version="1",
-                  splits=("train",)):
-    """A version directory in the token contract: 4 tokens of 3 values (or 4 ids), label = index % 3."""
+                  splits=("train",), legacy=False):
+    """A version directory in the token contract: 4 tokens of 3 values (or 4 ids), label = index % 3.
+    `legacy`: as pipeline versions <= 2 wrote it (float_list tokens, GZIP shards, no storage)."""
     version_dir = os.path.join(root, name, version)
     spec = DatasetSpec(name=name, modality="token" if discrete else "image",
                        input_shape=[4] if discrete else [2, 2, 3],
@@ -21,6 +32,9 @@ def write_version(root, name="toy", num_examples=10, num_shards=2, discrete=Fals
                        patch_shape=[1] if discrete else [1, 1], num_tokens=4, token_grid=[4] if discrete else [2, 2],
                        token_dim=0 if discrete else 3, vocab_size=5 if discrete else 0, num_classes=3,
                        label_names=["a", "b", "c"])
+    compression = "GZIP" if legacy else storage.SHARD_COMPRESSION
+    if not legacy:
+        spec.storage = storage.storage_for(spec)
     values = {}
     for split in splits:
         by_shard = {s: [] for s in range(num_shards)}
@@ -28,11 +42,16 @@ def write_version(root, name="toy", num_examples=10, num_shards=2, discrete=Fals
             example_id = f"{split}-{i:03d}"
             tokens = (np.arange(4) + i) % 5 if discrete else np.full((4, 3), i, np.float32) + np.arange(3)
             values[example_id] = (tokens, i % 3)
-            by_shard[i % num_shards].append(transforms.make_example(tokens, i % 3, example_id, spec))
+            by_shard[i % num_shards].append(
+                legacy_example(tokens, i % 3, example_id).SerializeToString() if legacy else
+                transforms.make_example(tokens, i % 3, example_id, spec))
+        sizes = []
         for shard, records in by_shard.items():
-            transforms.write_records(os.path.join(version_dir, transforms.shard_path(split, shard, num_shards)),
-                                     records)
-        spec.splits[split] = SplitInfo(num_examples, transforms.shard_pattern(split, num_shards), num_shards)
+            path = os.path.join(version_dir, transforms.shard_path(split, shard, num_shards, compression))
+            transforms.write_records(path, records, compression)
+            sizes.append(os.path.getsize(path))
+        spec.splits[split] = SplitInfo(num_examples, transforms.shard_pattern(split, num_shards, compression),
+                                       num_shards, shard_bytes=[] if legacy else sizes)
     spec.save(version_dir)
     return spec, version_dir, values
 
@@ -54,6 +73,16 @@ def test_round_trip_one_epoch(tmp_path):
         expected_tokens, expected_label = values[example_id.decode()]
         np.testing.assert_array_equal(tokens, expected_tokens)
         assert label == expected_label
+
+
+def test_shards_of_pipeline_version_2_are_still_read(tmp_path):
+    spec, version_dir, values = write_version(str(tmp_path), num_examples=6, legacy=True)
+    assert not spec.stores_raw_tokens and spec.shard_compression == "GZIP"
+    batches, ids = collect(data.make_dataset(None, version_dir, "train", 3, shuffle=False, repeat=False))
+    assert sorted(ids) == sorted(values)
+    for b in batches:
+        for tokens, example_id in zip(b["tokens"], b["id"]):
+            np.testing.assert_array_equal(tokens, values[example_id.decode()][0])
 
 
 def test_discrete_tokens_and_spec_from_dir(tmp_path):
@@ -113,10 +142,10 @@ def test_split_and_shard_errors(tmp_path):
         data.make_dataset(spec, version_dir, "train", 8)
     assert len(collect(data.make_dataset(spec, version_dir, "train", 8, repeat=False,
                                          drop_remainder=False))[1]) == 5
-    os.remove(os.path.join(version_dir, "train", "data-00001-of-00002.tfrecord.gz"))
+    os.remove(os.path.join(version_dir, "train", "data-00001-of-00002.tfrecord"))
     with pytest.raises(data.DataError, match="found 1 shard files, spec.json says 2"):
         data.make_dataset(spec, version_dir, "train", 2)
-    os.remove(os.path.join(version_dir, "train", "data-00000-of-00002.tfrecord.gz"))
+    os.remove(os.path.join(version_dir, "train", "data-00000-of-00002.tfrecord"))
     with pytest.raises(data.DataError, match="no shard files for split 'train'"):
         data.make_dataset(spec, version_dir, "train", 2)
 
@@ -130,24 +159,38 @@ def test_empty_split(tmp_path):
 def test_spec_feature_length_mismatch(tmp_path):
     spec, version_dir, _ = write_version(str(tmp_path), num_examples=4)
     spec.input_shape, spec.token_dim = [2, 2, 4], 4
-    with pytest.raises(data.DataError, match=r"data-00000-of-00002.tfrecord.gz: 'tokens' has 12 .* expects 16"):
+    with pytest.raises(data.DataError, match=r"data-00000-of-00002.tfrecord: 'tokens' has 48 bytes "
+                                             r"of float32, spec.json expects 64"):
         data.make_dataset(spec, version_dir, "train", 2)
 
 
-def test_truncated_shard_is_named(tmp_path):
+def test_truncated_and_corrupt_shards_are_named(tmp_path):
     spec, version_dir, _ = write_version(str(tmp_path), num_examples=200, num_shards=2)
-    broken = os.path.join(version_dir, "train", "data-00001-of-00002.tfrecord.gz")
+    broken = os.path.join(version_dir, "train", "data-00001-of-00002.tfrecord")
     content = open(broken, "rb").read()
+    # Cut at a record boundary, an uncompressed shard reads as a shorter valid file: the size
+    # recorded in spec.json catches it before training starts.
+    record_size = len(content) // 100
     with open(broken, "wb") as f:
-        f.write(content[: len(content) // 2])
+        f.write(content[:record_size * 50])
+    with pytest.raises(data.DataError, match=r"data-00001-of-00002.tfrecord: \d+ bytes, spec.json "
+                                             r"says \d+: the shard is truncated"):
+        data.make_dataset(spec, version_dir, "train", 8)
+    shard_files = sorted(glob.glob(os.path.join(version_dir, "train", "*")))
+    assert [path for path, _ in data.find_corrupt_shards(spec, shard_files)] == [broken]
+    # Damaged bytes inside a shard of the right size only show while iterating (CRC check).
+    damaged = bytearray(content)
+    damaged[len(content) // 2:len(content) // 2 + 8] = b"\xff" * 8
+    with open(broken, "wb") as f:
+        f.write(bytes(damaged))
     ds = data.make_dataset(spec, version_dir, "train", 8, shuffle=False, repeat=False)
-    with pytest.raises(data.DataError, match="data-00001-of-00002.tfrecord.gz") as info:
+    with pytest.raises(data.DataError, match="data-00001-of-00002.tfrecord") as info:
         with data.explain_data_errors(spec, version_dir, "train"):
             for _ in ds:
                 pass
     assert "data-00000-of-00002" not in str(info.value)
-    # A shard whose first bytes are already broken is caught before training starts.
+    # A file that is not a TFRecord shard is caught before training starts.
     with open(broken, "wb") as f:
-        f.write(b"not gzip at all")
-    with pytest.raises(data.DataError, match="data-00001-of-00002.tfrecord.gz: unreadable shard"):
+        f.write(b"x" * len(content))
+    with pytest.raises(data.DataError, match="data-00001-of-00002.tfrecord: unreadable shard"):
         data.make_dataset(spec, version_dir, "train", 8)

@@ -433,10 +433,12 @@ def test_beam_job_writes_segment_features_and_tf_data_packs_them(processed, raw_
         assert len(result.bad_records) == 1 and "train20" in result.bad_records[0]["path"]
         assert spec.extra["vocabulary"] == make_mscoco.VOCAB
         train_file = data.split_files(spec, result.version_dir, "train")[0]
-        record = next(iter(tf.data.TFRecordDataset(train_file, compression_type="GZIP")))
+        record = next(iter(data.shards(train_file, spec)))
         feature = tf.train.Example.FromString(record.numpy()).features.feature
         assert sorted(feature) == ["id", "label", "text_tokens", "tokens"]
-        assert len(feature["tokens"].float_list.value) == 196 * 768
+        # The image patches as their uint8 pixels (normalized by the reader).
+        assert spec.storage["dtype"] == "uint8"
+        assert len(feature["tokens"].bytes_list.value[0]) == 196 * 768
         text = list(feature["text_tokens"].int64_list.value)
         vocab = make_mscoco.VOCAB
         assert len(text) == 32 and text[0] == vocab.index("[CLS]")

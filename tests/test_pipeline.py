@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from keras_metamae import cli
+from keras_metamae import cli, data
 from pipeline import preprocess
 from preprocessing import registry, tokenize
 from preprocessing.datasets.base import RawDataMissing
@@ -20,15 +19,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_split(version_dir, spec, split):
-    """{id: (tokens, label)} from a split's shards, read with plain TensorFlow."""
-    out = {}
+    """{id: (tokens [num_tokens, token_dim], label)} of a split, as the trainer reads it."""
     files = sorted(glob.glob(os.path.join(version_dir, spec.splits[split].file_pattern)))
     assert len(files) == spec.splits[split].num_shards
-    features = {"tokens": tf.io.VarLenFeature(tf.float32), "label": tf.io.FixedLenFeature([], tf.int64),
-                "id": tf.io.FixedLenFeature([], tf.string)}
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        ex = tf.io.parse_single_example(record, features)
-        out[ex["id"].numpy().decode()] = (tf.sparse.to_dense(ex["tokens"]).numpy(), int(ex["label"]))
+    out = {}
+    if not spec.splits[split].num_examples:
+        return out
+    for batch in data.make_dataset(spec, version_dir, split, 8, shuffle=False, repeat=False,
+                                   drop_remainder=False).as_numpy_iterator():
+        for tokens, label, example_id in zip(batch["tokens"], batch["label"], batch["id"]):
+            out[example_id.decode()] = (tokens, int(label))
     return out
 
 
@@ -50,7 +50,8 @@ def test_digits_counts_layout_and_command(digits_run):
     for split, info in spec.splits.items():
         files = sorted(glob.glob(os.path.join(result.version_dir, info.file_pattern)))
         assert [os.path.basename(f) for f in files] == [
-            f"data-{i:05d}-of-00003.tfrecord.gz" for i in range(3)]
+            f"data-{i:05d}-of-00003.tfrecord" for i in range(3)]
+        assert info.shard_bytes == [os.path.getsize(f) for f in files]
     assert spec.command == "python -m pipeline.preprocess --dataset digits --data_dir " + out + " --num_shards 3"
     assert len(spec.content_hash) == 64
     # Only the published version is left: no temp or manifest directories.
@@ -78,10 +79,12 @@ def test_digits_tokens_equal_tokenizer_output(digits_run):
     assert all(reader.split_of(examples[i], 42) == "val" for i in stored)
     some = sorted(stored)[:5]
     raw = np.stack([examples[i].input for i in some])
-    expected = tokenize.raw_to_tokens(raw, spec).numpy().reshape(len(some), -1)
-    for i, row in zip(some, expected):
-        np.testing.assert_allclose(stored[i][0], row, rtol=1e-6)
+    expected = tokenize.raw_to_tokens(raw, spec).numpy()
+    for i, tokens in zip(some, expected):
+        np.testing.assert_array_equal(stored[i][0], tokens)
         assert stored[i][1] == examples[i].label
+    # Grey levels 0..16 are stored as uint8 and normalized by the reader.
+    assert spec.storage == {"dtype": "uint8", "scale": 1.0, "compression": ""}
 
 
 def test_rerun_is_byte_identical(digits_run, tmp_path):
@@ -108,11 +111,13 @@ def test_eurosat_zip_end_to_end(tmp_path):
     examples = {ex.id: ex for ex in reader.read_all()}
     stored = read_split(result.version_dir, spec, "pretrain")  # EuroSAT's 90 % pretraining part
     assert stored and set(stored) <= set(examples)
-    some = sorted(stored)[0]
-    expected = tokenize.raw_to_tokens(examples[some].input[None], spec).numpy().reshape(-1)
-    assert expected.shape == (64 * 832,)
-    np.testing.assert_allclose(stored[some][0], expected, rtol=1e-6)
-    assert stored[some][1] == spec.label_names.index(some.split("_")[0])
+    # The shards hold the uint16 bands; the reader's tokens are the old float path's exactly.
+    assert spec.storage == {"dtype": "uint16", "scale": 1.0, "compression": ""}
+    for some in sorted(stored):
+        expected = tokenize.raw_to_tokens(examples[some].input[None], spec).numpy()[0]
+        assert expected.shape == (64, 832)
+        np.testing.assert_array_equal(stored[some][0], expected)
+        assert stored[some][1] == spec.label_names.index(some.split("_")[0])
 
 
 def test_eurosat_bad_records_fail_the_job_and_leave_nothing(tmp_path):

@@ -73,7 +73,7 @@ def test_truncated_shard_fails_with_the_file_name(digits_data_dir, tmp_path):
     from keras_metamae import train
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
-    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord.gz")))[0]
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord")))[0]
     content = open(shard, "rb").read()
     with open(shard, "wb") as f:
         f.write(content[: len(content) // 2])
@@ -88,12 +88,12 @@ def test_records_of_the_wrong_dtype_are_refused_with_the_file_name(digits_data_d
     from keras_metamae import train
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
-    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord.gz")))[0]
+    shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord")))[0]
     example = tf.train.Example()
     example.features.feature["tokens"].int64_list.value.extend([1] * 64)
     example.features.feature["label"].int64_list.value.append(0)
     example.features.feature["id"].bytes_list.value.append(b"x")
-    with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
+    with tf.io.TFRecordWriter(shard) as writer:
         writer.write(example.SerializeToString())
     with pytest.raises(ValueError, match=os.path.basename(shard)):
         train.run_training("digits", dict(TINY_RUN, steps=2), data_dir, str(tmp_path / "w"),

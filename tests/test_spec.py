@@ -17,8 +17,9 @@ def digits_spec(**overrides):
 
 
 def test_json_round_trip(tmp_path):
-    spec = digits_spec(splits={"train": SplitInfo(10, "train/data-*-of-00002.tfrecord.gz", 2)},
+    spec = digits_spec(splits={"train": SplitInfo(10, "train/data-*-of-00002.tfrecord", 2, [60, 70])},
                        normalization={"mean": [1.5], "std": [2.0], "source": "pipeline"},
+                       storage={"dtype": "uint8", "scale": 1.0, "compression": ""},
                        command="python -m pipeline.preprocess --dataset digits")
     path = spec.save(str(tmp_path))
     assert os.path.basename(path) == "spec.json"
@@ -34,6 +35,8 @@ def test_json_round_trip(tmp_path):
     ("vocab_size", 4, "exactly one of token_dim"),
     ("token_grid", [3, 3], "token_grid"),
     ("metric", "bleu", "metric"),
+    ("storage", {"dtype": "uint32", "scale": 1.0, "compression": ""}, "storage.dtype"),
+    ("storage", {"dtype": "uint8", "scale": 0, "compression": ""}, "storage.scale"),
 ])
 def test_validation_names_the_field(field, value, message):
     with pytest.raises(SpecError, match=message):

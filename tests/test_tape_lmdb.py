@@ -47,7 +47,7 @@ def _examples(result) -> dict[str, dict[str, tuple[list, list]]]:
     for split, info in spec.splits.items():
         files = sorted(glob.glob(os.path.join(result.version_dir, info.file_pattern)))
         rows = {}
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        for record in tf.data.TFRecordDataset(files, compression_type=spec.shard_compression):
             ex = tf.io.parse_single_example(record, features)
             # Records without an `id` are named `<file>[<index>]`: compare by stem and index.
             key = re.sub(r"\.(json|lmdb)\[", "[", ex["id"].numpy().decode())

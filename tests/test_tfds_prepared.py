@@ -128,16 +128,17 @@ def test_prepared_tfds_through_the_beam_job(name, dirs, preprocessed):
 
 
 def _tokens_by_split(result):
-    import tensorflow as tf
+    """{split: sorted [(label, flat tokens)]} as the trainer reads them."""
+    from keras_metamae import data
 
     out = {}
-    features = {"tokens": tf.io.VarLenFeature(tf.float32), "label": tf.io.FixedLenFeature([], tf.int64)}
     for split, info in result.spec.splits.items():
-        files = sorted(glob.glob(os.path.join(result.version_dir, info.file_pattern)))
         rows = []
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            ex = tf.io.parse_single_example(record, features)
-            rows.append((int(ex["label"]), tf.sparse.to_dense(ex["tokens"]).numpy()))
+        if info.num_examples:
+            for batch in data.make_dataset(result.spec, result.version_dir, split, 4, shuffle=False,
+                                           repeat=False, drop_remainder=False).as_numpy_iterator():
+                rows += [(int(label), tokens.reshape(-1))
+                         for label, tokens in zip(batch["label"], batch["tokens"])]
         out[split] = sorted(rows, key=lambda row: (row[0], tuple(np.round(row[1], 4))))
     return out
 

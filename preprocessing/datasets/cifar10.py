@@ -54,6 +54,8 @@ class Cifar10Reader(_tfds.PreparedTfds, _images.NaturalImageReader):
     name = "cifar10"
     raw_url = URL
     split_fractions = (("train", 5 / 6), ("test", 1 / 6))  # names only: splits are official
+    # 32 x 32 already, never resized: every value is an 8-bit pixel / 255.
+    storage_dtype, storage_scale = "uint8", 255.0
     tfds_builder = "cifar10"
     tfds_splits = {"train": "train", "test": "test"}
     tfds_skip_decoding = ("image",)

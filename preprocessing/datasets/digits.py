@@ -32,6 +32,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 class DigitsReader(DatasetReader):
     name = "digits"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    storage_dtype = "uint8"  # grey levels 0..16
 
     def spec_template(self) -> DatasetSpec:
         return DatasetSpec(

@@ -26,9 +26,16 @@ numbers, so the boundary counts TFDS examples: the first `pretrain_rows` are `hi
 `higgs-tfds-<index>` and split 90/10 by the same seeded hash. A record with a non-finite value
 or a label other than 0/1 becomes a BadRecord `tfds:<dir>:train[<index>]`.
 
-The 11M-line file is never loaded whole: the driver counts lines once (for a `.gz` file that is
-one decompression pass) and the Beam job reads `rows_per_source` lines per source, one line at a
-time. Malformed lines (wrong column count, non-numeric or non-finite values, a label other
+The 11M-line file is never loaded whole. The Beam job reads `rows_per_source` lines per source
+(the driver counts lines once to plan them); by default a source has at least
+MIN_ROWS_PER_SOURCE lines, and a .gz file is cut into at most MAX_GZIP_SOURCES sources planned
+from an estimate of its line count, the last one open-ended, so the driver decompresses only a
+sample (`_line_ranges.plan_gzip_line_ranges`; a worker resumes the stream from its
+checkpoints). Lines are read in blocks of ROWS_PER_BATCH, parsed at once by pyarrow's CSV
+parser (a dependency of Apache Beam): per-line Python parsing cost more than everything else
+the job does per row. A block that parser does not take whole (any malformed line) is parsed
+again line by line, as `read_source` always does, so the same lines are accepted with the same
+values. Malformed lines (wrong column count, non-numeric or non-finite values, a label other
 than 0/1) become BadRecords `<file>:<line>`.
 """
 
@@ -40,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from preprocessing.datasets import _line_ranges, _tfds
-from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.datasets.base import BadRecord, DatasetReader, RawBatch, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
 FILE_NAMES = ("HIGGS.csv.gz", "HIGGS.csv")
@@ -48,7 +55,14 @@ FILE_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00280/HIGG
 NUM_FEATURES = 28
 TOTAL_ROWS = 11_000_000
 PRETRAIN_ROWS = 9_900_000  # DABS: math.ceil(0.9 * 11,000,000); the rest (1,100,000) is transfer
-ROWS_PER_SOURCE = 500_000
+ROWS_PER_SOURCE = 500_000  # TFDS examples per source
+# Without a `rows_per_source` option the CSV is cut into sources of at least MIN_ROWS_PER_SOURCE
+# lines (so 2 workers share a 200k-row file), a .gz file into at most MAX_GZIP_SOURCES (a worker
+# that reads several resumes the stream from its checkpoints, but each worker decompresses up to
+# its furthest source).
+MIN_ROWS_PER_SOURCE = 100_000
+MAX_GZIP_SOURCES = 8
+ROWS_PER_BATCH = 8192  # lines parsed at once
 FEATURE_NAMES = (
     "lepton_pT", "lepton_eta", "lepton_phi", "missing_energy_magnitude", "missing_energy_phi",
     "jet1_pt", "jet1_eta", "jet1_phi", "jet1_b_tag",
@@ -78,6 +92,32 @@ def parse_row(line: str) -> tuple[int, np.ndarray]:
     return check_values(np.array(fields, dtype=np.float64))  # ValueError on non-numeric text
 
 
+def parse_rows(lines: list[bytes]) -> np.ndarray | None:
+    """`[len(lines), 29]` float64 of well-formed HIGGS lines (label 0/1, 28 finite numbers),
+    parsed in one call; None when any line is not (the caller parses those line by line)."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    names = [f"c{i}" for i in range(NUM_FEATURES + 1)]
+    try:
+        table = csv.read_csv(
+            pa.py_buffer(b"\n".join(lines)),
+            read_options=csv.ReadOptions(column_names=names, use_threads=False),
+            # No quoting and no empty-line skipping: such lines fail here and are judged
+            # line by line; no text is a null value.
+            parse_options=csv.ParseOptions(quote_char=False, ignore_empty_lines=False),
+            convert_options=csv.ConvertOptions(column_types={n: pa.float64() for n in names},
+                                               null_values=[], strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    values = np.column_stack([column.to_numpy() for column in table.columns])
+    if not np.isfinite(values).all() or not np.isin(values[:, 0], (0.0, 1.0)).all():
+        return None
+    return values
+
+
 def check_values(values: np.ndarray) -> tuple[int, np.ndarray]:
     """`(label, features[28] float32)` of `[label, 28 features]` as float64; ValueError if bad."""
     if not np.isfinite(values).all():
@@ -101,11 +141,11 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
     tfds_splits = {"train": None}
 
     def __init__(self, data_dir: str | None = None, pretrain_rows: int = PRETRAIN_ROWS,
-                 rows_per_source: int = ROWS_PER_SOURCE, **options: Any):
+                 rows_per_source: int | None = None, **options: Any):
         super().__init__(data_dir, **options)
         self.pretrain_rows = int(pretrain_rows)
-        self.rows_per_source = int(rows_per_source)
-        if self.pretrain_rows < 0 or self.rows_per_source < 1:
+        self.rows_per_source = None if rows_per_source is None else int(rows_per_source)
+        if self.pretrain_rows < 0 or (self.rows_per_source is not None and self.rows_per_source < 1):
             raise ValueError(f"{self.name}: pretrain_rows={pretrain_rows} must be >= 0 and "
                              f"rows_per_source={rows_per_source} >= 1")
 
@@ -160,7 +200,14 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
     def list_raw_sources(self) -> list[_line_ranges.LineRange]:
         self.check_raw()
         first, last = self._line_bounds()
-        ranges = _line_ranges.plan_line_ranges(self.raw_file(), self.rows_per_source)
+        if self.rows_per_source:
+            ranges = _line_ranges.plan_line_ranges(self.raw_file(), self.rows_per_source)
+        elif _line_ranges.is_gzip(self.raw_file()):
+            ranges = _line_ranges.plan_gzip_line_ranges(self.raw_file(), MIN_ROWS_PER_SOURCE,
+                                                        MAX_GZIP_SOURCES)
+        else:
+            ranges = _line_ranges.plan_balanced_line_ranges(self.raw_file(), MIN_ROWS_PER_SOURCE,
+                                                            MAX_GZIP_SOURCES)
         return [r for r in ranges
                 if r.first_line <= last and r.first_line + r.num_lines - 1 >= first]
 
@@ -169,18 +216,49 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
         for number, line in _line_ranges.iter_lines(source):
             if not first <= number <= last:
                 continue
-            try:
-                label, features = parse_row(line)
-            except ValueError as e:
-                yield BadRecord(path=f"{source.path}:{number}", reason=str(e))
+            yield self._parse_line(source, number, line)
+
+    def _parse_line(self, source: _line_ranges.LineRange, number: int,
+                    line: str) -> RawExample | BadRecord:
+        try:
+            label, features = parse_row(line)
+        except ValueError as e:
+            return BadRecord(path=f"{source.path}:{number}", reason=str(e))
+        return RawExample(id=f"higgs-{number:08d}", input=features, label=label)
+
+    def read_source_batches(self, source: Any, batch_size: int) -> Iterator[Any]:
+        """Blocks of lines parsed at once (see the module docstring); the same examples and
+        bad records as `read_source`."""
+        if not isinstance(source, _line_ranges.LineRange):  # a prepared TFDS dataset
+            yield from super().read_source_batches(source, batch_size)
+            return
+        first, last = self._line_bounds()
+        for number, lines in _line_ranges.iter_line_blocks(source, ROWS_PER_BATCH):
+            lo, hi = max(0, first - number), min(len(lines), last - number + 1)
+            if lo >= hi:
                 continue
-            yield RawExample(id=f"higgs-{number:08d}", input=features, label=label)
+            lines, number = lines[lo:int(hi)], number + lo
+            values = parse_rows(lines)
+            if values is None:  # some line is malformed: judge each one
+                parsed = [self._parse_line(source, number + i,
+                                           line.decode("utf-8", errors="replace").rstrip("\r\n"))
+                          for i, line in enumerate(lines)]
+                yield from (r for r in parsed if isinstance(r, BadRecord))
+                good = [r for r in parsed if isinstance(r, RawExample)]
+                if good:
+                    yield RawBatch.of(good)
+                continue
+            n = len(lines)
+            yield RawBatch(ids=[f"higgs-{number + i:08d}" for i in range(n)],
+                           inputs=values[:, 1:].astype(np.float32),
+                           labels=values[:, 0].astype(np.int64), splits=[None] * n,
+                           groups=[None] * n)
 
     # === a prepared TFDS `higgs` dataset ===
     def tfds_sources(self) -> list[_tfds.TfdsSource]:
         first, last = self._line_bounds()  # 1-based line numbers -> 0-based TFDS indices
         return _tfds.plan_sources(self.name, self.tfds_dir(), list(self.tfds_splits),
-                                  self.rows_per_source, first=first - 1,
+                                  self.rows_per_source or ROWS_PER_SOURCE, first=first - 1,
                                   last=None if last == float("inf") else int(last))
 
     def tfds_example(self, record: dict[str, Any], index: int, split: str, info: Any) -> RawExample:

@@ -58,6 +58,8 @@ class ImageNet32Reader(_tfds.PreparedTfds, _images.NaturalImageReader):
     pretrain_dataset = ""
     raw_url = URL
     split_fractions = (("train", 1.0 - _VAL_FRACTION), ("val", _VAL_FRACTION), ("test", 0.0))
+    # 32 x 32 already, never resized: every value is an 8-bit pixel / 255.
+    storage_dtype, storage_scale = "uint8", 255.0
     tfds_builder = "imagenet_resized"
     tfds_configs = ("32x32",)
     tfds_splits = {"train": None, "validation": "test"}  # train: train/val by split_of

@@ -118,6 +118,7 @@ class MscocoReader(DatasetReader):
     name = "mscoco"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
     fixed_normalization = None
+    storage_dtype = "uint8"  # the image segment: RGB 0..255
     pretrain_dataset = ""
     task, metric = "multiclass", "accuracy"
     # (subset, its image zip, the image path pattern with the id as group 1)

@@ -106,6 +106,7 @@ class WaferMapReader(DatasetReader):
     split_fractions = (("train", 0.9), ("test", 0.1))
     # The reference feeds the ToTensor [0, 1] image (no z-score); the reader already gives [0, 1].
     fixed_normalization = {"mean": [0.0] * 3, "std": [1.0] * 3, "source": "none"}
+    storage_dtype, storage_scale = "uint8", 2.0  # grey levels v / 2, v in {0, 1, 2}
 
     def spec_template(self) -> DatasetSpec:
         return DatasetSpec(
