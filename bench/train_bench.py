@@ -98,7 +98,13 @@ def time_model(method: str, first_order: bool, jit: bool, precision: str, batch:
 
 def time_reader(batch: int, examples_per_class: int) -> float:
     """Examples/s of keras_metamae.data on a synthetic EuroSAT-format dataset."""
-    from keras_metamae import data
+    return reader_rates(batch, examples_per_class)[0]
+
+
+def reader_rates(batch: int, examples_per_class: int) -> tuple[float, float]:
+    """(examples/s, examples per CPU-second) of the training reader on a synthetic
+    EuroSAT-format dataset (the measurement of bench/reader_bench.py)."""
+    from bench.reader_bench import reader_rate
     from pipeline import preprocess
     from tests.fixtures import make_eurosat
 
@@ -108,15 +114,7 @@ def time_reader(batch: int, examples_per_class: int) -> float:
         result = preprocess.run(["--dataset", "eurosat", "--raw_data_dir", raw, "--data_dir", out])
         # The split pretraining reads (EuroSAT's protocol names it "pretrain").
         split = result.spec.protocol_splits("pretrain")
-        ds = data.make_dataset(result.spec, result.version_dir, split, batch, repeat=True)
-        iterator = iter(ds)
-        for _ in range(5):
-            next(iterator)
-        n = 50
-        start = time.perf_counter()
-        for _ in range(n):
-            next(iterator)
-        return n * batch / (time.perf_counter() - start)
+        return reader_rate(result.spec, result.version_dir, split, batch)
 
 
 def peak_memory_bytes() -> tuple[str, int]:
@@ -212,7 +210,7 @@ def main():
                      first_step[(name, jit, precision)]))
         print(f"{name:<22} xla={jit!s:<5} {precision:<8} {seconds * 1000:8.1f} ms/step "
               f"{batch / seconds:8.1f} examples/s", flush=True)
-    reader = time_reader(batch, 40)
+    reader, reader_per_cpu = reader_rates(batch, 40)
     mae = step_of[("MAE", False, "float32")]
     meta = step_of[("MetaMAE second-order", False, "float32")]
     consumed = batch / meta
@@ -245,7 +243,8 @@ def main():
         f"- MetaMAE (second order) / MAE step time: **{meta / mae:.2f}×** "
         f"(target ≤ 1.5×; the paper reports 1.4×); the step's arithmetic alone is "
         f"{work:.2f}× MAE's (GFLOP: TensorFlow's static count of the traced step).",
-        f"- tf.data reader alone: **{reader:,.0f} examples/s**, "
+        f"- tf.data reader alone: **{reader:,.0f} examples/s** ({reader_per_cpu:,.0f} per "
+        f"CPU-second: `python -m bench.reader_bench` compares shard formats), "
         f"{reader / consumed:.0f}× what the MetaMAE step consumes ({consumed:.1f} examples/s; "
         f"target ≥ 10×).",
     ]
