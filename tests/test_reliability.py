@@ -158,21 +158,21 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert manager.steps() == [20, 30]  # keeps the newest two
 
 
-def test_same_seed_same_data_gives_identical_losses_for_20_steps(digits_data_dir, tmp_path):
+def test_same_seed_same_data_gives_identical_losses_for_8_steps(digits_data_dir, tmp_path):
     from keras_metamae import train
 
     from tests.test_train import read_scalars
 
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        overrides = dict(TINY_RUN, steps=20, log_every=1, checkpoint_every=20, seed=seed)
+        overrides = dict(TINY_RUN, steps=8, log_every=1, checkpoint_every=8, seed=seed)
         train.run_training("digits", overrides, digits_data_dir, str(tmp_path / name),
                            verbose=0)
         with open(os.path.join(tmp_path / name, "train_summary.json")) as f:
-            assert json.load(f)["final_step"] == 20
+            assert json.load(f)["final_step"] == 8
         scalars = read_scalars(os.path.join(tmp_path / name, "tensorboard"))
         summary_losses = [value for _, value in scalars["train/loss"]]
         runs.append(summary_losses)
-    assert len(runs[0]) == 20
+    assert len(runs[0]) == 8
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # the seed does reach the masks and the initialization
