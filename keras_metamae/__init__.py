@@ -13,16 +13,6 @@ See `keras_metamae/api.py` for a full example. Names are imported on first use, 
 from __future__ import annotations
 
 import importlib
-import os
-
-# KERAS_METAMAE_GRAPPLER=off skips TensorFlow's graph optimizer (Grappler). Optimizing the
-# second-order training step's graph takes ~10 s of a run's start, which dominates a run of a few
-# steps (the test suite sets it; smoke tests, debugging); the results are the same, the steps
-# slower. Nothing else reads it: real runs, the demo and the benchmarks keep Grappler on.
-if os.environ.get("KERAS_METAMAE_GRAPPLER", "on") == "off":
-    import tensorflow as _tf
-
-    _tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 # public name -> (module, attribute)
 _EXPORTS = {

@@ -11,10 +11,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests never reach the internet: a missing raw file is reported, not downloaded. The download
 # tests pass `--download auto` with a local mirror.
 os.environ["KERAS_METAMAE_DOWNLOAD"] = "never"
-# Tiny models for a few steps: Grappler's graph rewrites would take a third of each training
-# run (keras_metamae/__init__.py). Subprocesses inherit it; test_train's SIGKILL/resume test runs
-# the CLI with Grappler on, as users do.
-os.environ["KERAS_METAMAE_GRAPPLER"] = "off"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -42,10 +38,3 @@ def digits_data_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("processed"))
     preprocess.run(["--dataset", "digits", "--data_dir", root, "--num_shards", "2"])
     return root
-
-
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core, at most 4. Each worker is a TensorFlow process whose ops
-    already use every core, and several tests start training subprocesses of their own, so more
-    workers than that only add memory and contention."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))

@@ -194,8 +194,7 @@ def _train_command(data_dir, workdir, steps):
 def test_sigkill_then_same_command_resumes(digits_data_dir, tmp_path):
     workdir = str(tmp_path / "killed")
     command = _train_command(digits_data_dir, workdir, 3000)
-    # Grappler on, as users run it (the rest of the suite turns it off, see conftest.py).
-    env = dict(os.environ, PYTHONPATH=REPO, KERAS_METAMAE_GRAPPLER="on")
+    env = dict(os.environ, PYTHONPATH=REPO)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
