@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(PY) -m keras_metamae.demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/preprocess_bench.py

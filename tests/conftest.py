@@ -38,3 +38,10 @@ def digits_data_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("processed"))
     preprocess.run(["--dataset", "digits", "--data_dir", root, "--num_shards", "2"])
     return root
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4. Each worker is a TensorFlow process whose ops
+    already use every core, and several tests start training subprocesses of their own, so more
+    workers than that only add memory and contention."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
