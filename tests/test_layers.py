@@ -101,6 +101,48 @@ def test_transformer_block_second_order_gradient_matches_finite_differences():
     np.testing.assert_allclose(exact.numpy(), numeric.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_transformer_block_in_training_second_order_gradient_matches_finite_differences():
+    """training=True: the attention core runs XLA-compiled (value, gradient and gradient of the
+    gradient), and the block's Hessian-vector product still equals finite differences."""
+    block = layers.TransformerBlock(num_heads=2, mlp_dim=12, dtype="float64")
+    block.build((2, 5, 8))
+    weights = _random((2, 5, 8), 6)
+    fn = lambda x: tf.reduce_sum(weights * block(x, training=True) ** 2)  # noqa: E731
+    x = _random((2, 5, 8), 7)
+    v = _random((2, 5, 8), 8)
+    exact = _hessian_vector_product(fn, x, v)
+    numeric = _finite_difference_hvp(fn, x, v)
+    np.testing.assert_allclose(exact.numpy(), numeric.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_xla_attention_core_equals_the_plain_ops_to_second_order():
+    attention = layers.MultiHeadSelfAttention(num_heads=2, dtype="float64")
+    attention.build((3, 7, 8))
+    weights = _random((3, 7, 8), 9)
+    x = _random((3, 7, 8), 10)
+    v = _random((3, 7, 8), 11)
+    results = {}
+    for training in (True, False):  # True: attention_core (XLA); False: the same TF ops
+        fn = lambda x: tf.reduce_sum(weights * tf.sin(attention(x, training=training)))  # noqa
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        gradient = tape.gradient(value, x)
+        results[training] = (value, gradient, _hessian_vector_product(fn, x, v))
+    for compiled, plain in zip(results[True], results[False]):
+        np.testing.assert_allclose(compiled.numpy(), plain.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_gelu_exact_matches_keras_and_its_second_derivative_finite_differences():
+    x = _random((4, 6), 12) * 2.0
+    np.testing.assert_allclose(layers.gelu_exact(x).numpy(),
+                               keras.ops.gelu(x, approximate=False).numpy(), rtol=1e-7)
+    fn = lambda x: tf.reduce_sum(layers.gelu_exact(x) ** 2)  # noqa: E731
+    v = _random((4, 6), 13)
+    np.testing.assert_allclose(_hessian_vector_product(fn, x, v).numpy(),
+                               _finite_difference_hvp(fn, x, v).numpy(), rtol=1e-6, atol=1e-8)
+
+
 def test_layer_norm_computes_in_float32_under_mixed_precision():
     norm = layers.LayerNorm(dtype="mixed_bfloat16")
     x = _random((2, 3, 8), 9, "float32") * 100.0 + 1000.0
