@@ -212,7 +212,8 @@ def table(ours: dict, reference: dict, versions: dict, args, load_start: str,
         f"4x128, mask ratio 0.85; median of {args.rounds} steps each after {args.warmup} "
         f"warm-up steps, the two implementations timed in turns (ours, reference, ours, ...) "
         f"in one run. Ours: `fit`'s train function, TF {tf.__version__}, Keras "
-        f"{keras.__version__}, XLA off. Reference: alinlab/MetaMAE `models.py`, torch "
+        f"{keras.__version__}, whole-step XLA off (the attention core XLA-compiled, "
+        f"`MultiHeadSelfAttention(xla_core=True)`). Reference: alinlab/MetaMAE `models.py`, torch "
         f"{versions['torch']} ({versions['threads']} threads), timm {versions['timm']}, fused "
         f"attention off (no double backward). {step_timing.machine_line()} at the end; "
         f"{load_start} at the start.",

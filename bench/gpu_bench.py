@@ -2,8 +2,9 @@
 
 Times MAE, MetaMAE second order and MetaMAE first order at three paper configs (EuroSAT:
 batch 64, 64 tokens of 832; LibriSpeech: batch 64, 196 tokens of 256; PAMAP2: batch 256, 64
-tokens of 260), float32 vs mixed bfloat16, XLA off and on (one GPU), and MirroredStrategy over
-all visible GPUs (XLA off: it is never forced under a strategy). Each cell reports steps/s,
+tokens of 260), float32 vs mixed bfloat16, whole-step XLA off and on (one GPU; the attention
+core is XLA-compiled in both), and MirroredStrategy over all visible GPUs (whole-step XLA off:
+it is never forced under a strategy). Each cell reports steps/s,
 examples/s, the compile (first-step) time and the peak GPU memory
 (`tf.config.experimental.get_memory_info`); the tf.data reader's examples/s on a synthetic
 EuroSAT dataset is given next to them, with how many times what each step consumes it is.

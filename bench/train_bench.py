@@ -223,7 +223,9 @@ def main():
         f"{platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}. "
         f"Median of {args.steps} steps after {args.warmup} warm-up steps, the variants timed "
         f"in turns; load average {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
-        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end (1/5/15 min)."
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end (1/5/15 min). "
+        "XLA: the whole step compiled (`jit_compile`); the attention core is XLA-compiled in "
+        "every row (`MultiHeadSelfAttention(xla_core=True)`)."
         + ("" if has_gpu or args.xla else
            " XLA rows are measured on GPUs only (on a CPU, compiling the second-order graph "
            "takes longer than a short run; `--xla` adds them)."),
