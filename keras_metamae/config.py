@@ -128,6 +128,9 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multiworker | onedevice
     mixed_precision: str = "float32"  # float32 | bfloat16 | float16
     jit_compile: str = "auto"  # auto (Keras decides; off under a strategy) | on | off
+    # The attention core XLA-compiled in training (keras_metamae/layers.py `attention_core`),
+    # on every device and under any strategy; false runs the same ops uncompiled.
+    xla_attention: bool = True
     log_every: int = 100
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 30.0

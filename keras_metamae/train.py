@@ -188,6 +188,16 @@ def resolve_jit(setting: str, strategy) -> bool | str:
     return bool(tf.config.list_logical_devices("GPU")) and strategy.num_replicas_in_sync == 1
 
 
+def set_xla_attention(model, enabled: bool) -> None:
+    """`--xla_attention`: a run-time choice, not part of the architecture (the same weights and
+    math either way), so it is set on the built layers rather than in the model's config."""
+    from keras_metamae.layers import MultiHeadSelfAttention
+
+    for layer in model._flatten_layers():
+        if isinstance(layer, MultiHeadSelfAttention):
+            layer.xla_core = bool(enabled)
+
+
 def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int):
     import keras
 
@@ -197,6 +207,7 @@ def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int
 
     with strategy.scope():
         model = MetaMAE(**config.model_kwargs(spec))
+        set_xla_attention(model, config.xla_attention)
         schedule = learning_rate_schedule(config.lr_schedule, config.learning_rate, total_steps,
                                           config.warmup_steps)
         adamw = keras.optimizers.AdamW(

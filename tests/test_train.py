@@ -151,6 +151,22 @@ def test_bad_flags_are_named():
         config.resolve("digits", {"model": "bert"})
 
 
+def test_xla_attention_flag_reaches_every_attention_layer():
+    from keras_metamae import config, train
+    from keras_metamae.layers import MultiHeadSelfAttention
+    from keras_metamae.metamae import MetaMAE
+
+    assert config.resolve("digits", {}).xla_attention is True
+    assert config.resolve("digits", {"xla_attention": False}).xla_attention is False
+    model = MetaMAE(num_tokens=16, token_grid=[4, 4], token_dim=4, **TINY_MODEL)
+    model.build()
+    attention = [layer for layer in model._flatten_layers()
+                 if isinstance(layer, MultiHeadSelfAttention)]
+    assert len(attention) == 2 and all(layer.xla_core for layer in attention)
+    train.set_xla_attention(model, False)
+    assert not any(layer.xla_core for layer in attention)
+
+
 def test_presets_follow_table_8():
     from keras_metamae import config
 
