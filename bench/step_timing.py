@@ -114,25 +114,21 @@ def step_flops(step) -> float:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    from keras_metamae.layers import MultiHeadSelfAttention
+    from keras_metamae.train import set_xla_attention
 
     model = step.model
     shape = [model.num_tokens] if model.is_discrete else [model.num_tokens, model.token_dim]
     dtype = tf.int64 if model.is_discrete else tf.float32
     # The profiler does not count inside XLA-compiled functions: trace the attention core as
     # the TensorFlow ops it compiles (the same arithmetic), so attention's FLOPs are counted.
-    attention = [layer for layer in model._flatten_layers()
-                 if isinstance(layer, MultiHeadSelfAttention)]
-    saved = [layer.xla_core for layer in attention]
-    for layer in attention:
-        layer.xla_core = False
+    # `build_step` models run with the default (compiled core), which is restored after.
+    set_xla_attention(model, False)
     try:
         traced = tf.function(lambda tokens: model.train_step({"tokens": tokens}))
         graph = traced.get_concrete_function(
             tf.TensorSpec([step.batch, *shape], dtype)).graph
     finally:
-        for layer, value in zip(attention, saved):
-            layer.xla_core = value
+        set_xla_attention(model, True)
     options = option_builder.ProfileOptionBuilder(
         option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
     return float(model_analyzer.profile(graph, options=options).total_float_ops)
