@@ -220,7 +220,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 f"MultiHeadSelfAttention: width {dim} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
-        self.dim = dim
         self.head_dim = dim // self.num_heads
         self.qkv = keras.layers.Dense(
             3 * dim, use_bias=self.qkv_bias, dtype=self.dtype_policy, name="qkv"
