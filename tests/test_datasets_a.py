@@ -249,6 +249,8 @@ def test_line_blocks_skip_and_split_like_reading_line_by_line(tmp_path, monkeypa
             assert got == [(i + 1, line.rstrip("\r")) for i, line in enumerate(lines)]
             blocks = [b for r in ranges for b in _line_ranges.iter_line_blocks(r, 5)]
             assert all(len(lines_) <= 5 for _, lines_ in blocks)
+            texts = [b for r in ranges for b in _line_ranges.iter_text_blocks(r, 5)]
+            assert texts == [(first, b"\n".join(lines_), len(lines_)) for first, lines_ in blocks]
             assert [(first + i, raw.decode()) for first, lines_ in blocks
                     for i, raw in enumerate(lines_)] == [(i + 1, l) for i, l in enumerate(lines)]
     balanced = _line_ranges.plan_balanced_line_ranges(str(tmp_path / "t.txt.gz"), 100, 2, grain=7)
@@ -291,9 +293,10 @@ def test_higgs_blocks_give_the_same_examples_as_lines(raw_root):
     from preprocessing.datasets.base import RawBatch, RawExample
 
     data_dir = make_higgs.make_raw(raw_root)
-    for rows_per_source in (7, None):
+    # Sources of 7 lines: blocks that cross the pretrain/transfer boundary are cut.
+    for name, rows_per_source in (("higgs", 7), ("higgs", None), ("higgs-transfer", 7)):
         options = {"pretrain_rows": make_higgs.PRETRAIN_ROWS, "rows_per_source": rows_per_source}
-        reader = registry.get_reader("higgs", data_dir=data_dir, **options)
+        reader = registry.get_reader(name, data_dir=data_dir, **options)
         by_line, by_block = [], []
         for source in reader.list_sources():
             by_line += [(r.id, r.input.tobytes(), int(r.label)) if isinstance(r, RawExample)
@@ -302,7 +305,8 @@ def test_higgs_blocks_give_the_same_examples_as_lines(raw_root):
                 by_block += ([(e.id, np.asarray(e.input, np.float32).tobytes(), int(e.label))
                               for e in item.examples()] if isinstance(item, RawBatch)
                              else [(item.path, item.reason)])
-        assert sorted(by_line) == sorted(by_block) and len(by_line) == 30
+        assert sorted(by_line) == sorted(by_block)
+        assert len(by_line) == (30 if name == "higgs" else make_higgs.NUM_LINES - make_higgs.PRETRAIN_ROWS)
 
 
 def test_genomics_ood_labels_are_offset_and_sequence_is_the_bytes_literal(read, raw_root):

@@ -7,7 +7,7 @@ decompressed from its start. So a process that decompresses one keeps checkpoint
 decompressor every CHECKPOINT_EVERY decompressed bytes (a copy of zlib's state, ~40 KB), and a
 range starts from the nearest checkpoint before it: each process decompresses a file about once
 whatever the number of ranges and the order they come in (the driver's own scan leaves its
-checkpoints to an in-process runner). Lines are read in blocks split in C (`iter_line_blocks`,
+checkpoints to an in-process runner). Lines are read in blocks found in C (`iter_text_blocks`,
 for parsers that take many lines at once) or one at a time (`iter_lines`); memory stays at one
 block, and every line keeps its true 1-based line number for error messages
 (`BadRecord.path = "<file>:<line>"`).
@@ -247,9 +247,11 @@ def plan_gzip_line_ranges(path: str, min_lines: int, max_ranges: int,
     return ranges + [LineRange(path, 1 + (count - 1) * per_range, OPEN_ENDED, None)]
 
 
-def iter_line_blocks(source: LineRange, max_lines: int) -> Iterator[tuple[int, list[bytes]]]:
-    """Yields `(number of its first line, lines)` blocks of at most `max_lines` consecutive
-    lines of `source`, each line as bytes without its newline, in file order."""
+def iter_text_blocks(source: LineRange, max_lines: int) -> Iterator[tuple[int, bytes, int]]:
+    """Yields `(number of its first line, text, number of lines)` blocks of at most `max_lines`
+    consecutive lines of `source`, in file order. `text` is the block's lines joined by b"\\n"
+    (no newline after the last one): one bytes object per block, for parsers that take many
+    lines at once, instead of one per line."""
     import numpy as np
 
     chunks = _Chunks(source.path, source.first_line, source.byte_offset)
@@ -274,22 +276,34 @@ def iter_line_blocks(source: LineRange, max_lines: int) -> Iterator[tuple[int, l
         remaining = source.num_lines
         while remaining > 0:
             chunk = chunks.read()
-            lines = (carry + chunk).split(b"\n")
-            carry = lines.pop()
+            text = carry + chunk
+            # Where each complete line ends (its newline), found in C.
+            ends = np.flatnonzero(np.frombuffer(text, np.uint8) == ord("\n")).tolist()
+            carry = text[ends[-1] + 1:] if ends else text
             if not chunk and carry:  # end of file: a last line without a newline still counts
-                lines.append(carry)
+                ends.append(len(text))
                 carry = b""
-            if len(lines) <= remaining:
-                chunks.consumed(number + len(lines), carry, len(chunk))
-            lines = lines[:remaining]
-            for i in range(0, len(lines), max_lines):
-                yield number + i, lines[i:i + max_lines]
-            number += len(lines)
-            remaining -= len(lines)
+            if len(ends) <= remaining:
+                chunks.consumed(number + len(ends), carry, len(chunk))
+            count = min(len(ends), remaining)
+            start = 0
+            for i in range(0, count, max_lines):
+                end = ends[min(i + max_lines, count) - 1]
+                yield number + i, text[start:end], min(max_lines, count - i)
+                start = end + 1
+            number += count
+            remaining -= count
             if not chunk:
                 return
     finally:
         chunks.close()
+
+
+def iter_line_blocks(source: LineRange, max_lines: int) -> Iterator[tuple[int, list[bytes]]]:
+    """Yields `(number of its first line, lines)` blocks of at most `max_lines` consecutive
+    lines of `source`, each line as bytes without its newline, in file order."""
+    for first, text, _ in iter_text_blocks(source, max_lines):
+        yield first, text.split(b"\n")
 
 
 def iter_lines(source: LineRange) -> Iterator[tuple[int, str]]:

@@ -92,16 +92,17 @@ def parse_row(line: str) -> tuple[int, np.ndarray]:
     return check_values(np.array(fields, dtype=np.float64))  # ValueError on non-numeric text
 
 
-def parse_rows(lines: list[bytes]) -> np.ndarray | None:
-    """`[len(lines), 29]` float64 of well-formed HIGGS lines (label 0/1, 28 finite numbers),
-    parsed in one call; None when any line is not (the caller parses those line by line)."""
+def parse_rows(text: bytes, num_lines: int) -> np.ndarray | None:
+    """`[num_lines, 29]` float64 of `num_lines` well-formed HIGGS lines joined by newlines
+    (label 0/1, 28 finite numbers), parsed in one call; None when any line is not (the caller
+    parses those line by line)."""
     import pyarrow as pa
     from pyarrow import csv
 
     names = [f"c{i}" for i in range(NUM_FEATURES + 1)]
     try:
         table = csv.read_csv(
-            pa.py_buffer(b"\n".join(lines)),
+            pa.py_buffer(text),
             read_options=csv.ReadOptions(column_names=names, use_threads=False),
             # No quoting and no empty-line skipping: such lines fail here and are judged
             # line by line; no text is a null value.
@@ -110,7 +111,7 @@ def parse_rows(lines: list[bytes]) -> np.ndarray | None:
                                                null_values=[], strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    if table.num_rows != len(lines):
+    if table.num_rows != num_lines:
         return None
     values = np.column_stack([column.to_numpy() for column in table.columns])
     if not np.isfinite(values).all() or not np.isin(values[:, 0], (0.0, 1.0)).all():
@@ -233,13 +234,16 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
             yield from super().read_source_batches(source, batch_size)
             return
         first, last = self._line_bounds()
-        for number, lines in _line_ranges.iter_line_blocks(source, ROWS_PER_BATCH):
-            lo, hi = max(0, first - number), min(len(lines), last - number + 1)
+        for number, text, n in _line_ranges.iter_text_blocks(source, ROWS_PER_BATCH):
+            lo, hi = max(0, first - number), min(n, last - number + 1)
             if lo >= hi:
                 continue
-            lines, number = lines[lo:int(hi)], number + lo
-            values = parse_rows(lines)
+            if (lo, hi) != (0, n):  # the block runs past this reader's lines: keep its part
+                text = b"\n".join(text.split(b"\n")[lo:int(hi)])
+            number, n = number + lo, int(hi) - lo
+            values = parse_rows(text, n)
             if values is None:  # some line is malformed: judge each one
+                lines = text.split(b"\n")
                 parsed = [self._parse_line(source, number + i,
                                            line.decode("utf-8", errors="replace").rstrip("\r\n"))
                           for i, line in enumerate(lines)]
@@ -248,7 +252,6 @@ class HiggsReader(_tfds.PreparedTfds, DatasetReader):
                 if good:
                     yield RawBatch.of(good)
                 continue
-            n = len(lines)
             yield RawBatch(ids=[f"higgs-{number + i:08d}" for i in range(n)],
                            inputs=values[:, 1:].astype(np.float32),
                            labels=values[:, 0].astype(np.int64), splits=[None] * n,
