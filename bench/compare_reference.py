@@ -87,6 +87,11 @@ def _worker(reference_dir: str, threads: int) -> None:
     import numpy as np
 
     torch.set_num_threads(threads)
+    # The same malloc settings as our side (keras_metamae/host_memory.py imports no TensorFlow).
+    sys.path.insert(0, ROOT)
+    from keras_metamae import host_memory
+
+    host_memory.keep_freed_memory()
     # The reference builds its position table with `np.float`, which NumPy 1.24 removed; the
     # alias meant the builtin float.
     if "float" not in np.__dict__:
@@ -215,8 +220,8 @@ def table(ours: dict, reference: dict, versions: dict, args, load_start: str,
         f"{keras.__version__}, whole-step XLA off (the attention core XLA-compiled, "
         f"`MultiHeadSelfAttention(xla_core=True)`). Reference: alinlab/MetaMAE `models.py`, torch "
         f"{versions['torch']} ({versions['threads']} threads), timm {versions['timm']}, fused "
-        f"attention off (no double backward). {step_timing.machine_line()} at the end; "
-        f"{load_start} at the start.",
+        f"attention off (no double backward). Both processes: {args.malloc}. "
+        f"{step_timing.machine_line()} at the end; {load_start} at the start.",
         "",
         "| step | reference PyTorch | this project | ratio | GFLOP per step | ours GFLOP/s |",
         "|---|---:|---:|---:|---:|---:|",
@@ -272,6 +277,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     load_start = "load average " + "/".join(f"{x:.2f}" for x in os.getloadavg())
+    from bench import step_timing
+
+    args.malloc = step_timing.keep_freed_memory()
     ours, reference, versions, flops = compare(args)
     text = table(ours, reference, versions, args, load_start, flops)
     from bench.markdown_section import replace_section

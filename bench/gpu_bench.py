@@ -132,7 +132,7 @@ def render(results: list[dict], args, devices: str, reader: float | None, starte
         "## GPU training step (`make bench-gpu`, `python bench/gpu_bench.py`)",
         "",
         f"{devices}; TF {tf.__version__}, Keras {keras.__version__}; "
-        f"{step_timing.machine_line()}. Median of up to {args.steps} steps per cell after the "
+        f"{step_timing.machine_line()}; {args.malloc}. Median of up to {args.steps} steps per cell after the "
         f"first (compile) step and one more untimed step; cells are capped at "
         f"{args.cell_cap_s:.0f} s each and {args.budget_s:.0f} s in all "
         f"({time.perf_counter() - started:.0f} s used)."
@@ -197,6 +197,8 @@ def main(argv=None) -> int:
 
     from bench import step_timing
     from bench.markdown_section import replace_section
+
+    args.malloc = step_timing.keep_freed_memory()
 
     for config in args.configs:
         if config not in step_timing.PAPER_CONFIGS:

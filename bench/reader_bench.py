@@ -132,7 +132,7 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def render(rows: list[dict], args, load_start: str, load_end: str) -> str:
+def render(rows: list[dict], args, load_start: str, load_end: str, malloc: str) -> str:
     import tensorflow as tf
 
     lines = [
@@ -144,8 +144,8 @@ def render(rows: list[dict], args, load_start: str, load_end: str) -> str:
         f"--rounds {args.rounds}`. Synthetic EuroSAT tiles (13 bands, 64x64, uint16), the "
         f"pretraining split read as training reads it (shuffled, batch {args.batch}, tokens "
         f"normalized); the variants timed in turns, {args.batches} batches each per round, "
-        f"median of {args.rounds} rounds. Load average {load_start} at the start, {load_end} "
-        f"at the end (1/5/15 min).",
+        f"median of {args.rounds} rounds; {malloc}. Load average {load_start} at the start, "
+        f"{load_end} at the end (1/5/15 min).",
         "",
         "| shards | examples/s (all cores) | examples per CPU-second |",
         "|---|---:|---:|",
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--benchmarks_md", default=os.path.join(REPO, "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
+    from bench import step_timing
+
+    malloc = step_timing.keep_freed_memory()  # as in a training process
     versions = eurosat_versions(args.out, args.images)
     timers = {name: ReaderTimer(spec, version_dir, spec.protocol_splits("pretrain"), args.batch)
               for name, (spec, version_dir) in versions.items()}
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{measured[name][-1][1]:,.0f} per CPU-second", flush=True)
     rows = [{"variant": name, "wall": statistics.median(w for w, _ in values),
              "cpu": statistics.median(c for _, c in values)} for name, values in measured.items()]
-    table = render(rows, args, load_start, load())
+    table = render(rows, args, load_start, load(), malloc)
     replace_section(args.benchmarks_md, SECTION, table)
     print(table)
 

@@ -47,6 +47,17 @@ def paper_config(name: str, tiny: bool = False) -> dict:
     return config
 
 
+def keep_freed_memory() -> str:
+    """Sets this process's malloc as `keras_metamae.train` does by default
+    (`--keep_freed_memory`, keras_metamae/host_memory.py); returns what to write beside the
+    figures."""
+    from keras_metamae import host_memory
+
+    if host_memory.keep_freed_memory():
+        return "glibc malloc keeps freed memory (the trainer's default `--keep_freed_memory`)"
+    return "the C library's malloc defaults (not glibc)"
+
+
 def machine_line() -> str:
     """Machine, cores and the 1/5/15-minute load averages, for every table of figures."""
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())

@@ -180,6 +180,7 @@ def main():
     if args.config == "mscoco":
         run_mscoco(args)
         return
+    malloc = step_timing.keep_freed_memory()
     batch, depth = (16, 4) if args.quick else (64, 12)
     device = "GPU: " + tf.config.experimental.get_device_details(
         tf.config.list_physical_devices("GPU")[0]).get("device_name", "?") \
@@ -225,7 +226,7 @@ def main():
         f"in turns; load average {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
         f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} at the end (1/5/15 min). "
         "XLA: the whole step compiled (`jit_compile`); the attention core is XLA-compiled in "
-        "every row (`MultiHeadSelfAttention(xla_core=True)`)."
+        f"every row (`MultiHeadSelfAttention(xla_core=True)`); {malloc}."
         + ("" if has_gpu or args.xla else
            " XLA rows are measured on GPUs only (on a CPU, compiling the second-order graph "
            "takes longer than a short run; `--xla` adds them)."),

@@ -198,6 +198,19 @@ def set_xla_attention(model, enabled: bool) -> None:
             layer.xla_core = bool(enabled)
 
 
+def apply_host_settings(config: config_lib.TrainConfig) -> bool:
+    """`--keep_freed_memory`: this process's malloc keeps what it frees (for the rest of the
+    process; keras_metamae/host_memory.py). True when it took effect."""
+    if not config.keep_freed_memory:
+        return False
+    from keras_metamae import host_memory
+
+    applied = host_memory.keep_freed_memory()
+    logging.info("keep_freed_memory: %s", "glibc malloc keeps freed memory" if applied
+                 else "not glibc: the C library's defaults stay")
+    return applied
+
+
 def build_model(config: config_lib.TrainConfig, spec, strategy, total_steps: int):
     import keras
 
@@ -334,6 +347,7 @@ def run_training(dataset: str = "digits", overrides: dict | None = None,
         version_dir = locate_or_prepare_dataset(dataset, data_dir, raw_data_dir)
     spec = load_spec(version_dir)
     config = resolve_config(dataset, overrides, spec, data_dir, workdir)
+    apply_host_settings(config)
     # Say which defaults ran: a dataset without a Table 8 row must never look like a paper run.
     logging.info("preset: %s", config_lib.describe_preset(config.preset))
     if verbose:
