@@ -85,6 +85,16 @@ def test_shards_of_pipeline_version_2_are_still_read(tmp_path):
             np.testing.assert_array_equal(tokens, values[example_id.decode()][0])
 
 
+def test_uncompressed_local_shards_are_read_unbuffered(tmp_path):
+    spec, version_dir, _ = write_version(str(tmp_path), num_examples=6)
+    legacy, legacy_dir, _ = write_version(str(tmp_path / "v2"), num_examples=6, legacy=True)
+    local = data.split_files(spec, version_dir, "train")
+    assert data._read_buffer_bytes(local, spec) == 0
+    # A user-space read-ahead where it saves requests or feeds a decompressor.
+    assert data._read_buffer_bytes(["gs://bucket/" + os.path.basename(p) for p in local], spec) == 4 << 20
+    assert data._read_buffer_bytes(data.split_files(legacy, legacy_dir, "train"), legacy) == 4 << 20
+
+
 def test_discrete_tokens_and_spec_from_dir(tmp_path):
     _, version_dir, values = write_version(str(tmp_path), discrete=True, num_examples=6)
     batches, _ = collect(data.make_dataset(None, version_dir, "train", 3, shuffle=False, repeat=False))
