@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import platform
 import resource
@@ -44,24 +45,31 @@ def _cpu_seconds() -> float:
 
 
 class ReaderTimer:
-    """An iterator over `make_dataset` batches, timed `batches` at a time after a warm-up."""
+    """`make_dataset` batches timed `batches` at a time, each stretch on a fresh iterator after
+    an untimed warm-up. Only the timed variant's iterator exists while it is timed: a live
+    iterator keeps prefetching in the background, and that work would be charged to whichever
+    variant is being timed meanwhile."""
 
     def __init__(self, spec, version_dir: str, split, batch_size: int, warmup: int = 5):
         from keras_metamae import data
 
         self.batch_size = batch_size
-        self._iterator = iter(data.make_dataset(spec, version_dir, split, batch_size, seed=0))
-        for _ in range(warmup):  # tracing, XLA compilation, filling the shuffle buffer
-            next(self._iterator)
+        self._warmup = warmup
+        self._dataset = data.make_dataset(spec, version_dir, split, batch_size, seed=0)
 
     def time(self, batches: int) -> tuple[float, float]:
-        """(examples/s wall clock, examples per CPU-second) over the next `batches` batches."""
+        """(examples/s wall clock, examples per CPU-second) over `batches` batches."""
+        iterator = iter(self._dataset)
+        for _ in range(self._warmup):  # tracing, XLA compilation, filling the shuffle buffer
+            next(iterator)
         wall, cpu = time.perf_counter(), _cpu_seconds()
         for _ in range(batches):
-            next(self._iterator)
+            next(iterator)
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+        del iterator  # stops its prefetching before anything else is timed
+        gc.collect()
         examples = batches * self.batch_size
-        return (examples / (time.perf_counter() - wall),
-                examples / max(_cpu_seconds() - cpu, 1e-9))
+        return examples / wall, examples / max(cpu, 1e-9)
 
 
 def reader_rate(spec, version_dir: str, split, batch_size: int, batches: int = 50) -> tuple[float, float]:
