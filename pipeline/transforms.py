@@ -79,8 +79,6 @@ TOKENIZE_BATCH = 64
 STATS_BATCH = 256
 # Python's own bytes per held (id, record) pair (tuple, str and bytes headers, list slot).
 _ITEM_OVERHEAD = 150
-# `write_records` hashes the records it writes this many bytes at a time.
-_DIGEST_BLOCK_BYTES = 1 << 20
 # Each spill-run item: key length, record length (little-endian uint32), key, record.
 _RUN_HEADER = struct.Struct("<II")
 _RUN_READ_BYTES = 1 << 20
@@ -418,6 +416,8 @@ def encode_batch(batch: RawBatch, splits: list[str], spec: DatasetSpec, num_shar
     columns["id"] = (storage.BYTES, [example_id.encode() for example_id in batch.ids])
     records = storage.serialize_examples(columns)
     shards, keys = placements(columns["id"][1], seed, num_shards)
+    if exact.all():  # the common case, without a Python step per example
+        return list(zip(zip(splits, shards), keys, records)), [], exact
     out, bad = [], []
     for example_id, split, record, ok, shard, key in zip(batch.ids, splits, records,
                                                           exact.tolist(), shards, keys):
@@ -747,17 +747,10 @@ def write_records(path: str, records: Iterable[bytes],
     try:
         writer = _record_writer(tmp, compression)
         try:
-            # The digest reads (length, record) pairs in blocks: the same hash as one update
-            # per piece, with one call per block instead of two per record.
-            pending, held = [], 0
             for record in records:
-                pending += (len(record).to_bytes(8, "little"), record)
-                held += len(record)
+                digest.update(len(record).to_bytes(8, "little"))
+                digest.update(record)
                 writer.write(record)
-                if held >= _DIGEST_BLOCK_BYTES:
-                    digest.update(b"".join(pending))
-                    pending, held = [], 0
-            digest.update(b"".join(pending))
         finally:
             writer.close()
         _rename_into_place(tmp, path)

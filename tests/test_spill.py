@@ -27,6 +27,24 @@ def test_merged_runs_is_the_sorted_union_with_a_small_fan_in(tmp_path):
     assert any(name.startswith("scratch-1-") for name in os.listdir(tmp_path))
 
 
+def test_run_file_format(tmp_path):
+    """Each item is (uint32 key length, uint32 record length, key, record); str keys are
+    stored as UTF-8."""
+    import struct
+
+    items = [(f"k{i:03d}" if i % 2 else f"k{i:03d}".encode(), b"r" * (i % 5)) for i in range(30)]
+    expected = b"".join(struct.pack("<II", len(k), len(r)) + (k.encode() if isinstance(k, str) else k) + r
+                        for k, r in items)
+    path = str(tmp_path / "blocks.run")
+    assert transforms.write_run(path, iter(items)) == 30
+    with open(path, "rb") as f:
+        assert f.read() == expected
+    assert [(k.decode(), r) for k, r in transforms.read_run(path)] == [
+        (k if isinstance(k, str) else k.decode(), r) for k, r in items]
+    assert transforms.write_run(str(tmp_path / "empty.run"), []) == 0
+    assert os.path.getsize(tmp_path / "empty.run") == 0
+
+
 def test_truncated_run_file_names_the_file(tmp_path):
     path = str(tmp_path / "a.run")
     transforms.write_run(path, [("x", b"0123456789")])
