@@ -408,8 +408,8 @@ def make_dataset(
 def _read_buffer_bytes(files: list[str], spec: DatasetSpec) -> int:
     """`TFRecordDataset(buffer_size=...)` per shard. 0 (unbuffered) for uncompressed local
     files: the kernel's page cache already reads ahead, and a user-space buffer would copy
-    every record once more (unbuffered, the EuroSAT reader reads ~15% more examples per
-    CPU-second: bench/reader_bench.py).
+    every record once more (unbuffered, the EuroSAT reader reads a median 25% more examples
+    per CPU-second: BENCHMARKS.md).
     Remote files keep a read-ahead (a few large requests instead of three per record), and
     compressed ones their decompressor's input buffer."""
     if not spec.shard_compression and not any("://" in path for path in files):
