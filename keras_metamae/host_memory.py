@@ -17,8 +17,9 @@ reuses it:
 
 Measured on a 2-core CPU (see BENCHMARKS.md "Reading these numbers"): the EuroSAT reader
 ~17% more examples per CPU-second, the MetaMAE second-order step ~6% faster, MAE ~4%; the
-process's peak RSS ~7% higher. Another allocator (tcmalloc, jemalloc via `LD_PRELOAD`) makes
-these settings moot: `mallopt` is then not glibc's, and this does nothing.
+process's peak RSS ~7% higher. With another allocator preloaded (tcmalloc, jemalloc via
+`LD_PRELOAD`) these settings are moot: `mallopt` may then be that allocator's, which can accept
+them (True) and ignore them.
 """
 
 from __future__ import annotations
