@@ -500,3 +500,15 @@ def test_reader_option_needs_key_value():
 
     with pytest.raises(cli.UserError, match="KEY=VALUE"):
         preprocess.run(["--dataset", "custom", "--reader_option", "novalue"])
+
+
+def test_batched_split_hash_is_the_per_key_split():
+    """The job's batched split assignment (sha256 resumed from the hashed seed prefix) puts
+    every key where `split_by_fractions` does: the splits of a dataset do not depend on it."""
+    from preprocessing.datasets.base import split_by_fractions, split_by_fractions_batch
+
+    keys = [f"higgs-{i:08d}" for i in range(2000)] + ["AnnualCrop/AnnualCrop_1", "é", ""]
+    fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    for seed in (0, 7, 2**40):
+        assert split_by_fractions_batch(keys, seed, fractions) == [
+            split_by_fractions(key, seed, fractions) for key in keys]
