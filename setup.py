@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Test-only tools stay out of the installed package's dependencies.
-_DEV_ONLY = ("pytest",)
+_DEV_ONLY = ("pytest", "import-linter")
 
 
 def requirements() -> list[str]:
@@ -20,7 +20,7 @@ setup(
     name="keras-metamae",
     version="0.2.0",
     description="MetaMAE (NeurIPS 2023) in TensorFlow/Keras with a Beam preprocessing pipeline",
-    packages=find_packages(include=["keras_metamae", "keras_metamae.*", "pipeline",
+    packages=find_packages(include=["keras_metamae", "keras_metamae.*", "commandline", "pipeline",
                                     "pipeline.*", "preprocessing", "preprocessing.*"]),
     python_requires=">=3.10",
     install_requires=requirements(),

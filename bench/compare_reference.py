@@ -89,7 +89,7 @@ def _worker(reference_dir: str, threads: int) -> None:
     torch.set_num_threads(threads)
     # The same malloc settings as our side (keras_metamae/host_memory.py imports no TensorFlow).
     sys.path.insert(0, ROOT)
-    from keras_metamae import host_memory
+    from keras_metamae.training import host_memory
 
     host_memory.keep_freed_memory()
     # The reference builds its position table with `np.float`, which NumPy 1.24 removed; the

@@ -36,7 +36,7 @@ START_TIMEOUT_S = 120
 # The child prints its own peak RSS at exit (see bench/memory_bench.py for why VmHWM).
 _JOB = ("import atexit, sys; atexit.register(lambda: print('PEAK_KB', next(l for l in "
         "open('/proc/self/status') if l.startswith('VmHWM')).split()[1], flush=True)); "
-        "from keras_metamae import cli; from pipeline import preprocess; "
+        "from commandline import cli; from pipeline import preprocess; "
         "cli.run_program(preprocess, sys.argv)")
 
 

@@ -33,7 +33,7 @@ START_MARKER, END_MARKER = markers("memory_bench")
 _READ_ALL = ("import sys; from preprocessing import registry; "
              "r = registry.get_reader('higgs', data_dir=sys.argv[1]); "
              "print(sum(1 for _ in r.read_all()))")
-_JOB = ("import sys; from keras_metamae import cli; from pipeline import preprocess; "
+_JOB = ("import sys; from commandline import cli; from pipeline import preprocess; "
         "cli.run_program(preprocess, sys.argv)")
 # Printed by the child at exit: its own peak RSS (VmHWM belongs to the process image, unlike
 # ru_maxrss, which on Linux also counts the parent's pages at fork).

@@ -51,7 +51,7 @@ def keep_freed_memory() -> str:
     """Sets this process's malloc as `keras_metamae.train` does by default
     (`--keep_freed_memory`, keras_metamae/host_memory.py); returns what to write beside the
     figures."""
-    from keras_metamae import host_memory
+    from keras_metamae.training import host_memory
 
     if host_memory.keep_freed_memory():
         return "glibc malloc keeps freed memory (the trainer's default `--keep_freed_memory`)"
@@ -76,7 +76,7 @@ def build_step(config: dict, method: str, first_order: bool, precision: str = "f
     import numpy as np
     import tensorflow as tf
 
-    from keras_metamae.metamae import MetaMAE
+    from keras_metamae import methods
 
     config = dict(config)
     batch = config.pop("batch")
@@ -89,12 +89,12 @@ def build_step(config: dict, method: str, first_order: bool, precision: str = "f
         ds = tf.data.Dataset.from_tensors({"tokens": tokens.astype("float32")}).repeat()
         if strategy is not None:
             with strategy.scope():
-                model = MetaMAE(method=method, first_order=first_order, seed=seed, **config)
+                model = methods.get(method).from_settings(first_order=first_order, seed=seed, **config)
                 model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
                               jit_compile=jit_compile)
             ds = strategy.experimental_distribute_dataset(ds)
         else:
-            model = MetaMAE(method=method, first_order=first_order, seed=seed, **config)
+            model = methods.get(method).from_settings(first_order=first_order, seed=seed, **config)
             model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
                           jit_compile=jit_compile)
         # What `fit` does before its first step: under a strategy the optimizer's slots
@@ -125,7 +125,7 @@ def step_flops(step) -> float:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    from keras_metamae.train import set_xla_attention
+    from keras_metamae.training.build import set_xla_attention
 
     model = step.model
     shape = [model.num_tokens] if model.is_discrete else [model.num_tokens, model.token_dim]

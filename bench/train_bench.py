@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench import step_timing  # noqa: E402
 from bench.markdown_section import replace_section  # noqa: E402
-from keras_metamae.metamae import MetaMAE  # noqa: E402
+from keras_metamae import methods  # noqa: E402
 
 EUROSAT = dict(num_tokens=64, token_grid=[8, 8], token_dim=832, decoder_depth=4,
                inner_lr=0.1, contrast_weight=1.0, mask_ratio=0.85)
@@ -85,8 +85,8 @@ def time_model(method: str, first_order: bool, jit: bool, precision: str, batch:
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32")
     keras.utils.set_random_seed(0)
-    model = MetaMAE(method=method, first_order=first_order, encoder_depth=depth, seed=0,
-                    **config)
+    model = methods.get(method).from_settings(first_order=first_order, encoder_depth=depth,
+                                              seed=0, **config)
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4), jit_compile=jit)
     tokens = synthetic_tokens(config, batch)
     ds = tf.data.Dataset.from_tensors({"tokens": tokens}).repeat()

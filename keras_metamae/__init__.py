@@ -23,10 +23,12 @@ _EXPORTS = {
     "make_dataset": ("keras_metamae.data", "make_dataset"),
     "find_dataset": ("keras_metamae.data", "find_dataset_dir"),
     "load_spec": ("preprocessing.spec", "load_spec"),
-    "MetaMAE": ("keras_metamae.metamae", "MetaMAE"),
+    "MetaMAE": ("keras_metamae.methods.metamae", "MetaMAE"),
+    "MAE": ("keras_metamae.methods.mae", "MAE"),
+    "RunDir": ("keras_metamae.rundir", "RunDir"),
     "TrainConfig": ("keras_metamae.config", "TrainConfig"),
-    "run_training": ("keras_metamae.train", "run_training"),
-    "run_evaluation": ("keras_metamae.evaluate", "run_evaluation"),
+    "run_training": ("keras_metamae.training.run", "run_training"),
+    "run_evaluation": ("keras_metamae.evaluation.run", "run_evaluation"),
 }
 
 __all__ = sorted(_EXPORTS)

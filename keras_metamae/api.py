@@ -19,13 +19,13 @@ from typing import Any
 
 
 def model_from_spec(spec, **overrides: Any):
-    """A compiled `MetaMAE` for a dataset spec: the dataset's preset (Table 8 row, or its
+    """A compiled pretraining method (MetaMAE unless `model=` names another) for a dataset spec: the dataset's preset (Table 8 row, or its
     pretraining domain's, or generic) with `overrides` (any `TrainConfig` field, e.g.
     `model="mae"`, `steps=1000`, `embed_dim=64`). The resolved config is `model.train_config`."""
     import tensorflow as tf
 
     from keras_metamae import config as config_lib
-    from keras_metamae.train import build_model, materialize
+    from keras_metamae.training.build import build_model, materialize
 
     config = config_lib.resolve(spec.name, overrides, spec.pretrain_dataset)
     model = build_model(config, spec, tf.distribute.get_strategy(), config.steps)
@@ -56,7 +56,7 @@ def load_encoder(path: str):
 
     import keras
 
-    import keras_metamae.model  # noqa: F401  (registers Encoder and its layers)
+    import keras_metamae.models  # noqa: F401  (registers Encoder and its layers)
 
     if os.path.isdir(path):
         path = os.path.join(path, "encoder.keras")

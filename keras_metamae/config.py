@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any
 
+from keras_metamae import methods
 from preprocessing.atomic_files import write_text_atomically
 
 # The architecture of paper Table 7: encoder d=256, ff=512, 8 heads, 12 blocks; decoder
@@ -92,7 +93,7 @@ class TrainConfig:
     preset: str = ""  # which preset the defaults came from (see `preset_name`)
     data_dir: str = ""  # root of processed datasets (preprocess and train --data_dir), absolute
     workdir: str = ""
-    model: str = "metamae"  # "metamae" | "mae" (plain MAE with the same decoder)
+    model: str = "metamae"  # a pretraining method: keras_metamae/methods/ METHODS
     steps: int = 100_000
     batch_size: int = 64
     seed: int = 0
@@ -147,43 +148,17 @@ class TrainConfig:
     eval_every: int = 5000
     online_eval_examples: int = 2000  # at most this many bank and this many query examples
 
-    def model_kwargs(self, spec) -> dict[str, Any]:
-        """Constructor kwargs of `MetaMAE` for this config and a dataset spec."""
-        return dict(
-            num_tokens=spec.num_tokens,
-            token_grid=list(spec.token_grid),
-            token_dim=spec.token_dim,
-            vocab_size=spec.vocab_size,
-            embed_dim=self.embed_dim,
-            encoder_depth=self.encoder_depth,
-            encoder_heads=self.encoder_heads,
-            encoder_mlp_dim=self.encoder_mlp_dim,
-            dropout=self.dropout,
-            decoder_dim=self.decoder_dim,
-            decoder_depth=self.decoder_depth,
-            decoder_heads=self.decoder_heads,
-            decoder_mlp_dim=self.decoder_mlp_dim,
-            projector_hidden_dim=self.projector_hidden_dim,
-            projector_dim=self.projector_dim,
-            method=self.model,
-            mask_ratio=self.mask_ratio,
-            inner_lr=self.inner_lr,
-            contrast_weight=self.contrast_weight,
-            nearby_ratio=self.nearby_ratio,
-            inner_steps=self.inner_steps,
-            first_order=self.first_order,
-            temperature=self.temperature,
-            seed=self.seed,
-            # Mixed-token (e.g. image + text) sequences; None for single-modality datasets.
-            segments=list(getattr(spec, "segments", None) or []) or None,
-        )
+    def make_model(self, spec):
+        """The pretraining method `model` names (`keras_metamae/methods/`), on the tokens of a
+        dataset spec, with this config's settings; uncompiled, weights not yet created."""
+        return methods.from_spec(self.model, spec, **dataclasses.asdict(self))
 
     def validate(self) -> "TrainConfig":
         def fail(flag, msg):
             raise ValueError(f"--{flag}: {msg}")
 
-        if self.model not in ("metamae", "mae"):
-            fail("model", f"got {self.model!r}, expected 'metamae' or 'mae'")
+        if self.model not in methods.METHOD_NAMES:
+            fail("model", f"got {self.model!r}, expected one of {', '.join(methods.METHOD_NAMES)}")
         if not 0.0 < self.mask_ratio < 1.0:
             fail("mask_ratio", f"got {self.mask_ratio}, expected a value in (0, 1)")
         if not 0.0 <= self.nearby_ratio <= 1.0:

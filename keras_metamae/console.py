@@ -8,7 +8,7 @@ import importlib
 
 
 def _run(module_name: str) -> None:
-    from keras_metamae import cli
+    from commandline import cli
 
     cli.run_program(importlib.import_module(module_name))
 

@@ -14,17 +14,19 @@ import time
 
 from absl import flags
 
-from keras_metamae import cli
+from commandline import cli
 
 FLAGS = flags.FLAGS
 
 
 def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int) -> list[dict]:
-    from keras_metamae import evaluate, train
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.training.run import (default_data_dir, locate_or_prepare_dataset,
+                                            run_training)
 
-    data_dir = data_dir or train.default_data_dir()
+    data_dir = data_dir or default_data_dir()
     started = time.perf_counter()
-    train.locate_or_prepare_dataset("digits", data_dir)
+    locate_or_prepare_dataset("digits", data_dir)
     print(f"[demo] digits preprocessed in {data_dir} ({time.perf_counter() - started:.0f} s)")
 
     rows = []
@@ -34,8 +36,8 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
             overrides["steps"] = steps
         run_dir = os.path.join(workdir, model)
         print(f"[demo] pretraining {model} in {run_dir}")
-        summary = train.run_training("digits", overrides, data_dir, run_dir, verbose=2)
-        record = evaluate.run_evaluation(run_dir, epochs=epochs, baseline=False)
+        summary = run_training("digits", overrides, data_dir, run_dir, verbose=2)
+        record = run_evaluation(run_dir, epochs=epochs, baseline=False)
         online = summary["online_eval"]
         rows.append({"method": "MetaMAE" if model == "metamae" else "MAE",
                      "metric": record["metric"], "value": record["value"],
@@ -43,7 +45,7 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
                      "knn": record.get("knn_accuracy"), "train_seconds": summary["train_seconds"],
                      "online": online.get("last"), "online_first": online.get("first"),
                      "export": summary["export_dir"], "workdir": run_dir})
-    random_record = evaluate.run_evaluation(os.path.join(workdir, "metamae"), epochs=epochs,
+    random_record = run_evaluation(os.path.join(workdir, "metamae"), epochs=epochs,
                                             encoder_kind="random")
     rows.append({"method": "random encoder", "metric": random_record["metric"],
                  "value": random_record["value"],

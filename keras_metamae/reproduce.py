@@ -25,7 +25,8 @@ import sys
 
 from absl import flags
 
-from keras_metamae import cli, paper_rows
+from commandline import cli
+from keras_metamae.evaluation import paper_rows
 from preprocessing.atomic_files import write_text_atomically
 
 METHODS = ("metamae", "mae")
@@ -163,7 +164,8 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
               data_dir: str | None = None, raw_root: str | None = None,
               overrides: dict | None = None) -> dict:
     """Preprocess (if needed) -> pretrain with the paper preset -> probe -> append to results.md."""
-    from keras_metamae import evaluate, train
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.training.run import default_data_dir, run_training
 
     if domain not in paper_rows.DOMAINS:
         raise ValueError(f"--domain: got {domain!r}, expected one of {sorted(paper_rows.DOMAINS)}")
@@ -176,7 +178,7 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
         raise ValueError(f"--domain {domain}: the paper reports it only through transfer rows; "
                          f"add --transfer, one of {paper_rows.transfers_of(domain)}")
     probe_dataset = row.probe if row else pretrain
-    data_dir = data_dir or train.default_data_dir()
+    data_dir = data_dir or default_data_dir()
     ensure_processed(pretrain, data_dir, raw_root)
     if probe_dataset != pretrain:
         ensure_processed(probe_dataset, data_dir, raw_root)
@@ -185,8 +187,8 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
     run_overrides = dict(overrides or {}, **method_overrides(method))
     if steps is not None:
         run_overrides["steps"] = steps
-    summary = train.run_training(pretrain, run_overrides, data_dir, workdir)
-    record = evaluate.run_evaluation(workdir, dataset=probe_dataset, data_dir=data_dir,
+    summary = run_training(pretrain, run_overrides, data_dir, workdir)
+    record = run_evaluation(workdir, dataset=probe_dataset, data_dir=data_dir,
                                      epochs=epochs, probe=probe,
                                      transfer=probe_dataset != pretrain)
     label = f"Table {row.table}" if row else "(not in the paper)"

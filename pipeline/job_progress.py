@@ -29,7 +29,7 @@ import threading
 import time
 from typing import TextIO
 
-from keras_metamae import progress
+from commandline import progress
 
 # Tally names (see `add` in pipeline/transforms.py).
 STATS_READ, STATS_SOURCES = "stats_read", "stats_sources"

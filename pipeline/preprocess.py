@@ -51,7 +51,7 @@ from typing import Any
 
 from absl import flags
 
-from keras_metamae import cli
+from commandline import cli
 from pipeline import job_progress, runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing

@@ -101,11 +101,12 @@ def test_miniature_through_the_beam_job(name, preprocessed):
 
 @pytest.mark.parametrize("name", TRAIN_AND_EVALUATE)
 def test_trainer_and_linear_evaluation(name, preprocessed, tmp_path):
-    from keras_metamae import evaluate, train
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.training.run import run_training
 
     result, data_dir = preprocessed(name)
     workdir = str(tmp_path / "run")
-    summary = train.run_training(
+    summary = run_training(
         name, dict(TINY_MODEL, steps=2, batch_size=2, log_every=1, checkpoint_every=2,
                    validation_steps=1, warmup_steps=1, export=False),
         data_dir, workdir, verbose=0)
@@ -116,27 +117,28 @@ def test_trainer_and_linear_evaluation(name, preprocessed, tmp_path):
     if not all(sum(splits[s].num_examples for s in names if s in splits) for names in probe):
         # Pretraining-only miniatures: the evaluator must say which split is missing.
         with pytest.raises(ValueError, match="split"):
-            evaluate.run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)
+            run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)
         return
-    record = evaluate.run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)
+    record = run_evaluation(workdir, epochs=1, batch_size=2, baseline=False)
     assert record["metric"] == result.spec.metric
     assert record["value"] == pytest.approx(record["value"])  # not NaN
 
 
 def test_transfer_to_a_dataset_of_the_same_modality(preprocessed, tmp_path):
-    from keras_metamae import evaluate, train
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.training.run import run_training
 
     _, data_dir = preprocessed("genomics")
     preprocessed("genomics-ood")
     preprocessed("pfam")
     workdir = str(tmp_path / "run")
-    train.run_training("genomics", dict(TINY_MODEL, steps=2, batch_size=2, log_every=1,
+    run_training("genomics", dict(TINY_MODEL, steps=2, batch_size=2, log_every=1,
                                         checkpoint_every=2, validation_steps=1, warmup_steps=1,
                                         export=False), data_dir, workdir, verbose=0)
-    record = evaluate.run_evaluation(workdir, dataset="genomics-ood", epochs=1, batch_size=2,
+    record = run_evaluation(workdir, dataset="genomics-ood", epochs=1, batch_size=2,
                                      baseline=False, transfer=True)
     assert record["dataset"] == "genomics-ood" and record["pretrain_dataset"] == "genomics"
     assert record["transfer"] is True
     assert os.path.exists(os.path.join(workdir, "eval", "genomics-ood.json"))
     with pytest.raises(ValueError, match="same modality"):
-        evaluate.run_evaluation(workdir, dataset="pfam", epochs=1, batch_size=2, baseline=False)
+        run_evaluation(workdir, dataset="pfam", epochs=1, batch_size=2, baseline=False)

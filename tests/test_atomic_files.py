@@ -28,7 +28,7 @@ def test_mode_follows_the_umask_and_no_temp_file_is_left(tmp_path, umask_022):
 
 def test_config_spec_and_eval_json_are_group_readable(tmp_path, umask_022):
     from keras_metamae import config as config_lib
-    from keras_metamae.evaluate import write_json
+    from keras_metamae.evaluation.run import write_json
     from preprocessing.spec import DatasetSpec
 
     paths = [config_lib.TrainConfig().save(str(tmp_path / "w"))]

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_metamae import cli, demo, evaluate, export, train
+from commandline import cli
+from keras_metamae import demo, evaluate, export, train
 from keras_metamae import config as config_lib
 from pipeline import preprocess
 from preprocessing import registry

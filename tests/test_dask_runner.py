@@ -20,7 +20,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 
-from keras_metamae import cli
+from commandline import cli
 from pipeline import preprocess, runners
 from preprocessing import registry
 from preprocessing.spec import load_spec

@@ -495,7 +495,7 @@ def test_custom_formats_through_the_pipeline_flags(flags, expected_good, raw_roo
 
 
 def test_reader_option_needs_key_value():
-    from keras_metamae import cli
+    from commandline import cli
     from pipeline import preprocess
 
     with pytest.raises(cli.UserError, match="KEY=VALUE"):

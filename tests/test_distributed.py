@@ -15,8 +15,9 @@ def test_train_entry_point_and_nonfinite_guard_on_two_replicas(digits_data_dir, 
     # One strategy per process (two MirroredStrategy objects in one process share collective
     # instance keys), so each part runs in its own subprocess.
     train_part = _run_on_two_cpus(f"""
-        from keras_metamae import train
-        summary = train.run_training(
+        from keras_metamae.training.run import run_training
+        from keras_metamae.training.strategy import build_strategy
+        summary = run_training(
             "digits", dict({TINY_MODEL!r}, steps=4, batch_size=16, log_every=2,
                            checkpoint_every=2, validation_steps=1, warmup_steps=1,
                            strategy="mirrored", export=False, eval_every=4,
@@ -37,10 +38,11 @@ def test_train_entry_point_and_nonfinite_guard_on_two_replicas(digits_data_dir, 
 
     guard_part = _run_on_two_cpus(f"""
         import keras, numpy as np, tensorflow as tf
-        from keras_metamae import train
-        from keras_metamae.metamae import MetaMAE
-        from keras_metamae.nonfinite import NonFiniteGuard
-        strategy = train.build_strategy("mirrored")
+        from keras_metamae.training.run import run_training
+        from keras_metamae.training.strategy import build_strategy
+        from keras_metamae.methods.metamae import MetaMAE
+        from keras_metamae.methods.nonfinite import NonFiniteGuard
+        strategy = build_strategy("mirrored")
         with strategy.scope():
             model = MetaMAE(num_tokens=16, token_grid=[4, 4], token_dim=4, mask_ratio=0.5,
                             seed=0, **{TINY_MODEL!r})

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from keras_metamae import cli
+from commandline import cli
 from pipeline import preprocess
 from preprocessing import download, official_files, registry
 from preprocessing.datasets.base import RawDataMissing

@@ -19,17 +19,17 @@ TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=4, checkpoint_every=4,
 
 @pytest.fixture(scope="module")
 def trained_workdir(digits_data_dir, tmp_path_factory) -> str:
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     workdir = str(tmp_path_factory.mktemp("trained"))
-    train.run_training("digits", dict(TINY_RUN, steps=4), digits_data_dir, workdir, verbose=0)
+    run_training("digits", dict(TINY_RUN, steps=4), digits_data_dir, workdir, verbose=0)
     return workdir
 
 
 def test_evaluate_writes_json_with_metric_and_random_baseline(trained_workdir):
-    from keras_metamae import evaluate
+    from keras_metamae.evaluation.run import run_evaluation
 
-    record = evaluate.run_evaluation(trained_workdir, epochs=2)
+    record = run_evaluation(trained_workdir, epochs=2)
     written = json.load(open(os.path.join(trained_workdir, "eval", "digits.json")))
     assert written == json.loads(json.dumps(record))
     assert written["probe_splits"] == {"probe_train": ["train"], "probe_val": ["val"],

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from keras_metamae import host_memory
+from keras_metamae.training import host_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = """
 import ctypes, resource, sys
 sys.path.insert(0, {repo!r})
-from keras_metamae import host_memory
+from keras_metamae.training import host_memory
 applied = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -55,11 +55,12 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 
 def test_keep_freed_memory_flag(monkeypatch):
-    from keras_metamae import config, train
+    from keras_metamae import config
+    from keras_metamae.training.build import apply_host_settings
 
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
     assert config.resolve("digits", {}).keep_freed_memory is True
-    assert train.apply_host_settings(config.resolve("digits", {})) is True
-    assert not train.apply_host_settings(config.resolve("digits", {"keep_freed_memory": False}))
+    assert apply_host_settings(config.resolve("digits", {})) is True
+    assert not apply_host_settings(config.resolve("digits", {"keep_freed_memory": False}))
     assert calls == [1]

@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_metamae import layers  # noqa: E402
-from keras_metamae import model as model_lib  # noqa: E402
+from keras_metamae.models import layers  # noqa: E402
+from keras_metamae import models as model_lib  # noqa: E402
 
 
 def _hessian_vector_product(fn, x, v):

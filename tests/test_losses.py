@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_metamae import losses  # noqa: E402
+from keras_metamae.models import losses  # noqa: E402
 
 
 def _numpy_nt_xent(z, z_star, tau):

@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_metamae import masking  # noqa: E402
+from keras_metamae.models import masking  # noqa: E402
 
 
 def _numpy_neighbours(mask, grid):

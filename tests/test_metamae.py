@@ -14,8 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_metamae import masking  # noqa: E402
-from keras_metamae.metamae import MetaMAE  # noqa: E402
+from keras_metamae import methods  # noqa: E402
+from keras_metamae.models import masking  # noqa: E402
+from keras_metamae.methods.metamae import MetaMAE  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,11 +37,11 @@ TINY = dict(
 )
 
 
-def _model(discrete=False, **overrides):
+def _model(discrete=False, method="metamae", **overrides):
     kwargs = dict(TINY, num_tokens=8, token_grid=[2, 4], seed=0)
     kwargs.update(vocab_size=6) if discrete else kwargs.update(token_dim=3)
     kwargs.update(overrides)
-    return MetaMAE(**kwargs)
+    return methods.get(method).from_settings(**kwargs)
 
 
 def _batch(discrete=False, batch_size=4, num_tokens=8, seed=0):
@@ -152,8 +153,8 @@ def test_inner_step_lowers_the_inner_loss_of_each_example_independently():
     z = model.encoder(tokens, keep_indices=keep)
     z_star, before = model.adapt(z, tokens, support, keep)
     # A small step along the negative gradient lowers the loss (sign of the update).
-    after = tf.reduce_sum(model._per_example_error(
-        tokens, model._decode(z_star, keep, False), support))
+    after = tf.reduce_sum(model.per_example_error(
+        tokens, model.decode(z_star, keep, False), support))
     assert after.numpy() < before.numpy()
     # Summed over the batch: example 0 adapts the same alone as within the batch.
     alone, _ = model.adapt(z[:1], tokens[:1], support[:1], keep[:1])
@@ -166,7 +167,7 @@ def test_projector_normalizes_each_view_with_its_own_batch_statistics():
     """The reference calls the projector on pool(Z) and on pool(Z*) separately, so each view's
     BatchNorm uses that view's statistics. Checked against the loss recomputed that way (and
     against the concatenated 2B-row projection, which must differ)."""
-    from keras_metamae import losses as losses_lib
+    from keras_metamae.models import losses as losses_lib
 
     model = _model()
     batch = _batch()
@@ -199,8 +200,8 @@ def test_projector_normalizes_each_view_with_its_own_batch_statistics():
 def test_old_weights_format_checkpoints_are_refused_with_one_line(tmp_path):
     """A workdir written before the qkv and vocabulary biases were removed (its latest.json
     has no weights_format) is refused with a one-line ValueError, not a load failure."""
-    from keras_metamae.checkpoints import CheckpointManager
-    from keras_metamae.metamae import WEIGHTS_FORMAT
+    from keras_metamae.rundir import CheckpointManager
+    from keras_metamae.methods.base import WEIGHTS_FORMAT
 
     def built_model():
         model = _model(discrete=True)
@@ -247,7 +248,7 @@ def test_train_step_decreases_loss(discrete):
 def test_mae_method_runs_without_inner_step_or_contrast():
     keras.utils.set_random_seed(0)
     model = _model(method="mae")
-    assert model.projector is None
+    assert not hasattr(model, "projector")
     model.compile(optimizer=keras.optimizers.AdamW(3e-3))
     batch = _batch()
     logs = [model.train_on_batch(batch, return_dict=True) for _ in range(5)]
@@ -313,13 +314,16 @@ def test_reconstruct_and_call():
 def test_config_round_trip_and_validation():
     model = _model(inner_steps=2, first_order=True, temperature=0.3)
     config = model.get_config()
-    for key in ("num_tokens", "token_grid", "token_dim", "vocab_size", "embed_dim",
-                "encoder_depth", "encoder_heads", "encoder_mlp_dim", "dropout", "decoder_dim",
-                "decoder_depth", "decoder_heads", "decoder_mlp_dim", "projector_hidden_dim",
-                "projector_dim", "method", "mask_ratio", "inner_lr", "contrast_weight",
-                "nearby_ratio", "inner_steps", "first_order", "temperature", "seed"):
+    keys = ["num_tokens", "token_grid", "token_dim", "vocab_size", "embed_dim",
+            "encoder_depth", "encoder_heads", "encoder_mlp_dim", "dropout", "decoder_dim",
+            "decoder_depth", "decoder_heads", "decoder_mlp_dim", "mask_ratio", "seed",
+            "projector_hidden_dim", "projector_dim", "inner_lr", "contrast_weight",
+            "nearby_ratio", "inner_steps", "first_order", "temperature"]
+    for key in keys:
         assert key in config
     assert MetaMAE.from_config(config).get_config() == config
+    mae = _model(method="mae")
+    assert type(mae).from_config(mae.get_config()).get_config() == mae.get_config()
     with pytest.raises(ValueError):
         _model(method="simclr")
     with pytest.raises(ValueError):
@@ -364,7 +368,7 @@ _REPLICA_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from keras_metamae.metamae import MetaMAE
+    from keras_metamae.methods.metamae import MetaMAE
 
     TINY = json.loads(sys.argv[1])
 
@@ -409,7 +413,7 @@ _REPLICA_SCRIPT = textwrap.dedent(
 
     # NT-Xent with keys gathered across replicas, uneven local batches (3 + 1 rows): the
     # row-weighted mean of the local losses is the single-device loss.
-    from keras_metamae import losses
+    from keras_metamae.models import losses
     z = rng.normal(size=(4, 5))
     z_star = z + rng.normal(size=(4, 5))
     parts = {0: slice(0, 3), 1: slice(3, 4)}

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from keras_metamae import metrics
+from keras_metamae.evaluation import knn, metrics
 
 
 @pytest.fixture
@@ -62,6 +62,6 @@ def test_knn_accuracy_separable_and_random(rng):
     test_y = rng.integers(0, 3, 30)
     train_x = centers[train_y] + rng.normal(size=(90, 8))
     test_x = centers[test_y] + rng.normal(size=(30, 8))
-    assert metrics.knn_accuracy(train_x, train_y, test_x, test_y, k=5) == 1.0
-    shuffled = metrics.knn_accuracy(train_x, rng.permutation(train_y), test_x, test_y, k=5)
+    assert knn.knn_accuracy(train_x, train_y, test_x, test_y, k=5) == 1.0
+    shuffled = knn.knn_accuracy(train_x, rng.permutation(train_y), test_x, test_y, k=5)
     assert shuffled < 0.8

@@ -17,9 +17,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_metamae import losses as losses_lib  # noqa: E402
-from keras_metamae import masking  # noqa: E402
-from keras_metamae.metamae import MetaMAE  # noqa: E402
+from keras_metamae.models import losses as losses_lib  # noqa: E402
+from keras_metamae.models import masking  # noqa: E402
+from keras_metamae import methods  # noqa: E402
+from keras_metamae.methods.metamae import MetaMAE  # noqa: E402
 from preprocessing import registry, tokenize, wordpiece  # noqa: E402
 from preprocessing.datasets import mscoco  # noqa: E402
 from preprocessing.datasets.base import BadRecord, RawDataMissing  # noqa: E402
@@ -318,7 +319,7 @@ def _pack(image, text):
     return np.concatenate([image, pad], axis=1)
 
 
-def _mixed_model(dtype=None, **overrides):
+def _mixed_model(dtype=None, method="metamae", **overrides):
     kwargs = dict(num_tokens=7, token_grid=[7], token_dim=3, segments=SEGMENTS, embed_dim=8,
                   encoder_depth=1, encoder_heads=2, encoder_mlp_dim=16, decoder_dim=8,
                   decoder_depth=1, decoder_heads=2, decoder_mlp_dim=16, projector_hidden_dim=16,
@@ -327,7 +328,7 @@ def _mixed_model(dtype=None, **overrides):
     kwargs.update(overrides)
     if dtype:
         kwargs["dtype"] = dtype
-    return MetaMAE(**kwargs)
+    return methods.get(method).from_settings(**kwargs)
 
 
 def _mixed_batch(batch_size=4, seed=0, dtype="float32"):
@@ -476,11 +477,13 @@ def test_training_transfer_evaluation_and_export(processed, tmp_path):
     import subprocess
     import sys
 
-    from keras_metamae import evaluate, export, train
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.rundir import RunDir
+    from keras_metamae.training.run import run_training
 
     out, results = processed
     workdir = str(tmp_path / "run")
-    summary = train.run_training(
+    summary = run_training(
         "mscoco", dict(TINY_MODEL, steps=2, batch_size=4, log_every=1, checkpoint_every=2,
                        validation_steps=1, warmup_steps=1),
         out, workdir, verbose=0)
@@ -489,7 +492,7 @@ def test_training_transfer_evaluation_and_export(processed, tmp_path):
     assert (config["inner_lr"], config["contrast_weight"], config["decoder_depth"],
             config["mask_ratio"]) == (0.5, 0.1, 1, 0.5)  # Table 8 mscoco, tiny decoder depth
     for transfer in ("mismatched-caption", "vqa"):
-        record = evaluate.run_evaluation(workdir, dataset=transfer, epochs=1, batch_size=4,
+        record = run_evaluation(workdir, dataset=transfer, epochs=1, batch_size=4,
                                          baseline=False, transfer=True)
         assert record["dataset"] == transfer and 0.0 <= record["value"] <= 1.0
 
@@ -497,7 +500,7 @@ def test_training_transfer_evaluation_and_export(processed, tmp_path):
     export_dirs = [root for root, _, files in os.walk(os.path.join(workdir, "export"))
                    if "saved_model.pb" in files]
     assert len(export_dirs) == 1
-    model, spec, _, _ = export.load_trained_model(workdir)
+    model, spec, _, _ = RunDir(workdir).load_trained_model()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(3, 224, 224, 3)).astype("uint8")
     text = np.array(["A dog sitting on the red bus.", "TWO CATS!", "zebra " * 40], dtype=object)

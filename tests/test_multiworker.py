@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_metamae import multiworker
+from keras_metamae.training import multiworker
 from tests.conftest import REPO, TINY_MODEL
 
 TIMEOUT_S = 150  # per launch; a 2-step run takes about 50 s on 2 shared cores
@@ -162,12 +162,12 @@ def test_a_peer_that_never_connects_is_reported(digits_data_dir, tmp_path, launc
 STEP_SCRIPT = """
 import json, os, sys
 import numpy as np
-from keras_metamae import multiworker
+from keras_metamae.training import multiworker
 tiny, out = json.loads(sys.argv[1]), sys.argv[2]
 # The strategy before any other TensorFlow call, as the trainer does.
 strategy = multiworker.start_strategy(120) if os.environ.get("TF_CONFIG") else None
 import keras, tensorflow as tf
-from keras_metamae.metamae import MetaMAE
+from keras_metamae.methods.metamae import MetaMAE
 strategy = strategy or tf.distribute.get_strategy()
 rng = np.random.default_rng(0)
 batch = {"tokens": rng.normal(size=(8, 16, 4)), "mask_noise": rng.uniform(size=(8, 16)),

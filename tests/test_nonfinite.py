@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_metamae.metamae import MetaMAE
-from keras_metamae.nonfinite import NonFiniteGuard, StopOnNonFinite
+from keras_metamae.methods.metamae import MetaMAE
+from keras_metamae.methods.nonfinite import NonFiniteGuard
+from keras_metamae.training.callbacks import StopOnNonFinite
 from tests.conftest import TINY_MODEL
 
 MODEL = {k: v for k, v in TINY_MODEL.items()}
@@ -68,7 +69,8 @@ def test_consecutive_bad_steps_stop_training():
 
 
 def test_training_stops_with_a_clear_message(digits_data_dir, tmp_path, monkeypatch):
-    from keras_metamae import metamae, train
+    from keras_metamae.methods import metamae
+    from keras_metamae.training.run import NonFiniteTraining, run_training
 
     original = metamae.MetaMAE.compute_losses
 
@@ -78,7 +80,7 @@ def test_training_stops_with_a_clear_message(digits_data_dir, tmp_path, monkeypa
         return losses
 
     monkeypatch.setattr(metamae.MetaMAE, "compute_losses", poisoned)
-    with pytest.raises(train.NonFiniteTraining, match="4 consecutive steps"):
-        train.run_training("digits", dict(TINY_MODEL, steps=20, batch_size=16, log_every=5,
-                                          checkpoint_every=5, max_bad_steps=4, export=False),
-                           digits_data_dir, str(tmp_path / "w"), verbose=0)
+    with pytest.raises(NonFiniteTraining, match="4 consecutive steps"):
+        run_training("digits", dict(TINY_MODEL, steps=20, batch_size=16, log_every=5,
+                                    checkpoint_every=5, max_bad_steps=4, export=False),
+                     digits_data_dir, str(tmp_path / "w"), verbose=0)

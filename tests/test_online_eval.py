@@ -31,8 +31,8 @@ def brute_force_knn(bank, bank_labels, queries, k):
 
 
 @pytest.mark.parametrize("k", [1, 4, 20, 60])
-def test_knn_matches_brute_force_and_evaluates_knn(k):
-    from keras_metamae import metrics, online_eval
+def test_knn_matches_brute_force(k):
+    from keras_metamae.evaluation import knn
 
     rng = np.random.default_rng(k)
     bank = rng.normal(size=(60, 8)).astype("float32")
@@ -40,44 +40,42 @@ def test_knn_matches_brute_force_and_evaluates_knn(k):
     queries = rng.normal(size=(33, 8)).astype("float32")
     query_labels = rng.integers(0, 4, size=33)
     expected = brute_force_knn(bank, bank_labels, queries, k)
-    np.testing.assert_array_equal(online_eval.knn_predict(bank, bank_labels, queries, k),
+    np.testing.assert_array_equal(knn.knn_predict(bank, bank_labels, queries, k),
                                   expected)
-    accuracy = online_eval.knn_accuracy(bank, bank_labels, queries, query_labels, k)
+    accuracy = knn.knn_accuracy(bank, bank_labels, queries, query_labels, k)
     assert accuracy == pytest.approx(np.mean(expected == query_labels))
-    # The same measurement as `evaluate`'s kNN, so online and final figures compare.
-    assert accuracy == pytest.approx(
-        metrics.knn_accuracy(bank, bank_labels, queries, query_labels, k))
 
 
 def test_knn_vote_ties_go_to_the_nearest_tied_class():
-    from keras_metamae import online_eval
+    from keras_metamae.evaluation import knn
 
     angles = np.array([0.1, 0.2, 0.3, 0.4, 0.5])  # neighbours of the query at angle 0, in order
     bank = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     query = np.array([[1.0, 0.0]])
     # 2 votes each for 7 and 3: 7 holds the nearest neighbour.
-    assert online_eval.knn_predict(bank[:4], [7, 3, 3, 7], query, k=4)[0] == 7
+    assert knn.knn_predict(bank[:4], [7, 3, 3, 7], query, k=4)[0] == 7
     # 9 is nearest but not tied for the most votes; of the tied 3 and 7, 3 is nearer.
-    assert online_eval.knn_predict(bank, [9, 3, 7, 3, 7], query, k=5)[0] == 3
+    assert knn.knn_predict(bank, [9, 3, 7, 3, 7], query, k=5)[0] == 3
     # Equal similarity (the same vector twice): the earlier bank row counts as nearer.
     twins = np.array([[1.0, 1.0], [2.0, 2.0], [0.0, 1.0]])
-    assert online_eval.knn_predict(twins, [5, 6, 6], [[1.0, 1.0]], k=1)[0] == 5
-    assert online_eval.knn_predict(twins, [6, 5, 6], [[1.0, 1.0]], k=1)[0] == 6
+    assert knn.knn_predict(twins, [5, 6, 6], [[1.0, 1.0]], k=1)[0] == 5
+    assert knn.knn_predict(twins, [6, 5, 6], [[1.0, 1.0]], k=1)[0] == 6
 
 
 def test_knn_refuses_more_neighbours_than_bank_rows():
-    from keras_metamae import online_eval
+    from keras_metamae.evaluation import knn
 
     bank = np.eye(3, dtype="float32")
     with pytest.raises(ValueError, match="k=4 neighbours but the bank holds 3"):
-        online_eval.knn_predict(bank, [0, 1, 2], bank, k=4)
+        knn.knn_predict(bank, [0, 1, 2], bank, k=4)
     with pytest.raises(ValueError, match="3 bank rows but 2 labels"):
-        online_eval.knn_predict(bank, [0, 1], bank, k=1)
+        knn.knn_predict(bank, [0, 1], bank, k=1)
 
 
 def test_what_is_evaluated_depends_on_the_labels(digits_data_dir, tmp_path):
     from keras_metamae import config as config_lib
-    from keras_metamae import data, online_eval
+    from keras_metamae import data
+    from keras_metamae.evaluation import online as online_eval
     from preprocessing.spec import load_spec
 
     version_dir = data.find_dataset_dir(digits_data_dir, "digits")
@@ -109,11 +107,11 @@ def test_what_is_evaluated_depends_on_the_labels(digits_data_dir, tmp_path):
 
 
 def test_training_logs_online_eval_from_step_0(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     workdir = str(tmp_path / "run")
     run = dict(TINY_RUN, steps=6, eval_every=3, online_eval_examples=100, export=False)
-    summary = train.run_training("digits", run, digits_data_dir, workdir, verbose=0)
+    summary = run_training("digits", run, digits_data_dir, workdir, verbose=0)
     online = summary["online_eval"]
     assert [record["step"] for record in online["history"]] == [0, 3, 6]
     assert online["first"]["step"] == 0 and online["last"]["step"] == 6
@@ -131,7 +129,7 @@ def test_training_logs_online_eval_from_step_0(digits_data_dir, tmp_path):
 def test_a_resumed_run_does_not_redo_step_0(digits_data_dir, tmp_path):
     """The schedule, driven through the callback hooks at the steps fit would reach them."""
     import keras_metamae as km
-    from keras_metamae import online_eval
+    from keras_metamae.evaluation import online as online_eval
 
     version_dir = km.find_dataset(digits_data_dir, "digits")
     spec = km.load_spec(version_dir)

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_metamae import cli, data
+from commandline import cli
+from keras_metamae import data
 from pipeline import preprocess
 from preprocessing import registry, tokenize
 from preprocessing.datasets.base import RawDataMissing

@@ -12,7 +12,10 @@ import stat
 import numpy as np
 import pytest
 
-from keras_metamae import cli, evaluate, export, train
+from commandline import cli
+from keras_metamae import evaluate, export
+from keras_metamae.rundir.run_dir import EXPORT_INFO
+from keras_metamae.training.run import run_training
 from tests.conftest import TINY_MODEL
 
 TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=2, checkpoint_every=2, validation_steps=1,
@@ -37,7 +40,7 @@ def test_moved_workdir_evaluates_and_exports_from_anywhere(digits_data_dir, tmp_
     project.mkdir()
     os.symlink(digits_data_dir, project / "processed")
     monkeypatch.chdir(project)
-    train.run_training("digits", dict(TINY_RUN, steps=2), "processed", os.path.join("runs", "a"),
+    run_training("digits", dict(TINY_RUN, steps=2), "processed", os.path.join("runs", "a"),
                        verbose=0)
     config = json.load(open(project / "runs" / "a" / "config.json"))
     assert config["data_dir"] == str(project / "processed")  # stored absolute, not as typed
@@ -71,7 +74,7 @@ def test_moved_workdir_evaluates_and_exports_from_anywhere(digits_data_dir, tmp_
     for written in ("config.json", "dataset_spec.json", "train_summary.json",
                     os.path.join("checkpoints", "latest.json"), os.path.join("eval", "digits.json"),
                     os.path.join("export", "encoder", "1", "spec.json"),
-                    os.path.join("export", "encoder", "1", export.EXPORT_INFO)):
+                    os.path.join("export", "encoder", "1", EXPORT_INFO)):
         assert _readable_by_others(moved / written), written
 
     import tensorflow as tf

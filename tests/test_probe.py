@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from keras_metamae import evaluate
+from keras_metamae.evaluation import probes
+from keras_metamae.evaluation.run import random_encoder
 from preprocessing.spec import DatasetSpec, load_spec
 
 
@@ -29,7 +30,7 @@ def test_paper_probe_weight_decay_is_l2_like_pytorch_adam():
     lr = 1e-2
     kernels = {}
     for wd in (0.0, 1e-2):
-        predict = evaluate.train_linear_head(x, y, _spec(), epochs=1, batch_size=8, seed=0,
+        predict = probes.train_linear_head(x, y, _spec(), epochs=1, batch_size=8, seed=0,
                                              learning_rate=lr, weight_decay=wd)
         kernels[wd] = predict.head.layers[-1].kernel.numpy()
     np.testing.assert_allclose(np.abs(kernels[0.0] - kernels[1e-2]), lr, rtol=0.02)
@@ -44,11 +45,11 @@ def test_paper_probe_reports_last_epoch_and_best_on_validation():
         y = rng.integers(0, 3, n)
         return (centers[y] + rng.normal(size=(n, 6))).astype(np.float32), y
 
-    result = evaluate.paper_probe(_spec(), draw(300), draw(60), draw(60), epochs=5,
+    result = probes.paper_probe(_spec(), draw(300), draw(60), draw(60), epochs=5,
                                   batch_size=32, seed=0)
     assert 1 <= result["best_epoch"] <= 5
     assert 0.0 <= result["value"] <= 1.0 and 0.0 <= result["value_best_val"] <= 1.0
-    without_val = evaluate.paper_probe(_spec(), draw(300), None, draw(60), epochs=2,
+    without_val = probes.paper_probe(_spec(), draw(300), None, draw(60), epochs=2,
                                        batch_size=32, seed=0)
     assert "value_best_val" not in without_val
 
@@ -71,10 +72,10 @@ def test_converged_probe_recovers_a_linear_signal(task, metric, num_classes):
         return x.astype(np.float32), y
 
     spec = _spec(task, num_classes, metric)
-    result = evaluate.converged_probe(spec, draw(400), draw(100), draw(200), seed=0)
+    result = probes.converged_probe(spec, draw(400), draw(100), draw(200), seed=0)
     assert result["value"] > 0.85, result
-    assert result["C"] in evaluate.CONVERGED_C_GRID and result["selected_on"] == "val"
-    no_val = evaluate.converged_probe(spec, draw(400), None, draw(200), seed=0)
+    assert result["C"] in probes.CONVERGED_C_GRID and result["selected_on"] == "val"
+    no_val = probes.converged_probe(spec, draw(400), None, draw(200), seed=0)
     assert no_val["selected_on"] == "train_holdout" and no_val["value"] > 0.85
 
 
@@ -86,9 +87,9 @@ def test_converged_probe_shows_what_the_paper_probe_misses_on_digits(digits_data
 
     version_dir = data.find_dataset_dir(digits_data_dir, "digits")
     spec = load_spec(version_dir)
-    encoder = evaluate.random_encoder(config_lib.resolve("digits", dict(
+    encoder = random_encoder(config_lib.resolve("digits", dict(
         embed_dim=32, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=64)), spec)
-    record = evaluate.linear_eval(encoder, spec, version_dir, epochs=10, batch_size=64, knn=False)
+    record = probes.linear_eval(encoder, spec, version_dir, epochs=10, batch_size=64, knn=False)
     assert record["converged"]["value"] > 0.6
     assert record["converged"]["value"] > record["value"] + 0.2
 
@@ -106,9 +107,9 @@ def test_probe_reads_the_splits_the_spec_protocol_names(digits_data_dir, tmp_pat
     d["protocol"] = {"probe_train": ["train", "val"], "probe_val": []}
     json.dump(d, open(spec_path, "w"))
     spec = load_spec(version_dir)
-    encoder = evaluate.random_encoder(config_lib.resolve("digits", dict(
+    encoder = random_encoder(config_lib.resolve("digits", dict(
         embed_dim=16, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=16)), spec)
-    record = evaluate.linear_eval(encoder, spec, version_dir, epochs=1, batch_size=64,
+    record = probes.linear_eval(encoder, spec, version_dir, epochs=1, batch_size=64,
                                   knn=False, probe="paper")
     assert record["train_examples"] == spec.splits["train"].num_examples + spec.splits["val"].num_examples
     assert record["test_examples"] == spec.splits["test"].num_examples

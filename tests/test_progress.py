@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_metamae import progress
+from commandline import progress
 
 
 class FakeClock:
@@ -161,7 +161,7 @@ def test_beam_job_stages_text():
 
 
 def test_reconstruction_panels_are_upscaled_masked_and_captioned():
-    from keras_metamae import panels
+    from keras_metamae.training import panels
 
     rng = np.random.default_rng(0)
     original = rng.uniform(size=(2, 8, 8, 1)).astype("float32")

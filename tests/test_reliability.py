@@ -70,7 +70,7 @@ def _copy_dataset(data_dir: str, tmp_path) -> str:
 
 
 def test_truncated_shard_fails_with_the_file_name(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
     shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord")))[0]
@@ -78,14 +78,14 @@ def test_truncated_shard_fails_with_the_file_name(digits_data_dir, tmp_path):
     with open(shard, "wb") as f:
         f.write(content[: len(content) // 2])
     with pytest.raises(ValueError, match=os.path.basename(shard)):
-        train.run_training("digits", dict(TINY_RUN, steps=60), data_dir, str(tmp_path / "w"),
+        run_training("digits", dict(TINY_RUN, steps=60), data_dir, str(tmp_path / "w"),
                            verbose=0)
 
 
 def test_records_of_the_wrong_dtype_are_refused_with_the_file_name(digits_data_dir, tmp_path):
     import tensorflow as tf
 
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
     shard = sorted(glob.glob(os.path.join(data_dir, "digits", PIPELINE_VERSION, "train", "*.tfrecord")))[0]
@@ -96,29 +96,29 @@ def test_records_of_the_wrong_dtype_are_refused_with_the_file_name(digits_data_d
     with tf.io.TFRecordWriter(shard) as writer:
         writer.write(example.SerializeToString())
     with pytest.raises(ValueError, match=os.path.basename(shard)):
-        train.run_training("digits", dict(TINY_RUN, steps=2), data_dir, str(tmp_path / "w"),
+        run_training("digits", dict(TINY_RUN, steps=2), data_dir, str(tmp_path / "w"),
                            verbose=0)
 
 
 def test_workdir_trained_on_another_token_contract_is_refused(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     workdir = str(tmp_path / "w")
-    train.run_training("digits", dict(TINY_RUN, steps=2), digits_data_dir, workdir, verbose=0)
+    run_training("digits", dict(TINY_RUN, steps=2), digits_data_dir, workdir, verbose=0)
     data_dir = _copy_dataset(digits_data_dir, tmp_path)
     spec_path = os.path.join(data_dir, "digits", PIPELINE_VERSION, "spec.json")
     spec = json.load(open(spec_path))
     spec.update(token_dim=2, patch_shape=[1, 2], num_tokens=32, token_grid=[8, 4])
     json.dump(spec, open(spec_path, "w"))
     with pytest.raises(ValueError, match="num_tokens=32 but .*dataset_spec.json"):
-        train.run_training("digits", dict(TINY_RUN, steps=4), data_dir, workdir, verbose=0)
+        run_training("digits", dict(TINY_RUN, steps=4), data_dir, workdir, verbose=0)
 
 
 def test_fewer_examples_than_the_batch_is_one_clear_error(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     with pytest.raises(ValueError, match="fewer than"):
-        train.run_training("digits", dict(TINY_RUN, steps=2, batch_size=4096), digits_data_dir,
+        run_training("digits", dict(TINY_RUN, steps=2, batch_size=4096), digits_data_dir,
                            str(tmp_path / "w"), verbose=0)
 
 
@@ -136,7 +136,7 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     import keras
 
-    from keras_metamae.checkpoints import CheckpointManager
+    from keras_metamae.rundir import CheckpointManager
 
     def model_with(value):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -159,14 +159,14 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_same_seed_same_data_gives_identical_losses_for_8_steps(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
 
     from tests.test_train import read_scalars
 
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         overrides = dict(TINY_RUN, steps=8, log_every=1, checkpoint_every=8, seed=seed)
-        train.run_training("digits", overrides, digits_data_dir, str(tmp_path / name),
+        run_training("digits", overrides, digits_data_dir, str(tmp_path / name),
                            verbose=0)
         with open(os.path.join(tmp_path / name, "train_summary.json")) as f:
             assert json.load(f)["final_step"] == 8

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from keras_metamae import paper_rows, reproduce
+from keras_metamae import reproduce
+from keras_metamae.evaluation import paper_rows
 from tests.conftest import REPO, TINY_MODEL
 
 

@@ -16,7 +16,7 @@ def _values(schedule, steps):
 
 def test_default_recipe_is_adamw_at_a_constant_1e_4():
     """Paper Appendix A and the reference: AdamW, lr 1e-4, wd 1e-4, no warm-up, no schedule."""
-    from keras_metamae.schedules import learning_rate_schedule
+    from keras_metamae.training.schedules import learning_rate_schedule
 
     for dataset in ("eurosat", "pamap2", "higgs", "genomics"):
         config = config_lib.resolve(dataset, {})
@@ -31,7 +31,7 @@ def test_warmup_cosine_is_linear_warmup_then_cosine_to_zero():
     """Keras' CosineDecay with warm-up gives peak * s / W for s <= W, then a cosine decay that
     reaches 0 at the last step. (The hand-written schedule it replaces was the same curve from
     step W on; during warm-up it ran one step ahead, peak * (s + 1) / W.)"""
-    from keras_metamae.schedules import learning_rate_schedule
+    from keras_metamae.training.schedules import learning_rate_schedule
 
     peak, total, warmup = 1e-3, 100, 10
     schedule = learning_rate_schedule("warmup_cosine", peak, total, warmup)
@@ -51,7 +51,7 @@ def test_both_schedules_leave_the_same_optimizer_variables():
     under either schedule and always at the configured rate."""
     import keras
 
-    from keras_metamae.schedules import learning_rate_schedule
+    from keras_metamae.training.schedules import learning_rate_schedule
 
     paths = []
     for name in ("constant", "warmup_cosine"):

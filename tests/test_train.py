@@ -73,10 +73,12 @@ def check_run_description(logdir: str) -> None:
 
 def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir, tmp_path,
                                                                   capsys):
-    from keras_metamae import panels, train
+    from keras_metamae.training import panels
+    from keras_metamae.training.run import run_training
+    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
-    summary = train.run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
+    summary = run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
                                  verbose=2)
     assert summary["final_step"] == 6 and summary["start_step"] == 0
     # The overall progress line (not a TTY here: plain lines, the last one when training ends).
@@ -108,37 +110,39 @@ def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir
     assert os.path.isdir(os.path.join(workdir, "export", "encoder", "1"))
 
     # The same command with more steps resumes at step 6 with the optimizer state.
-    resumed = train.run_training("digits", dict(TINY_RUN, steps=9, export=False),
+    resumed = run_training("digits", dict(TINY_RUN, steps=9, export=False),
                                  digits_data_dir, workdir, verbose=0)
     assert resumed["start_step"] == 6 and resumed["final_step"] == 9
 
 
 def test_rerunning_a_finished_run_does_not_export_a_duplicate_version(digits_data_dir, tmp_path):
     """TF Serving would "upgrade" to a new version holding the same weights."""
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
+    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
-    first = train.run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
+    first = run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
                                verbose=0)
-    again = train.run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
+    again = run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
                                verbose=0)
     base = os.path.join(workdir, "export", "encoder")
     assert os.listdir(base) == ["1"] and again["export_dir"] == first["export_dir"]
     assert json.load(open(os.path.join(base, "1", "export_info.json"))) == {"step": 3}
     # More training is a new version.
-    more = train.run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
+    more = run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
                               verbose=0)
     assert sorted(os.listdir(base)) == ["1", "2"] and more["export_dir"].endswith("2")
 
 
 def test_workdir_refuses_a_different_architecture(digits_data_dir, tmp_path):
-    from keras_metamae import train
+    from keras_metamae.training.run import run_training
+    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
-    train.run_training("digits", dict(TINY_RUN, steps=3, export=False), digits_data_dir,
+    run_training("digits", dict(TINY_RUN, steps=3, export=False), digits_data_dir,
                        workdir, verbose=0)
     with pytest.raises(ValueError, match="embed_dim=16 but now embed_dim=32"):
-        train.run_training("digits", dict(TINY_RUN, steps=3, embed_dim=32), digits_data_dir,
+        run_training("digits", dict(TINY_RUN, steps=3, embed_dim=32), digits_data_dir,
                            workdir, verbose=0)
 
 
@@ -152,9 +156,11 @@ def test_bad_flags_are_named():
 
 
 def test_xla_attention_flag_reaches_every_attention_layer():
-    from keras_metamae import config, train
-    from keras_metamae.layers import MultiHeadSelfAttention
-    from keras_metamae.metamae import MetaMAE
+    from keras_metamae import config
+    from keras_metamae.training.run import run_training
+    from keras_metamae.training.build import set_xla_attention
+    from keras_metamae.models.layers import MultiHeadSelfAttention
+    from keras_metamae.methods.metamae import MetaMAE
 
     assert config.resolve("digits", {}).xla_attention is True
     assert config.resolve("digits", {"xla_attention": False}).xla_attention is False
@@ -163,7 +169,7 @@ def test_xla_attention_flag_reaches_every_attention_layer():
     attention = [layer for layer in model._flatten_layers()
                  if isinstance(layer, MultiHeadSelfAttention)]
     assert len(attention) == 2 and all(layer.xla_core for layer in attention)
-    train.set_xla_attention(model, False)
+    set_xla_attention(model, False)
     assert not any(layer.xla_core for layer in attention)
 
 

@@ -7,10 +7,10 @@ labelled subset with the frozen encoder (all tokens, no masking; the features `e
 and serving use) and logs
 
 - `online_eval/knn_accuracy`: cosine kNN accuracy (k = 20, majority vote, a tie broken by
-  the nearest neighbour among the tied classes: the rule of `metrics.knn_accuracy`, so the
+  the nearest neighbour among the tied classes: `knn.knn_predict`, the rule evaluate uses, so the
   online figure and `evaluate`'s kNN are the same measurement) of the query examples against
   the bank; multiclass and binary tasks only;
-- `online_eval/probe_<metric>`: `evaluate.converged_probe` (standardized features, L-BFGS
+- `online_eval/probe_<metric>`: `probes.converged_probe` (standardized features, L-BFGS
   logistic regression, ridge for regression) trained on the bank, its regularisation chosen
   among `PROBE_C_GRID` on a held-out 10% of the bank, scored on the queries with the spec's
   metric;
@@ -33,63 +33,18 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
-from keras_metamae.callbacks import global_step
+from keras_metamae.evaluation.knn import KNN_NEIGHBOURS
+from keras_metamae.evaluation.knn import knn_accuracy
+from keras_metamae.evaluation.probes import converged_probe
 
-# DINO and the kNN monitors of SSL libraries use 20 neighbours.
-KNN_NEIGHBOURS = 20
-# Every other decade of `evaluate.CONVERGED_C_GRID` around C = 1 (what standardized features
+# Every other decade of `probes.CONVERGED_C_GRID` around C = 1 (what standardized features
 # mostly pick): 4 L-BFGS fits instead of 10 keeps the online cost within 5% of training.
 PROBE_C_GRID = (1e-2, 1.0, 1e2)
 # Examples embedded per encoder call (inference only: larger than a training batch is fine).
 _EMBED_BATCH = 256
-# Queries scored against the bank at once: bounds the [queries, bank] similarity matrix.
-_QUERY_CHUNK = 1024
 # The subset's tokens stay in memory between evaluations up to this size (digits: 0.4 MB);
 # larger ones (2,000 EuroSAT tiles: 430 MB) are read again each time.
 _CACHE_BYTES = 256 * 2**20
-
-
-def _unit_rows(x) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def knn_predict(bank, bank_labels, queries, k: int = KNN_NEIGHBOURS) -> np.ndarray:
-    """Predicted class of each query: majority vote of its `k` most cosine-similar bank rows.
-
-    Neighbours are ordered by similarity, equal similarities by bank position (a stable
-    sort, so the result does not depend on the sort's whims). A vote tie goes to the tied
-    class of the nearest neighbour. Raises ValueError when the bank holds fewer than `k` rows.
-    """
-    bank, queries = _unit_rows(bank), _unit_rows(queries)
-    bank_labels = np.asarray(bank_labels).ravel()
-    if len(bank_labels) != len(bank):
-        raise ValueError(f"knn: {len(bank)} bank rows but {len(bank_labels)} labels")
-    if not 1 <= k <= len(bank):
-        raise ValueError(f"knn: k={k} neighbours but the bank holds {len(bank)} examples")
-    classes, bank_class = np.unique(bank_labels, return_inverse=True)
-    predicted = []
-    for start in range(0, len(queries), _QUERY_CHUNK):
-        similarity = queries[start : start + _QUERY_CHUNK] @ bank.T
-        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-        votes = bank_class[nearest]  # [queries, k] class indices, nearest first
-        rows = np.arange(len(votes))[:, None]
-        counts = np.zeros((len(votes), len(classes)), np.int64)
-        np.add.at(counts, (rows, votes), 1)
-        tied = counts == counts.max(axis=1, keepdims=True)
-        first_tied = np.argmax(tied[rows, votes], axis=1)  # nearest neighbour of a tied class
-        predicted.append(classes[votes[rows[:, 0], first_tied]])
-    if not predicted:
-        return np.zeros((0,), bank_labels.dtype)
-    return np.concatenate(predicted)
-
-
-def knn_accuracy(bank, bank_labels, queries, query_labels, k: int = KNN_NEIGHBOURS) -> float:
-    """Share of queries whose `knn_predict` class is their label."""
-    query_labels = np.asarray(query_labels).ravel()
-    if len(query_labels) == 0:
-        raise ValueError("knn: no queries")
-    return float(np.mean(knn_predict(bank, bank_labels, queries, k) == query_labels))
 
 
 def _labelled(spec, splits: list[str]) -> bool:
@@ -149,6 +104,10 @@ class OnlineEvaluation(keras.callbacks.Callback):
         self._embed = None
         self._cache: dict[tuple[str, ...], list] = {}
 
+    def _step(self) -> int:
+        """The true global step (the optimizer's counter survives restarts)."""
+        return int(self.model.optimizer.iterations.numpy())
+
     # === the fixed subset and its features ===
     def _size(self, splits: list[str]) -> int:
         return min(self.max_examples, sum(self.spec.splits[s].num_examples for s in splits))
@@ -193,9 +152,8 @@ class OnlineEvaluation(keras.callbacks.Callback):
 
     def evaluate(self) -> dict:
         """Embeds the subset with the current encoder and scores it; logs and returns a record."""
-        from keras_metamae import evaluate
         started = time.perf_counter()
-        step = global_step(self.model)
+        step = self._step()
         bank = self._embed_split(self.bank_splits)
         queries = self._embed_split(self.query_splits)
         record = {"step": step}
@@ -206,7 +164,7 @@ class OnlineEvaluation(keras.callbacks.Callback):
                 record["knn_accuracy"] = knn_accuracy(bank[0], bank[1], queries[0], queries[1],
                                                       self.k)
             try:
-                probe = evaluate.converged_probe(self.spec, bank, None, queries, seed=self.seed,
+                probe = converged_probe(self.spec, bank, None, queries, seed=self.seed,
                                                  strengths=PROBE_C_GRID)
                 record[f"probe_{self.spec.metric}"] = float(probe["value"])
             except ValueError as e:  # e.g. AUROC of a query set without positives
@@ -229,22 +187,22 @@ class OnlineEvaluation(keras.callbacks.Callback):
 
     def _evaluate_and_schedule(self):
         self.evaluate()
-        self._next_step = (global_step(self.model) // self.every + 1) * self.every
+        self._next_step = (self._step() // self.every + 1) * self.every
 
     def on_train_begin(self, logs=None):
-        step = global_step(self.model)
+        step = self._step()
         if step == 0:  # the random-initialised encoder; a resumed run has its figure already
             self._evaluate_and_schedule()
         else:
             self._next_step = (step // self.every + 1) * self.every
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._due(global_step(self.model)):
+        if self._due(self._step()):
             self._evaluate_and_schedule()
 
     def on_train_end(self, logs=None):
         # The final encoder's figure, also when the run does not end on a multiple of `every`.
-        if not self.history or self.history[-1]["step"] != global_step(self.model):
+        if not self.history or self.history[-1]["step"] != self._step():
             self._evaluate_and_schedule()
 
     def summary(self, train_seconds: float) -> dict:

@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 
 import tensorflow as tf
 
+from keras_metamae.data.errors import DataError
 from preprocessing.spec import SPEC_FILENAME, DatasetSpec, SpecError, load_spec, segment_spec
 
 # The element shuffle buffer holds about this many bytes of tokens (EuroSAT examples are 106 KB).
@@ -39,10 +40,6 @@ _MAX_SHUFFLE_BUFFER = 10_000
 # (tf.data's default, 256 KB per file, is ~2 EuroSAT records), at most 4 MB and at least 256 KB
 # per file. Uncompressed local shards are read unbuffered: see `_read_buffer_bytes`.
 _READ_BUFFER_BYTES = 64 << 20
-
-
-class DataError(ValueError):
-    """Processed data that is missing, incomplete, corrupt or does not match its spec."""
 
 
 def _preprocess_hint(dataset: str, output_dir: str) -> str:
@@ -363,7 +360,7 @@ def make_dataset(
             f"lower the batch size"
         )
     if set(splits) & set(spec.windowed_splits):  # series to draw windows from (spec.windows)
-        from keras_metamae import windows
+        from keras_metamae.data import windows
 
         return windows.make_window_dataset(
             spec, version_dir, splits, files, batch_size, repeat=repeat, seed=seed,

@@ -4,7 +4,8 @@ One bad batch (an overflow in bfloat16, a corrupt example) must not write NaN in
 weights of a run that has trained for days. `NonFiniteGuard` wraps the real optimizer and
 applies a step only when every gradient on every replica is finite; otherwise the step is
 skipped (weights, optimizer slots and the step counter are left untouched) and counted.
-`StopOnNonFinite` ends training after `max_bad_steps` consecutive skipped steps.
+`training.callbacks.StopOnNonFinite` ends training after `max_bad_steps` consecutive skipped
+steps.
 
 It reuses Keras' `LossScaleOptimizer`, which already implements "apply only if finite"
 correctly under a distribution strategy (the branch runs in cross-replica context); with
@@ -78,20 +79,3 @@ def agree_on_finite(loss, gradients):
         g if g is None else tf.where(finite, g, tf.constant(float("nan"), g.dtype))
         for g in gradients
     ]
-
-
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops training after `max_bad_steps` consecutive skipped (non-finite) steps."""
-
-    def __init__(self, max_bad_steps: int):
-        super().__init__()
-        self.max_bad_steps = max_bad_steps
-        self.stopped_at = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        optimizer = self.model.optimizer
-        if not isinstance(optimizer, NonFiniteGuard):
-            return
-        if int(optimizer.consecutive_skipped_steps.numpy()) >= self.max_bad_steps:
-            self.stopped_at = int(optimizer.iterations.numpy())
-            self.model.stop_training = True

@@ -116,7 +116,7 @@ class CheckpointManager:
             raise ValueError(
                 f"{self.directory}: these checkpoints hold weights format {found} but this "
                 f"version of the model has format {expected} (the set of weights changed, see "
-                f"WEIGHTS_FORMAT in keras_metamae/metamae.py); they cannot be loaded: use a new "
+                f"WEIGHTS_FORMAT in keras_metamae/methods/base.py); they cannot be loaded: use a new "
                 f"--workdir, or the keras-metamae version that wrote them."
             )
 

@@ -72,25 +72,3 @@ def compute(metric: str, labels: np.ndarray, outputs: np.ndarray, task: str) -> 
     if metric == "accuracy":
         return accuracy(labels, predicted)
     raise ValueError(f"unknown metric {metric!r}")
-
-
-def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20) -> float:
-    """Cosine k-nearest-neighbour accuracy (majority vote, ties to the nearest)."""
-    train_x = np.asarray(train_x, np.float32)
-    test_x = np.asarray(test_x, np.float32)
-    train_x = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
-    test_x = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
-    train_y = np.asarray(train_y).ravel()
-    k = min(k, len(train_x))
-    correct = 0
-    for start in range(0, len(test_x), 1024):
-        sims = test_x[start : start + 1024] @ train_x.T
-        nearest = np.argsort(-sims, axis=1)[:, :k]
-        for row, neighbours in enumerate(nearest):
-            votes = train_y[neighbours]
-            values, counts = np.unique(votes, return_counts=True)
-            best = values[counts == counts.max()]
-            # Break ties by the nearest neighbour among the tied classes.
-            choice = next(v for v in votes if v in best)
-            correct += int(choice == np.asarray(test_y).ravel()[start + row])
-    return correct / len(test_x)

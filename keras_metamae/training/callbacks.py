@@ -1,6 +1,6 @@
 """Keras callbacks of the training entry point, and what they write to TensorBoard.
 
-Keras "epochs" in `train.py` are chunks of `log_every` steps, so epoch-end hooks run at a
+Keras "epochs" in `training/run.py` are chunks of `log_every` steps, so epoch-end hooks run at a
 fixed step cadence; every summary is written at the true global step
 (`optimizer.iterations`), which survives restarts.
 
@@ -11,7 +11,7 @@ TensorBoard layout (`<workdir>/tensorboard/`):
 - `train/`: every training log, learning rate, steps/s, examples/s, skipped steps, and the
   labelled original | masked | reconstruction panels of image-like datasets;
 - `validation/`: the validation losses; `online_eval/`, `eval/`: written by
-  `online_eval.py` and `evaluate.py`.
+  `evaluation/online.py` and `evaluation/run.py`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_metamae import progress
-from keras_metamae.checkpoints import CheckpointManager
-from keras_metamae.panels import reconstruction_description, reconstruction_grid
+from commandline import progress
+from keras_metamae.methods.nonfinite import NonFiniteGuard
+from keras_metamae.rundir import CheckpointManager
+from keras_metamae.training.panels import reconstruction_description, reconstruction_grid
 
 
 def global_step(model) -> int:
@@ -73,7 +74,7 @@ class TrainingProgress(keras.callbacks.Callback):
         super().__init__()
         self.line = progress.ProgressLine("train", total=total_steps, unit="steps",
                                           per_unit=("examples", batch_size), **line_options)
-        self.online = online  # an online_eval.OnlineEvaluation: its `history` and `every`
+        self.online = online  # an evaluation.online.OnlineEvaluation: its `history` and `every`
         self._step = 0
         self._validation: dict[str, float] = {}
         self._train_ended = False
@@ -273,7 +274,7 @@ def hparam_values(config) -> dict:
 
 def hparam_metrics(spec) -> list[tuple[str, str, str]]:
     """(tag, run subfolder, display name) of the metrics the HParams table shows per run: the
-    final losses, the online evaluation (online_eval.py) and `evaluate`'s probe."""
+    final losses, the online evaluation (evaluation/online.py) and `evaluate`'s probe."""
     return [
         ("loss", "train", "train loss"),
         ("reconstruction_loss", "train", "train reconstruction loss"),
@@ -413,3 +414,20 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._save()
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training after `max_bad_steps` consecutive skipped (non-finite) steps."""
+
+    def __init__(self, max_bad_steps: int):
+        super().__init__()
+        self.max_bad_steps = max_bad_steps
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        if not isinstance(optimizer, NonFiniteGuard):
+            return
+        if int(optimizer.consecutive_skipped_steps.numpy()) >= self.max_bad_steps:
+            self.stopped_at = int(optimizer.iterations.numpy())
+            self.model.stop_training = True

@@ -19,7 +19,7 @@ steps (reference/dabs_datasets.md, "Corrections"). The Beam job stores each seri
   Beam job and the exported model use for fixed examples, so the batches are the same
   `{"tokens", "label", "id"}` as for any dataset. A window's id is `<series id>@<offset>`.
 
-`make_window_dataset` is what `keras_metamae.data.make_dataset` calls for windowed splits.
+`make_window_dataset` is what `keras_metamae.data.records.make_dataset` calls for windowed splits.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def check_first_series(files: list[str], spec: DatasetSpec) -> None:
     """Opens every shard and checks its first series record against the spec (cheap; catches
     a spec and shards from different runs, or a file that is not a shard, before training
     starts)."""
-    from keras_metamae.data import DataError
+    from keras_metamae.data.errors import DataError
 
     window, channels = int(spec.windows["length"]), int(spec.input_shape[-1])
     for path in files:
@@ -137,7 +137,7 @@ def make_window_dataset(spec: DatasetSpec, version_dir: str, splits: Sequence[st
     windows (spec.windows' `windows_per_epoch`); `repeat=True` never ends. Every input
     pipeline loads all series (the sampling needs them all) and takes every n-th element of
     the one stream, so n pipelines together draw exactly what one would."""
-    from keras_metamae.data import DataError
+    from keras_metamae.data.errors import DataError
 
     fixed = [s for s in splits if s not in spec.windowed_splits]
     if fixed:

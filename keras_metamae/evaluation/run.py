@@ -1,0 +1,162 @@
+"""Evaluating a training run directory: resolve what to probe (`plan_evaluation`), probe its
+encoder or a random one of the same architecture (`run_evaluation`), write the record.
+
+Writes `<workdir>/eval/<dataset>.json` (`-random` for the random encoder) and TensorBoard
+scalars under `<workdir>/tensorboard/eval`. The workdir alone says what to evaluate (its
+config.json and the spec it was trained on), so it can be evaluated from any directory, also
+after being moved; the processed data comes from the run's `--data_dir` unless `data_dir`
+says where it is now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import TYPE_CHECKING
+
+from commandline import cli
+from keras_metamae.evaluation.probes import linear_eval
+from keras_metamae.rundir import RunDir
+from preprocessing.atomic_files import write_text_atomically
+
+if TYPE_CHECKING:
+    from keras_metamae.config import TrainConfig
+    from preprocessing.spec import DatasetSpec
+
+
+def random_encoder(config, spec):
+    """The paper's "random initialization" baseline: same architecture, untrained."""
+    model = config.make_model(spec)
+    model.build()
+    return model.encoder
+
+
+def write_json(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def log_to_tensorboard(workdir: str, record: dict, step: int) -> None:
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(RunDir(workdir).tensorboard_dir, "eval"))
+    with writer.as_default(step=step):
+        tf.summary.scalar(f"linear/{record['dataset']}/{record['metric']}", record["value"])
+        if record.get("baseline_random") is not None:
+            tf.summary.scalar(f"linear_random/{record['dataset']}/{record['metric']}",
+                              record["baseline_random"])
+        if "knn_accuracy" in record:
+            tf.summary.scalar(f"knn/{record['dataset']}/accuracy", record["knn_accuracy"])
+    writer.flush()
+
+
+@dataclasses.dataclass
+class EvaluationPlan:
+    """What `run_evaluation` probes and where it writes, resolved before any computation."""
+
+    workdir: str
+    config: TrainConfig
+    train_spec: DatasetSpec  # what the encoder was trained on
+    dataset: str
+    version_dir: str
+    spec: DatasetSpec  # what it is evaluated on
+    batch_size: int
+    output_path: str
+
+    def describe(self, encoder_kind: str, probe: str, epochs: int, baseline: bool) -> str:
+        steps = RunDir(self.workdir).checkpoint_steps()
+        encoder = ("random (untrained, same architecture)" if encoder_kind == "random" else
+                   f"pretrained, checkpoint step {steps[-1]}" if steps else "pretrained: none yet")
+        roles = {r: self.spec.protocol_splits(r) for r in ("probe_train", "probe_val", "probe_test")}
+        splits = ", ".join(f"{role[6:]} {'+'.join(names) or '-'}" for role, names in roles.items())
+        return "\n".join([
+            f"workdir      {self.workdir} ({self.config.model} on {self.config.dataset})",
+            f"encoder      {encoder}",
+            f"dataset      {self.dataset}: {self.version_dir}",
+            f"probe        {probe} on {splits}; metric {self.spec.metric}; {epochs} epochs, "
+            f"batch {self.batch_size}" + ("; plus a random-encoder baseline" if
+                                          baseline and encoder_kind == "pretrained" else ""),
+            f"writes       {self.output_path} and "
+            f"{os.path.join(RunDir(self.workdir).tensorboard_dir, 'eval')}",
+            "nothing was computed or written (--dry_run)",
+        ])
+
+
+def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
+                    encoder_kind: str = "pretrained", batch_size: int | None = None
+                    ) -> EvaluationPlan:
+    """Resolves and checks everything an evaluation needs before computing anything: the
+    workdir, the data (its location and token contract) and that the outputs can be written.
+    Raises UserError (or the data module's DataError)."""
+    from keras_metamae import data
+    from preprocessing.spec import load_spec, token_segments
+
+    workdir = cli.local_path(workdir, "--workdir")
+    run_dir = RunDir(workdir)
+    config, train_spec = run_dir.load()
+    dataset = dataset or config.dataset
+    if data_dir is None:
+        # Absolute as train records it (an older workdir's relative path: from here).
+        data_dir = os.path.abspath(config.data_dir)
+        if not os.path.isdir(data_dir):
+            raise cli.UserError(
+                "the processed data this run was trained on is gone", data_dir,
+                f"pass --data_dir, the root of processed datasets that holds {dataset}")
+    else:
+        data_dir = cli.local_path(data_dir, "--data_dir")
+    version_dir = data.find_dataset_dir(data_dir, dataset)
+    spec = load_spec(version_dir)
+    # The encoder's token contract must match the evaluated dataset's.
+    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
+        # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
+        same = (token_segments(spec.segments) == token_segments(train_spec.segments)
+                if field == "segments" else getattr(spec, field) == getattr(train_spec, field))
+        if not same:
+            raise cli.UserError(
+                f"{dataset} has {field}={getattr(spec, field)} but the encoder was trained on "
+                f"{config.dataset} with {field}={getattr(train_spec, field)}",
+                f"{version_dir}/spec.json",
+                "transfer needs a dataset of the same modality and tokens")
+    output_path = run_dir.eval_path(dataset, encoder_kind)
+    # Before the probe runs (minutes): a result that cannot be written is refused now.
+    cli.check_writable(os.path.dirname(output_path), "--workdir")
+    cli.check_writable(os.path.join(run_dir.tensorboard_dir, "eval"), "--workdir")
+    # Table 16 fixes some probe batches (Genomics-ID 64 where pretraining uses 32).
+    batch_size = batch_size or spec.probe_batch_size or config.batch_size
+    return EvaluationPlan(workdir=workdir, config=config, train_spec=train_spec, dataset=dataset,
+                          version_dir=version_dir, spec=spec, batch_size=batch_size,
+                          output_path=output_path)
+
+
+def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
+                   encoder_kind: str = "pretrained", epochs: int = 100,
+                   batch_size: int | None = None, baseline: bool = True,
+                   transfer: bool = False, probe: str = "both", progress: bool = True) -> dict:
+    """Probes the workdir's encoder (`plan_evaluation`), writes the JSON and TensorBoard
+    scalars, returns the record. `progress`: a line per phase on stderr."""
+    plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size)
+    config, spec, train_spec = plan.config, plan.spec, plan.train_spec
+    step = 0
+    if encoder_kind == "random":
+        encoder = random_encoder(config, train_spec)
+    else:
+        model, _, _, step = RunDir(plan.workdir).load_trained_model()
+        encoder = model.encoder
+    record = linear_eval(encoder, spec, plan.version_dir, epochs=epochs,
+                         batch_size=plan.batch_size, seed=config.seed, probe=probe,
+                         progress=f"{encoder_kind} encoder" if progress else None)
+    record.update(encoder=encoder_kind, step=step, workdir=plan.workdir,
+                  pretrain_dataset=config.dataset, model=config.model, transfer=transfer)
+    record["baseline_random"] = None
+    if encoder_kind == "pretrained" and baseline:
+        baseline_record = linear_eval(random_encoder(config, train_spec), spec, plan.version_dir,
+                                      epochs=epochs, batch_size=plan.batch_size,
+                                      seed=config.seed, knn=False, probe=probe,
+                                      progress="random encoder" if progress else None)
+        record["baseline_random"] = baseline_record["value"]
+        if "converged" in baseline_record:
+            record["baseline_random_converged"] = baseline_record["converged"]["value"]
+    write_json(plan.output_path, record)
+    log_to_tensorboard(plan.workdir, record, step)
+    return record

@@ -1,0 +1,197 @@
+"""`RunDir`: everything a training run directory (`--workdir`) holds, and the one place that
+knows its layout.
+
+    <workdir>/
+      config.json              the resolved TrainConfig (paths absolute)
+      dataset_spec.json        the token contract the run was trained on
+      checkpoints/             ckpt-<step>.weights.h5 + latest.json (checkpoints.py)
+      tensorboard/             train/, validation/, online_eval/, eval/
+      export/encoder/<v>/      SavedModel versions for TF Serving (serving/export.py)
+      eval/<dataset>[-random].json   linear-evaluation records
+      train_summary.json       the last training command's summary
+
+Train, evaluate, export, the online evaluation and reproduce reach a run directory through a
+`RunDir`; nothing else parses one. The workdir alone says what was trained (config.json and
+dataset_spec.json), so it can be evaluated and exported from anywhere, also after being moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from commandline import cli
+from keras_metamae import config as config_lib
+from keras_metamae.rundir.checkpoints import CheckpointManager
+from preprocessing.atomic_files import write_text_atomically
+
+CONFIG = "config.json"
+DATASET_SPEC = "dataset_spec.json"
+TRAIN_SUMMARY = "train_summary.json"
+EXPORT_SUBDIR = os.path.join("export", "encoder")
+# Beside each exported version's saved_model.pb: which checkpoint step it holds.
+EXPORT_INFO = "export_info.json"
+
+# Fields that change what a checkpoint contains: a workdir cannot be resumed with others.
+ARCHITECTURE_FIELDS = (
+    "model", "embed_dim", "encoder_depth", "encoder_heads", "encoder_mlp_dim", "decoder_dim",
+    "decoder_depth", "decoder_heads", "decoder_mlp_dim", "projector_hidden_dim",
+    "projector_dim", "dataset",
+)
+# The token contract a checkpoint was trained on; a resumed run must see the same one.
+CONTRACT_FIELDS = ("num_tokens", "token_dim", "vocab_size", "token_grid", "input_shape",
+                   "segments")
+
+
+class RunDir:
+    """A training run directory. `path` need not exist yet (a run about to start).
+
+    Args:
+        path: the workdir.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    # === paths ===
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def config_path(self) -> str:
+        return self.file(CONFIG)
+
+    @property
+    def spec_path(self) -> str:
+        return self.file(DATASET_SPEC)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.file("checkpoints")
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.file("tensorboard")
+
+    @property
+    def export_base(self) -> str:
+        """TF Serving's model base path: one integer-named folder per exported version."""
+        return self.file(EXPORT_SUBDIR)
+
+    @property
+    def train_summary_path(self) -> str:
+        return self.file(TRAIN_SUMMARY)
+
+    def eval_path(self, dataset: str, encoder_kind: str = "pretrained") -> str:
+        """Where the linear evaluation of `dataset` is recorded (the random-encoder baseline
+        gets its own file)."""
+        suffix = "" if encoder_kind == "pretrained" else f"-{encoder_kind}"
+        return self.file("eval", f"{dataset}{suffix}.json")
+
+    # === config and spec ===
+    def load_config(self) -> config_lib.TrainConfig:
+        """The run's TrainConfig; cli.UserError when this is not a training workdir."""
+        if not os.path.isfile(self.config_path):
+            raise cli.UserError("not a training workdir, it has no config.json",
+                                self.config_path, "pass the --workdir of a training run "
+                                "(python -m keras_metamae.train --workdir DIR)")
+        return config_lib.TrainConfig.load(self.config_path)
+
+    def load(self):
+        """(config, the DatasetSpec the encoder was trained on), from the workdir alone (a
+        workdir older than its spec copy falls back to the processed data config.json names).
+        Raises cli.UserError naming what is missing."""
+        from preprocessing.spec import load_spec
+
+        config = self.load_config()
+        if os.path.isfile(self.spec_path):
+            return config, load_spec(self.spec_path)
+        from keras_metamae import data
+
+        # Absolute as train records it (an older workdir's relative path: from here).
+        return config, load_spec(data.find_dataset_dir(os.path.abspath(config.data_dir),
+                                                       config.dataset))
+
+    def check_config(self, config: config_lib.TrainConfig) -> None:
+        """ValueError when the run recorded here has another architecture than `config`
+        (its checkpoints would not load)."""
+        if not os.path.exists(self.config_path):
+            return
+        previous = config_lib.TrainConfig.load(self.config_path)
+        for name in ARCHITECTURE_FIELDS:
+            old, new = getattr(previous, name), getattr(config, name)
+            if old != new:
+                raise ValueError(
+                    f"this workdir was trained with {name}={old!r} but now {name}={new!r} "
+                    f"({self.config_path}): use the same flags to resume it, or a new --workdir")
+
+    def record_spec(self, spec, version_dir: str) -> None:
+        """Records the dataset's spec here; refuses (ValueError) to resume on a different
+        token contract."""
+        if os.path.exists(self.spec_path):
+            from preprocessing.spec import load_spec
+
+            previous = load_spec(self.spec_path)  # defaults filled in for older specs
+            for name in CONTRACT_FIELDS:
+                old, new = getattr(previous, name), getattr(spec, name)
+                if old != new:
+                    raise ValueError(
+                        f"the data has {name}={new} but this workdir was trained on "
+                        f"{name}={old} ({self.spec_path} vs {version_dir}/spec.json): use a "
+                        f"new --workdir, or the data it was trained on")
+            return
+        os.makedirs(self.path, exist_ok=True)
+        write_text_atomically(self.spec_path, spec.to_json())
+
+    # === checkpoints and the model ===
+    def checkpoints(self, keep: int = 3, create: bool = False) -> CheckpointManager:
+        return CheckpointManager(self.checkpoint_dir, keep=keep, create=create)
+
+    def checkpoint_steps(self) -> list[int]:
+        return self.checkpoints().steps()
+
+    def load_trained_model(self):
+        """(model, spec, config, step): the run's model rebuilt from its config, every weight
+        created, the newest readable checkpoint restored (weights only: evaluation and export
+        need no optimizer). cli.UserError when there is none."""
+        config, spec = self.load()
+        manager = self.checkpoints()
+        if not manager.steps():
+            raise cli.UserError("no checkpoint to load", manager.directory,
+                                f"train first: python -m keras_metamae.train --workdir {self.path}")
+        model = config.make_model(spec)
+        model.build()
+        step = manager.restore(model)
+        if step == 0:
+            raise cli.UserError("no readable checkpoint to load", manager.directory,
+                                "the checkpoint files are damaged; rerun training to write new "
+                                "ones")
+        return model, spec, config, step
+
+    # === exports ===
+    def export_versions(self) -> list[int]:
+        base = self.export_base
+        return sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+
+    def next_export_version(self) -> int:
+        return max(self.export_versions(), default=0) + 1
+
+    def export_dir(self, version: int) -> str:
+        return os.path.join(self.export_base, str(version))
+
+    def export_of_step(self, step: int) -> str | None:
+        """The newest exported version holding checkpoint `step`, if there is one: rerunning a
+        finished training command reuses it instead of giving TF Serving an identical new
+        version."""
+        for version in reversed(self.export_versions()):
+            path = os.path.join(self.export_dir(version), EXPORT_INFO)
+            try:
+                with open(path) as f:
+                    if json.load(f).get("step") == step:
+                        return os.path.dirname(path)
+            except (OSError, ValueError):
+                continue  # an export from before export_info.json, or unreadable: not a match
+        return None

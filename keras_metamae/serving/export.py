@@ -1,0 +1,52 @@
+"""Writes a trained model's encoder into its run directory as a new export version.
+
+Layout: `<workdir>/export/encoder/<version>/` with integer versions (TF Serving's model base
+path is `<workdir>/export/encoder`). Each version holds the SavedModel (`saved_model.py`'s
+signatures), `encoder.keras` (the encoder as a Keras model on tokens, for fine-tuning),
+`spec.json` (the token contract it serves) and `export_info.json` (the checkpoint step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+from keras_metamae.rundir import RunDir
+from keras_metamae.rundir.run_dir import EXPORT_INFO
+from keras_metamae.serving.saved_model import KERAS_ENCODER
+from keras_metamae.serving.saved_model import build_archive
+from keras_metamae.serving.saved_model import encoder_keras_model
+
+
+def export_encoder(model, spec, workdir: str, version: int | None = None,
+                   step: int | None = None) -> str:
+    """Writes the encoder of a trained model to `<workdir>/export/encoder/<version>/` (the
+    next free version by default); returns that folder.
+
+    The SavedModel is written to a temporary folder and renamed, so TF Serving (which polls
+    the base path for new versions) never sees a half-written version.
+    """
+    run_dir = RunDir(workdir)
+    base = run_dir.export_base
+    os.makedirs(base, exist_ok=True)
+    final = run_dir.export_dir(version or run_dir.next_export_version())
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; versions are never overwritten")
+    tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}")
+    try:
+        build_archive(model.encoder, spec).write_out(tmp, verbose=False)
+        encoder_keras_model(model.encoder, spec).save(os.path.join(tmp, KERAS_ENCODER))
+        # Written next to the model so a consumer knows the token contract it serves.
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            f.write(spec.to_json())
+        if step is None:
+            step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
+        with open(os.path.join(tmp, EXPORT_INFO), "w") as f:
+            json.dump({"step": int(step)}, f)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
