@@ -30,5 +30,6 @@ setup(
         "metamae-evaluate = keras_metamae.console:evaluate",
         "metamae-export = keras_metamae.console:export",
         "metamae-reproduce = keras_metamae.console:reproduce",
+        "metamae-compare = keras_metamae.console:compare",
     ]},
 )

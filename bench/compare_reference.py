@@ -87,7 +87,7 @@ def _worker(reference_dir: str, threads: int) -> None:
     import numpy as np
 
     torch.set_num_threads(threads)
-    # The same malloc settings as our side (keras_metamae/host_memory.py imports no TensorFlow).
+    # The same malloc settings as our side (keras_metamae/training/host_memory.py imports no TensorFlow).
     sys.path.insert(0, ROOT)
     from keras_metamae.training import host_memory
 

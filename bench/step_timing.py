@@ -49,7 +49,7 @@ def paper_config(name: str, tiny: bool = False) -> dict:
 
 def keep_freed_memory() -> str:
     """Sets this process's malloc as `keras_metamae.train` does by default
-    (`--keep_freed_memory`, keras_metamae/host_memory.py); returns what to write beside the
+    (`--keep_freed_memory`, keras_metamae/training/host_memory.py); returns what to write beside the
     figures."""
     from keras_metamae.training import host_memory
 

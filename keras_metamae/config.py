@@ -117,6 +117,10 @@ class TrainConfig:
     inner_steps: int = 1
     first_order: bool = False
     temperature: float = 0.5
+    # === the DABS baselines (keras_metamae/methods/) ===
+    # Share of tokens ShED replaces and Capri masks (DABS's `corruption_rate`, 0.15 for every
+    # domain); DABS-2.0 MAE masks `mask_ratio` as MetaMAE and MAE do.
+    corruption_rate: float = 0.15
     # === optimizer: AdamW at a constant learning rate (paper Appendix A, the reference) ===
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
@@ -129,10 +133,10 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multiworker | onedevice
     mixed_precision: str = "float32"  # float32 | bfloat16 | float16
     jit_compile: str = "auto"  # auto (Keras decides; off under a strategy) | on | off
-    # The attention core XLA-compiled in training (keras_metamae/layers.py `attention_core`),
+    # The attention core XLA-compiled in training (keras_metamae/models/layers.py `attention_core`),
     # on every device and under any strategy; false runs the same ops uncompiled.
     xla_attention: bool = True
-    # glibc malloc keeps freed host memory for reuse (keras_metamae/host_memory.py): fewer page
+    # glibc malloc keeps freed host memory for reuse (keras_metamae/training/host_memory.py): fewer page
     # faults per step and per batch read; false leaves the C library's defaults.
     keep_freed_memory: bool = True
     log_every: int = 100
@@ -142,7 +146,7 @@ class TrainConfig:
     max_bad_steps: int = 20
     validation_steps: int = 10
     export: bool = True
-    # === online evaluation (keras_metamae/online_eval.py) ===
+    # === online evaluation (keras_metamae/evaluation/online.py) ===
     # kNN + converged probe on a fixed labelled subset every this many steps (0: off); at the
     # paper's 100k steps, 20 points plus the random-initialised encoder's at step 0.
     eval_every: int = 5000
@@ -161,6 +165,8 @@ class TrainConfig:
             fail("model", f"got {self.model!r}, expected one of {', '.join(methods.METHOD_NAMES)}")
         if not 0.0 < self.mask_ratio < 1.0:
             fail("mask_ratio", f"got {self.mask_ratio}, expected a value in (0, 1)")
+        if not 0.0 < self.corruption_rate < 1.0:
+            fail("corruption_rate", f"got {self.corruption_rate}, expected a value in (0, 1)")
         if not 0.0 <= self.nearby_ratio <= 1.0:
             fail("nearby_ratio", f"got {self.nearby_ratio}, expected a value in [0, 1]")
         if self.steps < 1:

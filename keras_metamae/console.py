@@ -1,6 +1,6 @@
 """Console scripts installed by `pip install .`: metamae-preprocess, metamae-train,
-metamae-evaluate, metamae-export, metamae-reproduce (the same programs as `python -m ...`,
-run through keras_metamae/cli.py)."""
+metamae-evaluate, metamae-export, metamae-reproduce, metamae-compare (the same programs as `python -m ...`,
+run through commandline/cli.py)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,7 @@ def export() -> None:
 
 def reproduce() -> None:
     _run("keras_metamae.reproduce")
+
+
+def compare() -> None:
+    _run("keras_metamae.compare")

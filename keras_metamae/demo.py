@@ -51,8 +51,8 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
                  "value": random_record["value"],
                  "converged": (random_record.get("converged") or {}).get("value"),
                  "knn": random_record.get("knn_accuracy"),
-                 # The MetaMAE run's step 0: its encoder at random initialisation (not the
-                 # same draw as `evaluate`'s random baseline, which is not seeded).
+                 # The MetaMAE run's step 0: its encoder at random initialisation (`evaluate`'s
+                 # random baseline draws its weights from the same seed).
                  "online": rows[0].get("online_first"),
                  "train_seconds": 0.0, "export": None, "workdir": None})
     return rows
@@ -60,9 +60,9 @@ def run_demo(workdir: str, steps: int | None, data_dir: str | None, epochs: int)
 
 def format_table(rows: list[dict]) -> str:
     # linear = the paper's probe (100 epochs of Adam at lr 1e-4); converged = L-BFGS logistic
-    # regression regularised on validation (see keras_metamae/evaluate.py), kNN = cosine k=20,
+    # regression regularised on validation (see keras_metamae/evaluation/probes.py), kNN = cosine k=20,
     # all on the test split. online = the training run's last online evaluation
-    # (keras_metamae/online_eval.py: kNN and converged probe, bank = train, queries = val).
+    # (keras_metamae/evaluation/online.py: kNN and converged probe, bank = train, queries = val).
     lines = [f"{'method':<16} {'metric':<10} {'linear':>8} {'converged':>10} {'kNN':>8} "
              f"{'online kNN':>11} {'online probe':>13} {'step':>5} {'train time':>11}",
              "-" * 100]

@@ -30,6 +30,8 @@ from keras_metamae.evaluation import paper_rows
 from preprocessing.atomic_files import write_text_atomically
 
 METHODS = ("metamae", "mae")
+# The paper's column each method is compared with (keras_metamae/evaluation/paper_rows.py).
+PAPER_COLUMN = {"metamae": "metamae", "mae": "dabs-mae"}
 # Idle 2-core CPU, paper EuroSAT config (batch 64 x 64 tokens of 832, encoder 12x256), seconds
 # per step (issue 11's side-by-side measurement); scaled by batch x tokens for other configs.
 CPU_SECONDS_PER_STEP = {"metamae": 1.08, "mae": 0.62}
@@ -99,7 +101,7 @@ def plan(steps: int | None = None) -> str:
         metric = registry.get_reader(row.probe).spec_template().metric
         n = steps or 100_000
         cost = " / ".join(f"{estimated_cpu_hours(row.pretrain, m, n):,.0f}" for m in METHODS)
-        paper = " / ".join(f"{row.paper[m]:g}" for m in ("random", "mae", "metamae"))
+        paper = " / ".join(f"{row.paper[m]:g}" for m in ("random", "dabs-mae", "metamae"))
         splits = " / ".join("+".join(probe[r]) or "-" for r in ("probe_train", "probe_val", "probe_test"))
         lines.append(f"| {row.table} | {row.label} | `{command_of(row)}` | {row.pretrain} "
                      f"[{'+'.join(pretrain)}] | {row.probe}: {splits} | {metric} | {paper} | {cost} |")
@@ -140,7 +142,7 @@ def results_row(record: dict, row: paper_rows.PaperRow | None, method: str, step
                 table_label: str) -> str:
     metric = record["metric"]
     converged = (record.get("converged") or {}).get("value")
-    paper = "-" if row is None else f"{row.paper[method]:g}"
+    paper = "-" if row is None else f"{row.paper[PAPER_COLUMN[method]]:g}"
     paper_random = "-" if row is None else f"{row.paper['random']:g}"
     date = datetime.date.today().isoformat()
     return (f"| {date} | {table_label} | {record['pretrain_dataset']} -> {record['dataset']} "
@@ -194,7 +196,7 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
     label = f"Table {row.table}" if row else "(not in the paper)"
     append_result(os.path.join(workdir_root, "results.md"),
                   results_row(record, row, method, int(summary["final_step"]), label))
-    record["paper"] = row.paper[method] if row else None
+    record["paper"] = row.paper[PAPER_COLUMN[method]] if row else None
     return record
 
 

@@ -52,7 +52,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         define(field.name, None, help_text, flag_values=flag_values)
     # Multi-worker training (not TrainConfig fields: the same run may resume on another cluster).
     flags.DEFINE_string("worker_hosts", None, "Every worker's host:port, comma-separated, the "
-                        "same on all workers; builds TF_CONFIG (see keras_metamae/multiworker.py).",
+                        "same on all workers; builds TF_CONFIG (see keras_metamae/training/multiworker.py).",
                         flag_values=flag_values)
     flags.DEFINE_integer("worker_index", None, "This worker's position in --worker_hosts (0 is "
                          "the chief, the only one that writes the workdir).",

@@ -111,7 +111,7 @@ RENAMED_FLAGS = {
     "output_dir": "use --data_dir, the root of processed datasets (the same flag as in train and "
                   "evaluate); the raw input folder is now --raw_data_dir",
 }
-# What follows `--` on the command line (keras_metamae/cli.py).
+# What follows `--` on the command line (commandline/cli.py).
 PASSTHROUGH = "Beam pipeline options"
 
 

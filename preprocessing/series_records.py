@@ -3,7 +3,7 @@
 Some benchmarks do not have fixed examples: DABS's PAMAP2 draws a 320-step window at a fresh
 random offset inside a subject x activity series every time an example is needed. For those
 splits (named in `DatasetSpec.windows`) a reader yields `RawSeries` instead of `RawExample`,
-the Beam job stores each as one record in this layout, and `keras_metamae/windows.py` draws
+the Beam job stores each as one record in this layout, and `keras_metamae/data/windows.py` draws
 and tokenizes the windows inside tf.data.
 
 Record layout (a `tf.train.Example`, one per series):

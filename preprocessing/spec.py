@@ -58,7 +58,7 @@ Windows drawn at read time (`windows`, e.g. `pamap2`)
 - A split named here stores one record per variable-length *series* (raw, un-normalized
   float32 `[length, C]` in the feature `series`, with `length`, `label`, `id` and `group`; see
   `preprocessing/series_records.py`) instead of token examples. The tf.data reader
-  (`keras_metamae/windows.py`) draws `L` consecutive steps at a fresh seeded random offset each
+  (`keras_metamae/data/windows.py`) draws `L` consecutive steps at a fresh seeded random offset each
   time an example is needed, normalizes and tokenizes them with the spec, so batches are the
   same `{"tokens", "label", "id"}` as for any dataset. `input_shape`, `num_tokens`, ... describe
   the window (`input_shape[0] == L`).

@@ -50,7 +50,7 @@ def wheel(tmp_path_factory) -> str:
     # Built from a copy: setuptools writes build/ and *.egg-info beside setup.py.
     source = tmp_path_factory.mktemp("source")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("keras_metamae", "pipeline", "preprocessing"):
+    for name in ("keras_metamae", "pipeline", "preprocessing", "commandline"):
         shutil.copytree(os.path.join(REPO, name), source / name, ignore=ignore)
     for name in ("setup.py", "requirements.txt"):
         shutil.copy(os.path.join(REPO, name), source / name)
@@ -71,8 +71,9 @@ def test_wheel_declares_dependencies_and_console_scripts(wheel):
     assert any(r.startswith("tensorflow") for r in requires)
     assert any(r.startswith("apache-beam") for r in requires) and "pytest" not in " ".join(requires)
     for script in ("metamae-preprocess", "metamae-train", "metamae-evaluate", "metamae-export",
-                   "metamae-reproduce"):
+                   "metamae-reproduce", "metamae-compare"):
         assert f"{script} = keras_metamae.console:" in entry_points
+    assert any(n.startswith("commandline/") for n in names)
     assert any(n.startswith("pipeline/") for n in names) and any(
         n.startswith("preprocessing/datasets/") for n in names)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_metamae import data
+from keras_metamae.data import records
 from pipeline import preprocess
 from pipeline.transforms import order_key
 from preprocessing.spec import load_spec
@@ -44,7 +45,7 @@ def class_sorted_run(tmp_path_factory):
 
 
 def test_training_batches_mix_classes_like_uniform_sampling(class_sorted_run, monkeypatch):
-    monkeypatch.setattr(data, "_MAX_SHUFFLE_BUFFER", SHUFFLE_BUFFER)
+    monkeypatch.setattr(records, "_MAX_SHUFFLE_BUFFER", SHUFFLE_BUFFER)
     spec = load_spec(class_sorted_run)
     assert spec.splits["train"].num_examples > 4 * SHUFFLE_BUFFER
     ds = data.make_dataset(spec, class_sorted_run, "train", BATCH, seed=3)

@@ -64,10 +64,10 @@ def test_evaluate_missing_workdir_is_a_clear_error(tmp_path):
 
 def test_saved_model_matches_in_memory_encoder_in_a_fresh_process(trained_workdir, tmp_path):
     from keras_metamae import data
-    from keras_metamae.export import load_trained_model
+    from keras_metamae.rundir import RunDir
     from preprocessing import tokenize
 
-    model, spec, config, _ = load_trained_model(trained_workdir)
+    model, spec, config, _ = RunDir(trained_workdir).load_trained_model()
     version_dir = data.find_dataset_dir(config.data_dir, "digits")
     batch = next(iter(data.make_dataset(spec, version_dir, "test", 8, shuffle=False,
                                         repeat=False)))
@@ -124,9 +124,10 @@ def test_keras_encoder_export_loads_and_fine_tunes(trained_workdir):
 
     import keras_metamae
     from keras_metamae import data
-    from keras_metamae.export import KERAS_ENCODER, load_trained_model
+    from keras_metamae.rundir import RunDir
+    from keras_metamae.serving.saved_model import KERAS_ENCODER
 
-    model, spec, config, _ = load_trained_model(trained_workdir)
+    model, spec, config, _ = RunDir(trained_workdir).load_trained_model()
     version_dir = data.find_dataset_dir(config.data_dir, "digits")
     batch = next(iter(data.make_dataset(spec, version_dir, "test", 16, shuffle=False,
                                         repeat=False)))

@@ -1,4 +1,4 @@
-"""keras_metamae/host_memory.py: glibc keeps freed memory, and `--keep_freed_memory` reaches it."""
+"""keras_metamae/training/host_memory.py: glibc keeps freed memory, and `--keep_freed_memory` reaches it."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""The progress line (keras_metamae/progress.py), the Beam job's stages text and the
+"""The progress line (commandline/progress.py), the Beam job's stages text and the
 TensorBoard reconstruction panels, as pure functions of counts, a fake clock and arrays."""
 
 from __future__ import annotations

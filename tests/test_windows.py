@@ -1,4 +1,4 @@
-"""Windows drawn at read time (keras_metamae/windows.py) from the PAMAP2 miniature's series.
+"""Windows drawn at read time (keras_metamae/data/windows.py) from the PAMAP2 miniature's series.
 
 The miniature's train subject has three activity runs: label 0 (700 rows, 381 windows) and
 label 3 twice (330 and 325 rows, cut by a malformed line: 11 and 6 windows).

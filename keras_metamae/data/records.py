@@ -314,6 +314,28 @@ def explain_data_errors(spec: DatasetSpec, version_dir: str, split: str | Sequen
                         f"(re-run the preprocessing):\n{listed}") from e
 
 
+def _split_contents(spec: DatasetSpec, version_dir: str, splits: list[str], batch_size: int,
+                    drop_remainder: bool) -> tuple[list[str], int]:
+    """(shard files, examples) of the splits read as one; ValueError/DataError when they
+    cannot yield a batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
+    if not splits:
+        raise ValueError("make_dataset: no split given")
+    split_label = "+".join(splits)
+    files = [path for name in splits for path in split_files(spec, version_dir, name)]
+    num_examples = sum(spec.splits[name].num_examples for name in splits)
+    if num_examples == 0:
+        raise DataError(f"{version_dir}: split {split_label!r} has no examples (spec.json num_examples=0)")
+    if drop_remainder and num_examples < batch_size:
+        raise DataError(
+            f"{version_dir}: split {split_label!r} has {num_examples} examples, fewer than "
+            f"batch_size={batch_size} with drop_remainder=True, so it would yield no batch; "
+            f"lower the batch size"
+        )
+    return files, num_examples
+
+
 def make_dataset(
     spec: DatasetSpec | None,
     version_dir: str,
@@ -343,22 +365,9 @@ def make_dataset(
     """
     if spec is None:
         spec = load_spec(version_dir)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected at least 1")
     splits = [split] if isinstance(split, str) else list(split)
-    if not splits:
-        raise ValueError("make_dataset: no split given")
+    files, num_examples = _split_contents(spec, version_dir, splits, batch_size, drop_remainder)
     split_label = "+".join(splits)
-    files = [path for name in splits for path in split_files(spec, version_dir, name)]
-    num_examples = sum(spec.splits[name].num_examples for name in splits)
-    if num_examples == 0:
-        raise DataError(f"{version_dir}: split {split_label!r} has no examples (spec.json num_examples=0)")
-    if drop_remainder and num_examples < batch_size:
-        raise DataError(
-            f"{version_dir}: split {split_label!r} has {num_examples} examples, fewer than "
-            f"batch_size={batch_size} with drop_remainder=True, so it would yield no batch; "
-            f"lower the batch size"
-        )
     if set(splits) & set(spec.windowed_splits):  # series to draw windows from (spec.windows)
         from keras_metamae.data import windows
 

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 
 def random_encoder(config, spec):
-    """The paper's "random initialization" baseline: same architecture, untrained."""
+    """The paper's "random initialization" baseline: same architecture, untrained, its
+    initial weights drawn from `config.seed` (the same seed gives the same encoder)."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
     model = config.make_model(spec)
     model.build()
     return model.encoder
@@ -40,7 +44,7 @@ def write_json(path: str, record: dict) -> None:
 def log_to_tensorboard(workdir: str, record: dict, step: int) -> None:
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(os.path.join(RunDir(workdir).tensorboard_dir, "eval"))
+    writer = tf.summary.create_file_writer(RunDir(workdir).eval_tensorboard_dir)
     with writer.as_default(step=step):
         tf.summary.scalar(f"linear/{record['dataset']}/{record['metric']}", record["value"])
         if record.get("baseline_random") is not None:
@@ -78,7 +82,7 @@ class EvaluationPlan:
             f"batch {self.batch_size}" + ("; plus a random-encoder baseline" if
                                           baseline and encoder_kind == "pretrained" else ""),
             f"writes       {self.output_path} and "
-            f"{os.path.join(RunDir(self.workdir).tensorboard_dir, 'eval')}",
+            f"{RunDir(self.workdir).eval_tensorboard_dir}",
             "nothing was computed or written (--dry_run)",
         ])
 
@@ -121,7 +125,7 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
     output_path = run_dir.eval_path(dataset, encoder_kind)
     # Before the probe runs (minutes): a result that cannot be written is refused now.
     cli.check_writable(os.path.dirname(output_path), "--workdir")
-    cli.check_writable(os.path.join(run_dir.tensorboard_dir, "eval"), "--workdir")
+    cli.check_writable(run_dir.eval_tensorboard_dir, "--workdir")
     # Table 16 fixes some probe batches (Genomics-ID 64 where pretraining uses 32).
     batch_size = batch_size or spec.probe_batch_size or config.batch_size
     return EvaluationPlan(workdir=workdir, config=config, train_spec=train_spec, dataset=dataset,

@@ -13,6 +13,10 @@ import importlib
 METHODS = {
     "metamae": ("keras_metamae.methods.metamae", "MetaMAE"),
     "mae": ("keras_metamae.methods.mae", "MAE"),
+    "dabs-mae": ("keras_metamae.methods.dabs_mae", "DABSMAE"),
+    "emix": ("keras_metamae.methods.emix", "EMix"),
+    "shed": ("keras_metamae.methods.shed", "ShED"),
+    "capri": ("keras_metamae.methods.capri", "Capri"),
 }
 
 METHOD_NAMES = tuple(METHODS)

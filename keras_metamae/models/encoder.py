@@ -31,6 +31,7 @@ class Encoder(keras.layers.Layer):
     - `token_mask` `[B, T]` float, 1 where masked (needs `use_mask_token=True`): every token is
       encoded, masked ones replaced by a learned mask embedding (BERT / DABS-2.0 MAE style).
     - neither: all T tokens are encoded (evaluation, serving).
+    `encode_embeddings(embeddings)` encodes token embeddings a method has altered.
 
     `features(tokens)` is the evaluation embedding: the mean of the non-CLS output tokens.
 
@@ -213,6 +214,18 @@ class Encoder(keras.layers.Layer):
             x = x + ops.cast(self._position_table, x.dtype)
             if keep_indices is not None:
                 x = tf.gather(x, tf.cast(keep_indices, "int32"), batch_dims=1)
+        return self._transform(x, training)
+
+    def encode_embeddings(self, embeddings, training=None):
+        """The latent `[B, 1 + T, embed_dim]` of all T token embeddings `[B, T, embed_dim]`
+        as `embed_tokens` gives them, possibly altered by a method first (mixed, shuffled or
+        zeroed, as DABS's e-Mix, ShED, MAE and Capri do before positions are added): the
+        position embedding is added, then CLS, dropout, the blocks and the final norm."""
+        x = embeddings + ops.cast(self._position_table, embeddings.dtype)
+        return self._transform(x, training)
+
+    def _transform(self, x, training):
+        """CLS prepended, dropout, the blocks, the final LayerNorm."""
         cls = ops.broadcast_to(
             ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim)
         )

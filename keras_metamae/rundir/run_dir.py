@@ -77,6 +77,11 @@ class RunDir:
         return self.file("tensorboard")
 
     @property
+    def eval_tensorboard_dir(self) -> str:
+        """Where the linear evaluations' TensorBoard scalars go."""
+        return os.path.join(self.tensorboard_dir, "eval")
+
+    @property
     def export_base(self) -> str:
         """TF Serving's model base path: one integer-named folder per exported version."""
         return self.file(EXPORT_SUBDIR)

@@ -59,7 +59,7 @@ class StopAtStep(keras.callbacks.Callback):
 
 
 class TrainingProgress(keras.callbacks.Callback):
-    """The run's one progress line (keras_metamae/progress.py): steps done of the run's total,
+    """The run's one progress line (commandline/progress.py): steps done of the run's total,
     steps/s and examples/s, ETA, the chunk's mean loss, the last validation loss and online
     evaluation figures, and what the run does between steps (tracing the first step,
     validation, an online evaluation). It replaces Keras' bars, which restart every

@@ -24,7 +24,11 @@ from keras_metamae.training.strategy import build_strategy, uses_multiworker
 
 
 class NonFiniteTraining(RuntimeError):
-    """Training stopped after too many consecutive non-finite steps."""
+    """Training stopped after too many consecutive non-finite steps (`step`: where)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 def default_data_dir() -> str:
@@ -114,7 +118,7 @@ class PreparedRun:
     spec: Any
     version_dir: str
     run_dir: RunDir  # the workdir (the chief's)
-    out_dir: str  # where this process writes: the workdir, or a worker's scratch folder
+    out: RunDir  # where this process writes: the workdir, or a worker's scratch folder
     train_split: list
     val_split: str | None
     examples: int
@@ -168,12 +172,12 @@ def prepare_run(dataset: str, overrides: dict, data_dir: str | None, workdir: st
     from keras_metamae.methods.base import WEIGHTS_FORMAT
 
     run_dir.checkpoints(create=chief).check_weights_format(WEIGHTS_FORMAT)
-    out_dir = config.workdir
+    out = run_dir
     if chief:
         run_dir.record_spec(spec, version_dir)
     else:  # the chief checks and records the spec; this worker reads what it recorded
-        out_dir = multiworker.make_scratch_dir(config.workdir, *task)
-    config.save(out_dir)
+        out = RunDir(multiworker.make_scratch_dir(config.workdir, *task))
+    config.save(out.path)
 
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision != "float32":
@@ -181,22 +185,20 @@ def prepare_run(dataset: str, overrides: dict, data_dir: str | None, workdir: st
     if strategy is None:
         strategy = build_strategy(config.strategy)
     return PreparedRun(dataset=dataset, config=config, spec=spec, version_dir=version_dir,
-                       run_dir=run_dir, out_dir=out_dir, train_split=train_split,
+                       run_dir=run_dir, out=out, train_split=train_split,
                        val_split=val_split, examples=examples, strategy=strategy,
                        multi_worker=multi_worker, chief=chief)
 
 
 def build_or_restore(run: PreparedRun):
     """(model, this process's checkpoint manager, the step it resumes from)."""
-    from keras_metamae.rundir import CheckpointManager
     from keras_metamae.training import multiworker
 
     config = run.config
     model = build_model(config, run.spec, run.strategy, config.steps)
     with run.strategy.scope():
         materialize(model, run.spec)
-    manager = CheckpointManager(os.path.join(run.out_dir, "checkpoints"),
-                                keep=config.keep_checkpoints)
+    manager = run.out.checkpoints(keep=config.keep_checkpoints, create=True)
     # Every worker resumes from the chief's checkpoints.
     restore_from = run.run_dir.checkpoints(create=run.chief)
     start_step = restore_from.restore(model)
@@ -251,13 +253,14 @@ class RunCallbacks:
 
 
 def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCallbacks:
+    from keras_metamae import methods
     from keras_metamae.evaluation import online as online_eval
     from keras_metamae.training import callbacks as cb
 
     config, spec = run.config, run.spec
     if progress not in ("line", "keras"):
         raise ValueError(f"--progress: got {progress!r}, expected line or keras")
-    tensorboard_dir = os.path.join(run.out_dir, "tensorboard")
+    tensorboard_dir = run.out.tensorboard_dir
     summaries = cb.TensorBoardSummaries(tensorboard_dir, config.batch_size, config, spec)
     stop_on_nonfinite = cb.StopOnNonFinite(config.max_bad_steps)
     callbacks = [
@@ -267,7 +270,9 @@ def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCall
         cb.PeriodicCheckpoint(manager, config.checkpoint_every, config.checkpoint_minutes,
                               extra={"dataset": run.dataset, "model": config.model}),
     ]
-    if spec.is_image_like and not spec.is_discrete and run.chief:
+    # Panels for the methods that reconstruct tokens (e-Mix, ShED and Capri do not).
+    reconstructs = hasattr(methods.get(config.model), "reconstruct")
+    if spec.is_image_like and not spec.is_discrete and run.chief and reconstructs:
         image_split = run.val_split or run.train_split[0]
         callbacks.append(cb.ReconstructionImages(
             tensorboard_dir, spec, sample_tokens(spec, run.version_dir, image_split, 4),
@@ -339,7 +344,7 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
             f"steps with a non-finite loss or gradient, {skipped} skipped in all, none applied "
             f"to the weights; the last good checkpoint is step {last_good} "
             f"({manager.directory}): lower --learning_rate, set --clip_norm, or use "
-            f"--mixed_precision float32, then rerun to resume")
+            f"--mixed_precision float32, then rerun to resume", step=final_step)
 
     export_dir = None
     if config.export and run.chief:
@@ -370,7 +375,7 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
         "tensorboard": run.run_dir.tensorboard_dir,  # the chief's
         "completed": history is not None or start_step >= config.steps,
     }
-    with open(os.path.join(run.out_dir, "train_summary.json"), "w") as f:
+    with open(run.out.train_summary_path, "w") as f:
         json.dump(summary, f, indent=2)
     multiworker.remove_scratch_dir()
     return summary

@@ -14,7 +14,7 @@ input float32 `[320, 52]`, tokens of 5 steps -> 64 tokens of 260 values. As in t
 - train (subjects 101-104, 107-109): every activity run is stored whole as a series record
   (preprocessing/series_records.py; a run longer than `max_series_rows` is stored as pieces
   overlapping by 319 rows, so every window lies in exactly one piece) and
-  keras_metamae/windows.py draws each window when it is needed: a subject x activity pair
+  keras_metamae/data/windows.py draws each window when it is needed: a subject x activity pair
   uniformly (as the reference, which picks a subject and an activity, not a window), then an
   offset uniformly among that pair's windows. One pass is `windows_per_epoch` windows
   (50,000, the reference's TRAIN_EXAMPLES_PER_EPOCH); the probe's features come from one
@@ -299,7 +299,7 @@ class PAMAP2Reader(DatasetReader):
 
     def test_windows_of(self, runs: list[ActivityRun]) -> Iterator[RawExample]:
         """`test_windows` windows, each: a subject x activity pair uniformly, then one of its
-        windows uniformly (the sampling keras_metamae/windows.py uses for train), from NumPy
+        windows uniformly (the sampling keras_metamae/data/windows.py uses for train), from NumPy
         seeded by `test_seed`; the same runs and options give the same windows."""
         if not runs:
             return
