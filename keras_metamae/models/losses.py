@@ -149,3 +149,20 @@ def contrastive_accuracy(logits, positive_index):
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     correct = tf.equal(predicted, tf.cast(positive_index, tf.int32))
     return tf.reduce_mean(tf.cast(correct, tf.float32))
+
+
+def masked_mean(error, mask):
+    """Scalar: mean of `error` `[B, n]` over the entries where `mask` is 1.0 (0 if none)."""
+    mask = tf.cast(mask, error.dtype)
+    return tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def l2_error(targets, predictions):
+    """`[B, n]` un-squared Euclidean distance between each token's target and prediction.
+
+    Exactly equal vectors give distance 0 with gradient 0 (a subgradient of the norm there;
+    a plain square root would give NaN)."""
+    squared = tf.reduce_sum(tf.square(tf.cast(targets, predictions.dtype) - predictions), -1)
+    positive = squared > 0
+    safe = tf.where(positive, squared, tf.ones_like(squared))
+    return tf.where(positive, tf.sqrt(safe), tf.zeros_like(squared))

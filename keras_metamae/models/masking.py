@@ -1,8 +1,11 @@
-"""Per-example random masking and the Nearby-S support set (paper Sec. 2.2), from noise.
+"""Per-example random masking and the Nearby-S support set (paper Sec. 2.2), and the DABS
+baselines' top-k corruption (ShED, Capri, DABS-2.0 MAE), from noise.
 
 Both take uniform noise `[B, T]` as input instead of drawing it, so that a batch's masks are
 reproducible (tests, replica-equivalence) and the caller decides where randomness comes from.
 """
+
+import math
 
 import tensorflow as tf
 
@@ -104,3 +107,33 @@ def support_mask(mask, token_grid, noise, nearby_ratio):
     """The support set S~ = S (visible) union N(S; r), `[B, T]` float32, 1.0 on its tokens."""
     mask = tf.cast(mask, tf.float32)
     return (1.0 - mask) + nearby_mask(mask, token_grid, noise, nearby_ratio)
+
+
+# === the DABS baselines: the top-k of uniform noise are corrupted ===
+def num_masked(num_tokens, ratio):
+    """Masked tokens per example, as DABS counts them: `ceil(T * ratio)` in float64
+    arithmetic (so `0.14 * 50`, 7.000000000000001, masks 8), at least 1 and at most T."""
+    masked = math.ceil(int(num_tokens) * float(ratio))
+    return max(1, min(int(num_tokens), masked))
+
+
+def top_k_mask(noise, ratio):
+    """`[B, T]` float32, 1.0 on the `num_masked(T, ratio)` tokens of each example with the
+    largest noise (DABS: the top-k of uniform noise are masked).
+
+    Args:
+        noise: `[B, T]` float, uniform noise; T must be static.
+        ratio: float, share of tokens to mask (rounded up).
+    """
+    num_tokens = noise.shape[-1]
+    if num_tokens is None:
+        raise ValueError("top_k_mask: the number of tokens must be static")
+    _, indices = tf.math.top_k(noise, k=num_masked(num_tokens, ratio), sorted=False)
+    return tf.reduce_sum(tf.one_hot(indices, num_tokens, dtype=tf.float32), axis=1)
+
+
+def zero_masked(embeddings, mask):
+    """`embeddings` `[B, T, D]` with the rows where `mask` `[B, T]` is 1.0 set to zero (a
+    product, not a scatter: differentiable to any order)."""
+    keep = 1.0 - tf.cast(mask, embeddings.dtype)
+    return embeddings * keep[..., None]

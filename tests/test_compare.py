@@ -1,0 +1,132 @@
+"""The comparison of pretraining methods: all seven columns × two seeds on digits (tiny model),
+intervals over seeds, a verdict, a PNG, resumable; a diverged run is a result, not a crash;
+the interval arithmetic against SciPy."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from commandline import cli
+from keras_metamae import compare
+from keras_metamae.comparison import report, runner
+from keras_metamae.evaluation import intervals
+from tests.conftest import TINY_MODEL
+
+# One step per run: what is tested is the bookkeeping, not what the methods learn.
+TINY_RUN = dict(TINY_MODEL, batch_size=8, log_every=1, checkpoint_every=1, validation_steps=1,
+                warmup_steps=1, eval_every=1, online_eval_examples=64)
+
+
+def test_seven_columns_two_seeds_with_intervals_a_plot_and_a_resumable_rerun(
+        digits_data_dir, tmp_path):
+    workdir = str(tmp_path / "compare")
+    results, paths = compare.run("digits", list(runner.PAPER_ORDER), [0, 1], 1, workdir,
+                                 digits_data_dir, epochs=1, overrides=TINY_RUN)
+    assert list(results["methods"]) == list(runner.PAPER_ORDER)
+    for method, record in results["methods"].items():
+        assert record["diverged"] == [], method
+        for key in ("paper_probe", "converged_probe", "knn"):
+            figure = record["figures"][key]
+            assert figure["n"] == 2 and list(figure["per_seed"]) == ["0", "1"], (method, key)
+            assert figure["low"] <= figure["mean"] <= figure["high"]
+        assert record["steps"] == ([0] if method == "random" else [1])
+        if method != "random":  # online evaluation at steps 0 and 1 of each seed
+            assert [p["step"] for p in record["online"]["0"]] == [0, 1]
+    # The random column's seeds are two different encoders, each reproducible.
+    random_knn = results["methods"]["random"]["figures"]["knn"]["per_seed"]
+    assert random_knn["0"] != random_knn["1"]
+    assert set(results["verdict"]) == {"paper_probe", "converged_probe", "knn"}
+
+    markdown = open(paths["markdown"]).read()
+    assert "| MetaMAE |" in markdown and "| e-Mix |" in markdown and " ± " in markdown
+    assert "95% Student-t interval over seeds" in markdown and "Which method?" in markdown
+    with open(paths["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert json.load(open(paths["json"]))["seeds"] == [0, 1]
+    # Every trained run is a workdir whose TensorBoard holds the HParams session.
+    events = os.listdir(os.path.join(workdir, "capri", "seed-1", "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+    # A rerun trains and probes nothing again.
+    checkpoint = os.path.join(workdir, "metamae", "seed-0", "checkpoints", "latest.json")
+    evaluation = os.path.join(workdir, "metamae", "seed-0", "eval", "digits.json")
+    stamps = [os.path.getmtime(checkpoint), os.path.getmtime(evaluation)]
+    again, _ = compare.run("digits", ["metamae"], [0], 1, workdir, digits_data_dir, epochs=1,
+                           overrides=TINY_RUN)
+    assert [os.path.getmtime(checkpoint), os.path.getmtime(evaluation)] == stamps
+    assert again["methods"]["metamae"]["figures"]["knn"]["per_seed"]["0"] == \
+        results["methods"]["metamae"]["figures"]["knn"]["per_seed"]["0"]
+
+
+def test_a_diverging_method_is_reported_not_raised(digits_data_dir, tmp_path, monkeypatch):
+    from keras_metamae.methods import capri
+
+    original = capri.Capri.compute_losses
+
+    def poisoned(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(capri.Capri, "compute_losses", poisoned)
+    workdir = str(tmp_path / "compare")
+    overrides = dict(TINY_RUN, max_bad_steps=2, eval_every=0)
+    results, paths = compare.run("digits", ["capri"], [0], 3, workdir, digits_data_dir,
+                                 epochs=1, overrides=overrides)
+    (diverged,) = results["methods"]["capri"]["diverged"]
+    assert diverged["seed"] == 0 and diverged["diverged_at"] == 0
+    assert "seed 0 diverged at step 0" in open(paths["markdown"]).read()
+    # Recorded: a rerun reports it again without training.
+    monkeypatch.setattr(capri.Capri, "compute_losses", original)
+    again, _ = compare.run("digits", ["capri"], [0], 3, workdir, digits_data_dir, epochs=1,
+                           overrides=overrides)
+    assert again["methods"]["capri"]["diverged"][0]["diverged_at"] == 0
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--methods", "metamae,simclr"], "--methods"),
+    (["--seeds", "0,x"], "--seeds 0,x"),
+    (["--seeds", "1,1"], "--seeds 1,1"),
+    (["--steps", "0"], "--steps 0"),
+])
+def test_bad_flags_are_one_line_errors(argv, flag, capsys, tmp_path):
+    code = cli.call_program(compare, argv + ["--workdir", str(tmp_path / "w"), "--dry_run"])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_dry_run_says_what_would_run(capsys, tmp_path):
+    code = cli.call_program(compare, ["--methods", "random,metamae", "--seeds", "0,1",
+                                      "--workdir", str(tmp_path / "w"), "--dry_run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "random, metamae" in out and "seeds 0, 1" in out
+
+
+def test_student_t_interval_and_welch_test_against_scipy():
+    from scipy import stats
+
+    values = [0.9, 0.905, 0.884]
+    summary = intervals.summarize(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                 scale=stats.sem(values))
+    assert summary["low"] == pytest.approx(low) and summary["high"] == pytest.approx(high)
+    assert intervals.summarize([0.5])["half_width"] is None
+    assert intervals.differ([0.9, 0.91, 0.92], [0.5, 0.51, 0.52]) is True
+    assert intervals.differ([0.9, 0.8, 0.95], [0.88, 0.93, 0.85]) is False
+    assert intervals.differ([0.9], [0.5, 0.6]) is None
+
+
+def test_verdict_names_the_ties():
+    def method(values):
+        return {"figures": {"knn": dict(intervals.summarize(values)),
+                            "paper_probe": intervals.summarize([]),
+                            "converged_probe": intervals.summarize([])}}
+
+    verdict = report.verdicts({"a": method([0.9, 0.91, 0.92]), "b": method([0.89, 0.93, 0.9]),
+                               "c": method([0.5, 0.51, 0.52])})
+    assert verdict == {"knn": {"best": "a", "not_different_from_best": ["b"]}}
