@@ -5,6 +5,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,3 +129,25 @@ def test_compare_reference_runs_both_sides_in_turns_and_writes_its_table(tmp_pat
     row = next(line for line in text.splitlines() if line.startswith("| MAE |"))
     gflop = float(row.split("|")[5])  # our step's static FLOP count, from the traced graph
     assert 30 < gflop < 60  # the EuroSAT MAE step: ~43 GFLOP
+
+
+def test_ts_reader_reads_a_uea_file_and_refuses_what_it_cannot(tmp_path):
+    """bench/compare_real_data.py reads UCR/UEA `.ts` files (BasicMotions in the aeon wheel):
+    a small multivariate file in that format, header comments and all."""
+    sys.path.insert(0, REPO)
+    from bench.compare_real_data import parse_ts
+
+    text = ("#A comment line of the archive\n@problemName Tiny\n@timeStamps false\n"
+            "@missing false\n@univariate false\n@dimensions 2\n@equalLength true\n"
+            "@seriesLength 3\n@classLabel true Walking Running\n@data\n"
+            "1.0,2.0,3.0:4.0,5.0,6.0:Walking\n"
+            "0.5,0.25,-1:7,8,9:Running\n")
+    inputs, labels = parse_ts(text)
+    assert inputs.shape == (2, 3, 2) and labels == ["Walking", "Running"]
+    np.testing.assert_array_equal(inputs[0], [[1, 4], [2, 5], [3, 6]])
+    with pytest.raises(ValueError, match="@equalLength"):
+        parse_ts(text.replace("@equalLength true", "@equalLength false"))
+    with pytest.raises(ValueError, match="series 2"):
+        parse_ts(text.replace("0.5,0.25", "0.5,abc"))
+    with pytest.raises(ValueError, match="no @data"):
+        parse_ts("@problemName Tiny\n")
