@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--output", default=os.path.join(REPO, "BENCHMARKS.md"))
     args = parser.parse_args()
 
-    from keras_metamae import compare
+    from keras_metamae.comparison.study import compare_methods
 
     names = [n for n in args.datasets.split(",") if n]
     unknown = sorted(set(names) - set(YARDSTICKS))
@@ -196,9 +196,9 @@ def main() -> int:
         started = time.time()
         overrides = {"preset": "digits", "batch_size": args.batch_size,
                      "eval_every": max(1, args.steps // 5)}
-        results, paths = compare.run(name, methods, seeds, args.steps,
-                                     os.path.join(args.out, f"compare-{name}"), data_dir,
-                                     overrides=overrides, verbose=1)
+        results, paths = compare_methods(name, methods, seeds, args.steps,
+                                         os.path.join(args.out, f"compare-{name}"), data_dir,
+                                         overrides=overrides, verbose=1)
         linear = raw_logistic_regression(data_dir, name)
         table = open(paths["markdown"]).read().split("\n", 2)[2]  # without its title
         sections.append(

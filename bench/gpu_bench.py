@@ -1,6 +1,7 @@
 """GPU training-step benchmark: `make bench-gpu` (or `python bench/gpu_bench.py`).
 
-Times MAE, MetaMAE second order and MetaMAE first order at three paper configs (EuroSAT:
+Times MAE, MetaMAE second order, MetaMAE first order and the DABS baselines (DABS-2.0 MAE,
+e-Mix, ShED, Capri) at three paper configs (EuroSAT:
 batch 64, 64 tokens of 832; LibriSpeech: batch 64, 196 tokens of 256; PAMAP2: batch 256, 64
 tokens of 260), float32 vs mixed bfloat16, whole-step XLA off and on (one GPU; the attention
 core is XLA-compiled in both), and MirroredStrategy over all visible GPUs (whole-step XLA off:
@@ -35,7 +36,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SECTION = "gpu_bench"
 KIND_KEYS = {"mae": ("MAE", "mae", False), "meta2": ("MetaMAE 2nd order", "metamae", False),
-             "meta1": ("MetaMAE 1st order", "metamae", True)}
+             "meta1": ("MetaMAE 1st order", "metamae", True),
+             # The paper's baselines from DABS (keras_metamae/methods/).
+             "dabs-mae": ("MAE (DABS 2.0)", "dabs-mae", False), "emix": ("e-Mix", "emix", False),
+             "shed": ("ShED", "shed", False), "capri": ("Capri", "capri", False)}
 
 
 def gpu_names() -> list[str]:
@@ -170,7 +174,8 @@ def render(results: list[dict], args, devices: str, reader: float | None, starte
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="eurosat,librispeech,pamap2")
-    parser.add_argument("--kinds", default="mae,meta2,meta1", help="of: mae, meta2, meta1")
+    parser.add_argument("--kinds", default="mae,meta2,meta1,dabs-mae,emix,shed,capri",
+                        help="of: " + ", ".join(KIND_KEYS))
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--xla", default="off,on", help="off, on or both (one GPU only)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per cell (at most)")

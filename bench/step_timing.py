@@ -67,7 +67,7 @@ def machine_line() -> str:
 
 def build_step(config: dict, method: str, first_order: bool, precision: str = "float32",
                jit_compile: bool = False, strategy=None, seed: int = 0):
-    """Compiles a MetaMAE (AdamW 1e-4, wd 1e-4, as the paper) on one synthetic batch that
+    """Compiles a method (AdamW 1e-4, wd 1e-4, as the paper) on one synthetic batch that
     repeats, and returns `step()`: runs one training step and blocks until it is done.
 
     The first call traces (and with `jit_compile` compiles) the step: call it before timing.
@@ -87,14 +87,15 @@ def build_step(config: dict, method: str, first_order: bool, precision: str = "f
         rng = np.random.default_rng(seed)
         tokens = rng.normal(size=(batch, config["num_tokens"], config["token_dim"]))
         ds = tf.data.Dataset.from_tensors({"tokens": tokens.astype("float32")}).repeat()
+        settings = dict(config, first_order=first_order, seed=seed)
         if strategy is not None:
             with strategy.scope():
-                model = methods.get(method).from_settings(first_order=first_order, seed=seed, **config)
+                model = methods.get(method).from_settings(**settings)
                 model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
                               jit_compile=jit_compile)
             ds = strategy.experimental_distribute_dataset(ds)
         else:
-            model = methods.get(method).from_settings(first_order=first_order, seed=seed, **config)
+            model = methods.get(method).from_settings(**settings)
             model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-4),
                           jit_compile=jit_compile)
         # What `fit` does before its first step: under a strategy the optimizer's slots

@@ -1,5 +1,5 @@
-"""Training-step throughput: MAE vs MetaMAE (first/second order), XLA, float32 vs bfloat16,
-and the tf.data reader alone. Writes its section of BENCHMARKS.md.
+"""Training-step throughput: MAE vs MetaMAE (first/second order) vs the DABS baselines (DABS-2.0
+MAE, e-Mix, ShED, Capri), XLA, float32 vs bfloat16, and the tf.data reader alone. Writes its section of BENCHMARKS.md.
 
     python bench/train_bench.py                 # the paper's EuroSAT config (slow on a CPU)
     python bench/train_bench.py --quick         # batch 16 and a 4-layer encoder, for a laptop
@@ -50,6 +50,10 @@ MSCOCO = dict(num_tokens=MSCOCO_IMAGE + MSCOCO_TEXT, token_grid=[MSCOCO_IMAGE + 
                   {"name": "text", "kind": "discrete", "num_tokens": MSCOCO_TEXT,
                    "vocab_size": MSCOCO_VOCAB, "token_grid": [MSCOCO_TEXT]},
               ])
+
+
+BASELINES = (("MAE (DABS 2.0)", "dabs-mae"), ("e-Mix", "emix"), ("ShED", "shed"),
+             ("Capri", "capri"))
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -191,6 +195,8 @@ def main():
             ("MetaMAE first-order", "metamae", True, False, "float32"),
             ("MetaMAE second-order", "metamae", False, False, "float32"),
             ("MetaMAE second-order", "metamae", False, False, "bfloat16")]
+    # The paper's other columns (the DABS baselines), in the same turns.
+    runs += [(name, method, False, False, "float32") for name, method in BASELINES]
     if has_gpu or args.xla:  # on a CPU, XLA compiles the second-order graph for minutes
         runs += [("MAE", "mae", False, True, "float32"),
                  ("MetaMAE second-order", "metamae", False, True, "float32")]

@@ -25,7 +25,8 @@ from absl import flags
 
 from commandline import cli
 from keras_metamae import config as config_lib
-from keras_metamae.comparison.runner import PAPER_ORDER
+from keras_metamae.comparison.runner import PAPER_ORDER, parse_methods, parse_seeds
+from keras_metamae.comparison.study import compare_methods
 
 FLAGS = flags.FLAGS
 DEFAULT_SEEDS = "0,1,2"
@@ -57,47 +58,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                field.name, None, "Training flag for every run (see train --help).")
 
 
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise cli.UserError(f"invalid value {text!r}", f"--seeds {text}",
-                            "expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise cli.UserError(f"invalid value {text!r}", f"--seeds {text}",
-                            "expected distinct comma-separated integers, e.g. 0,1,2")
-    return seeds
-
-
-def run(dataset: str, methods: list[str], seeds: list[int], steps: int | None, workdir: str,
-        data_dir: str, epochs: int = 100, probe: str = "both", overrides: dict | None = None,
-        probe_dataset: str | None = None, paper_row=None, verbose=0) -> tuple[dict, dict]:
-    """Runs the comparison and writes its results; (results, {json, markdown, plot} paths)."""
-    from keras_metamae.comparison import report, runner
-    from keras_metamae.training.run import locate_or_prepare_dataset, resolve_config
-    from preprocessing.spec import load_spec
-
-    version_dir = locate_or_prepare_dataset(dataset, data_dir)
-    overrides = dict(overrides or {})
-    if steps is None:  # the preset's, resolved once so that every run uses the same budget
-        spec = load_spec(version_dir)
-        steps = resolve_config(dataset, overrides, spec, data_dir, workdir).steps
-    comparison = runner.Comparison(dataset=dataset, methods=runner.check_methods(methods),
-                                   seeds=seeds, steps=steps, workdir=workdir, data_dir=data_dir,
-                                   probe_dataset=probe_dataset or dataset, epochs=epochs,
-                                   probe=probe, overrides=overrides)
-    runs = runner.run_comparison(comparison, verbose=verbose)
-    results = report.summarize(comparison, runs, paper_row)
-    return results, report.write(results, workdir)
-
-
 def main(invocation: cli.Invocation):
     """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
     cli.quiet_tensorflow_logs()
     from keras_metamae.training.run import default_data_dir
 
-    seeds = parse_seeds(FLAGS.seeds)
-    methods = [m.strip() for m in FLAGS.methods.split(",") if m.strip()]
     for name in ("steps", "epochs"):
         value = FLAGS[name].value
         if value is not None and value < 1:
@@ -109,17 +74,15 @@ def main(invocation: cli.Invocation):
     workdir = cli.local_path(FLAGS.workdir, "--workdir") or os.path.abspath(
         os.path.join("workdirs", f"compare-{FLAGS.dataset}"))
     try:
-        from keras_metamae.comparison.runner import check_methods
-
-        check_methods(methods)
+        seeds, methods = parse_seeds(FLAGS.seeds), parse_methods(FLAGS.methods)
         if FLAGS.dry_run:
             print(f"compares {', '.join(methods)} on {FLAGS.dataset}, seeds "
                   f"{', '.join(map(str, seeds))}, {FLAGS.steps or 'the preset'} steps each, "
                   f"into {workdir}\nnothing was written (--dry_run)")
             return 0
         cli.check_writable(workdir, "--workdir")
-        results, paths = run(FLAGS.dataset, methods, seeds, FLAGS.steps, workdir, data_dir,
-                             FLAGS.epochs, FLAGS.probe, overrides, verbose=1)
+        _, paths = compare_methods(FLAGS.dataset, methods, seeds, FLAGS.steps, workdir,
+                                   data_dir, FLAGS.epochs, FLAGS.probe, overrides, verbose=1)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--dataset {FLAGS.dataset}",
                                  "see `python -m keras_metamae.compare --help`") from e

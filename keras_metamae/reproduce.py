@@ -5,6 +5,7 @@
     python -m keras_metamae.reproduce --domain eurosat --method mae   # the paper's MAE column
     python -m keras_metamae.reproduce --domain pfam --transfer scop   # a Table 2 row
     python -m keras_metamae.reproduce --domain digits --steps 300     # the embedded default, offline
+    python -m keras_metamae.reproduce --domain eurosat --methods random,emix,shed,capri,dabs-mae,mae,metamae --seeds 0,1,2
 
 Each run: preprocesses the pretraining and probe datasets if they are not there yet (the raw
 files under `--raw_root/<folder>`, downloaded where the dataset allows it), pretrains with the
@@ -13,8 +14,14 @@ paper preset (Table 8, 100k steps unless `--steps`) in `<workdir_root>/<pretrain
 plus the converged probe and the random-encoder baseline), and appends one row, ours next to the
 paper's, to `<workdir_root>/results.md`.
 
-"mae" is the baseline the paper's MAE column reports: DABS 2.0's MAE, i.e. `--model mae` with a
-linear decoder (`--decoder_depth 0`).
+`--method mae` is the baseline the paper's MAE column reports, as this command has always run
+it: `--model mae` with a linear decoder (`--decoder_depth 0`), a close stand-in for DABS 2.0's MAE
+(workdirs written before keep resuming).
+
+`--methods` (with `--seeds`) runs the row as a comparison instead (keras_metamae/comparison/):
+every listed method with every seed, in `<workdir_root>/compare-<pretrain>[-<probe>]/`, the
+paper's value of each column beside ours in its results.md, intervals over seeds; there
+`dabs-mae` is DABS 2.0's MAE itself, `mae` the MAE with a Transformer decoder (Table 4).
 """
 
 from __future__ import annotations
@@ -160,15 +167,9 @@ def append_result(path: str, line: str) -> None:
     write_text_atomically(path, old + line)
 
 
-def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
-              steps: int | None = None, epochs: int = 100, probe: str = "both",
-              workdir_root: str = os.path.join("workdirs", "reproduce"),
-              data_dir: str | None = None, raw_root: str | None = None,
-              overrides: dict | None = None) -> dict:
-    """Preprocess (if needed) -> pretrain with the paper preset -> probe -> append to results.md."""
-    from keras_metamae.evaluation.run import run_evaluation
-    from keras_metamae.training.run import default_data_dir, run_training
-
+def resolve_row(domain: str, transfer: str | None):
+    """(pretraining dataset, the paper row or None, probe dataset) of `--domain [--transfer]`;
+    ValueError naming the flag when the paper has no such row."""
     if domain not in paper_rows.DOMAINS:
         raise ValueError(f"--domain: got {domain!r}, expected one of {sorted(paper_rows.DOMAINS)}")
     pretrain = paper_rows.DOMAINS[domain]
@@ -179,7 +180,42 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
     if row is None and domain != "digits":
         raise ValueError(f"--domain {domain}: the paper reports it only through transfer rows; "
                          f"add --transfer, one of {paper_rows.transfers_of(domain)}")
-    probe_dataset = row.probe if row else pretrain
+    return pretrain, row, (row.probe if row else pretrain)
+
+
+def reproduce_comparison(domain: str, methods: list[str], seeds: list[int],
+                         transfer: str | None = None, steps: int | None = None,
+                         epochs: int = 100, probe: str = "both",
+                         workdir_root: str = os.path.join("workdirs", "reproduce"),
+                         data_dir: str | None = None, raw_root: str | None = None,
+                         overrides: dict | None = None):
+    """A paper row as a comparison: every method × seed, the paper's columns beside ours;
+    (results, {json, markdown, plot} paths)."""
+    from keras_metamae.comparison.study import compare_methods
+    from keras_metamae.training.run import default_data_dir
+
+    pretrain, row, probe_dataset = resolve_row(domain, transfer)
+    data_dir = data_dir or default_data_dir()
+    ensure_processed(pretrain, data_dir, raw_root)
+    if probe_dataset != pretrain:
+        ensure_processed(probe_dataset, data_dir, raw_root)
+    name = pretrain if probe_dataset == pretrain else f"{pretrain}-{probe_dataset}"
+    return compare_methods(pretrain, methods, seeds, steps,
+                           os.path.join(workdir_root, f"compare-{name}"), data_dir, epochs,
+                           probe, overrides, probe_dataset=probe_dataset, paper_row=row,
+                           verbose=1)
+
+
+def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
+              steps: int | None = None, epochs: int = 100, probe: str = "both",
+              workdir_root: str = os.path.join("workdirs", "reproduce"),
+              data_dir: str | None = None, raw_root: str | None = None,
+              overrides: dict | None = None) -> dict:
+    """Preprocess (if needed) -> pretrain with the paper preset -> probe -> append to results.md."""
+    from keras_metamae.evaluation.run import run_evaluation
+    from keras_metamae.training.run import default_data_dir, run_training
+
+    pretrain, row, probe_dataset = resolve_row(domain, transfer)
     data_dir = data_dir or default_data_dir()
     ensure_processed(pretrain, data_dir, raw_root)
     if probe_dataset != pretrain:
@@ -208,8 +244,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_text, flag_values=flag_values)
 
     define("string", "domain", None, f"Pretraining domain: {', '.join(paper_rows.DOMAINS)}.")
-    define("enum", "method", "metamae", "metamae, or mae (the paper's MAE column: DABS 2.0 MAE, "
-           "linear decoder).", list(METHODS))
+    define("enum", "method", "metamae", "metamae, or mae (the paper's MAE column: our MAE with "
+           "a linear decoder).", list(METHODS))
+    define("string", "methods", None, "Run the row as a comparison of these methods "
+           "(comma-separated: random and any --model of train, e.g. "
+           "random,emix,shed,capri,dabs-mae,mae,metamae), each with every --seeds.")
+    define("string", "seeds", "0", "Seeds of a --methods comparison (comma-separated).")
     define("string", "transfer", None, "A Table 2/3 transfer set of the domain (default: its "
            "Table 1 row).")
     define("integer", "steps", None, "Pretraining steps (default: the preset's; 100k for the "
@@ -236,6 +276,8 @@ def main(invocation: cli.Invocation):
         raise cli.UserError("no domain given", "--domain",
                             f"pass --domain, one of {', '.join(paper_rows.DOMAINS)} (or --plan "
                             f"to list every row)")
+    if FLAGS.methods:
+        return _main_comparison()
     try:
         record = reproduce(FLAGS.domain, FLAGS.method, FLAGS.transfer, FLAGS.steps, FLAGS.epochs,
                            FLAGS.probe, cli.local_path(FLAGS.workdir_root, "--workdir_root"),
@@ -249,6 +291,24 @@ def main(invocation: cli.Invocation):
     print(f"{record['pretrain_dataset']} -> {record['dataset']} ({FLAGS.method}): "
           f"{record['metric']} {ours} ({paper}); appended to "
           f"{os.path.join(FLAGS.workdir_root, 'results.md')}")
+
+
+def _main_comparison():
+    from keras_metamae.comparison.runner import parse_methods, parse_seeds
+
+    try:
+        methods, seeds = parse_methods(FLAGS.methods), parse_seeds(FLAGS.seeds)
+        _, paths = reproduce_comparison(
+            FLAGS.domain, methods, seeds, FLAGS.transfer, FLAGS.steps, FLAGS.epochs, FLAGS.probe,
+            cli.local_path(FLAGS.workdir_root, "--workdir_root"),
+            cli.local_path(FLAGS.data_dir, "--data_dir"),
+            cli.local_path(FLAGS.raw_root, "--raw_root"))
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
+                                 "see `python -m keras_metamae.reproduce --plan`") from e
+    print()
+    print(open(paths["markdown"]).read())
+    print(f"Written: {paths['markdown']}, {paths['json']}, {paths['plot']}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 
 from commandline import cli
 from keras_metamae import compare
+from keras_metamae.comparison.study import compare_methods
 from keras_metamae.comparison import report, runner
 from keras_metamae.evaluation import intervals
 from tests.conftest import TINY_MODEL
@@ -24,8 +25,8 @@ TINY_RUN = dict(TINY_MODEL, batch_size=8, log_every=1, checkpoint_every=1, valid
 def test_seven_columns_two_seeds_with_intervals_a_plot_and_a_resumable_rerun(
         digits_data_dir, tmp_path):
     workdir = str(tmp_path / "compare")
-    results, paths = compare.run("digits", list(runner.PAPER_ORDER), [0, 1], 1, workdir,
-                                 digits_data_dir, epochs=1, overrides=TINY_RUN)
+    results, paths = compare_methods("digits", list(runner.PAPER_ORDER), [0, 1], 1, workdir,
+                                     digits_data_dir, epochs=1, overrides=TINY_RUN)
     assert list(results["methods"]) == list(runner.PAPER_ORDER)
     for method, record in results["methods"].items():
         assert record["diverged"] == [], method
@@ -55,8 +56,8 @@ def test_seven_columns_two_seeds_with_intervals_a_plot_and_a_resumable_rerun(
     checkpoint = os.path.join(workdir, "metamae", "seed-0", "checkpoints", "latest.json")
     evaluation = os.path.join(workdir, "metamae", "seed-0", "eval", "digits.json")
     stamps = [os.path.getmtime(checkpoint), os.path.getmtime(evaluation)]
-    again, _ = compare.run("digits", ["metamae"], [0], 1, workdir, digits_data_dir, epochs=1,
-                           overrides=TINY_RUN)
+    again, _ = compare_methods("digits", ["metamae"], [0], 1, workdir, digits_data_dir,
+                               epochs=1, overrides=TINY_RUN)
     assert [os.path.getmtime(checkpoint), os.path.getmtime(evaluation)] == stamps
     assert again["methods"]["metamae"]["figures"]["knn"]["per_seed"]["0"] == \
         results["methods"]["metamae"]["figures"]["knn"]["per_seed"]["0"]
@@ -75,22 +76,22 @@ def test_a_diverging_method_is_reported_not_raised(digits_data_dir, tmp_path, mo
     monkeypatch.setattr(capri.Capri, "compute_losses", poisoned)
     workdir = str(tmp_path / "compare")
     overrides = dict(TINY_RUN, max_bad_steps=2, eval_every=0)
-    results, paths = compare.run("digits", ["capri"], [0], 3, workdir, digits_data_dir,
-                                 epochs=1, overrides=overrides)
+    results, paths = compare_methods("digits", ["capri"], [0], 3, workdir, digits_data_dir,
+                                     epochs=1, overrides=overrides)
     (diverged,) = results["methods"]["capri"]["diverged"]
     assert diverged["seed"] == 0 and diverged["diverged_at"] == 0
     assert "seed 0 diverged at step 0" in open(paths["markdown"]).read()
     # Recorded: a rerun reports it again without training.
     monkeypatch.setattr(capri.Capri, "compute_losses", original)
-    again, _ = compare.run("digits", ["capri"], [0], 3, workdir, digits_data_dir, epochs=1,
-                           overrides=overrides)
+    again, _ = compare_methods("digits", ["capri"], [0], 3, workdir, digits_data_dir,
+                               epochs=1, overrides=overrides)
     assert again["methods"]["capri"]["diverged"][0]["diverged_at"] == 0
 
 
 @pytest.mark.parametrize("argv, flag", [
     (["--methods", "metamae,simclr"], "--methods"),
-    (["--seeds", "0,x"], "--seeds 0,x"),
-    (["--seeds", "1,1"], "--seeds 1,1"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--seeds", "1,1"], "--seeds"),
     (["--steps", "0"], "--steps 0"),
 ])
 def test_bad_flags_are_one_line_errors(argv, flag, capsys, tmp_path):
@@ -130,3 +131,29 @@ def test_verdict_names_the_ties():
     verdict = report.verdicts({"a": method([0.9, 0.91, 0.92]), "b": method([0.89, 0.93, 0.9]),
                                "c": method([0.5, 0.51, 0.52])})
     assert verdict == {"knn": {"best": "a", "not_different_from_best": ["b"]}}
+
+
+def test_paper_rows_put_the_paper_beside_ours_in_its_units():
+    from keras_metamae.evaluation import paper_rows
+
+    row = paper_rows.find_row("eurosat", None)
+    comparison = runner.Comparison(dataset="eurosat", methods=["random", "capri", "metamae"],
+                                   seeds=[0, 1], steps=10, workdir="unused", data_dir="unused")
+
+    def run(seed, value):
+        return {"seed": seed, "step": 10, "online": [],
+                "evaluation": {"metric": "accuracy", "probe": "both", "value": value,
+                               "converged": {"value": value + 0.01}, "knn_accuracy": value}}
+
+    runs = {"random": [run(0, 0.60), run(1, 0.62)],
+            "capri": [run(0, 0.70), {"seed": 1, "diverged": {"diverged_at": 7}}],
+            "metamae": [run(0, 0.88), run(1, 0.89)]}
+    results = report.summarize(comparison, runs, row)
+    text = report.markdown(results)
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert header.endswith("| kNN | paper |")
+    assert "| MetaMAE | 88.5 ± 6.4 (88.0, 89.0) |" in text and text.rstrip().endswith(
+        "(as printed; '-' where the paper has no value).")
+    assert "seed 1 diverged at step 7" in text and "| 88.5 |" in text and "| 67.4 |" in text
+    assert results["methods"]["capri"]["figures"]["knn"]["n"] == 1
+    assert results["verdict"]["knn"]["best"] == "metamae"

@@ -76,3 +76,26 @@ def test_reproducing_md_holds_the_current_plan():
     for line in reproduce.plan().splitlines():
         if line.startswith("| "):
             assert line in text, f"REPRODUCING.md lacks the plan line: {line}"
+
+
+def test_methods_run_a_paper_row_as_a_comparison_with_the_paper_beside_it(monkeypatch, tmp_path):
+    """`reproduce --domain pfam --transfer scop --methods ...`: both datasets prepared, the
+    comparison pretrains on pfam, probes scop, and carries the row's paper values."""
+    from keras_metamae.comparison import study
+
+    prepared, calls = [], []
+    monkeypatch.setattr(reproduce, "ensure_processed",
+                        lambda dataset, data_dir, raw_root: prepared.append(dataset))
+    monkeypatch.setattr(study, "compare_methods",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or ({}, {}))
+    reproduce.reproduce_comparison("pfam", ["random", "capri", "metamae"], [0, 1],
+                                   transfer="scop", steps=10, workdir_root=str(tmp_path),
+                                   data_dir=str(tmp_path / "data"))
+    assert prepared == ["pfam", "scop"]
+    (args, kwargs), = calls
+    assert args[:4] == ("pfam", ["random", "capri", "metamae"], [0, 1], 10)
+    assert args[4] == str(tmp_path / "compare-pfam-scop")
+    assert kwargs["probe_dataset"] == "scop"
+    assert kwargs["paper_row"].paper["capri"] == 2.0 and kwargs["paper_row"].label == "Pfam -> SCOP"
+    with pytest.raises(ValueError, match="--transfer"):
+        reproduce.reproduce_comparison("pfam", ["metamae"], [0], transfer="cifar10")

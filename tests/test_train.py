@@ -242,3 +242,24 @@ def test_sigkill_then_same_command_resumes(digits_data_dir, tmp_path):
     summary = json.load(open(os.path.join(workdir, "train_summary.json")))
     assert summary["start_step"] == killed_at and summary["final_step"] == killed_at + 3
     assert not glob.glob(os.path.join(checkpoint_dir, ".tmp-*"))
+
+
+def test_paper_presets_run_full_float32_matmuls():
+    """The reference ran full float32: Table 8 presets (and their transfer sets) turn
+    TensorFloat-32 off, on the process, unless --allow_tf32."""
+    import tensorflow as tf
+
+    from keras_metamae import config
+
+    assert config.resolve("eurosat", {}).allow_tf32 is False
+    assert config.resolve("cifar10", {}, "imagenet32").allow_tf32 is False
+    assert config.resolve("digits", {}).allow_tf32 is True
+    assert config.resolve("eurosat", {"allow_tf32": True}).allow_tf32 is True
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        config.resolve("eurosat", {}).apply_matmul_precision()
+        assert not tf.config.experimental.tensor_float_32_execution_enabled()
+        config.resolve("digits", {}).apply_matmul_precision()
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before)

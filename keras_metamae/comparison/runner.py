@@ -41,6 +41,23 @@ def check_methods(names: list[str]) -> list[str]:
     return list(names)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; ValueError naming the flag unless distinct integers."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: got {text!r}, expected distinct comma-separated integers, "
+                         f"e.g. 0,1,2")
+    return seeds
+
+
+def parse_methods(text: str) -> list[str]:
+    """`--methods random,mae` -> the checked list (see `check_methods`)."""
+    return check_methods([m.strip() for m in text.split(",") if m.strip()])
+
+
 @dataclasses.dataclass
 class Comparison:
     """What a comparison runs: `dataset` pretrained on, `probe_dataset` probed on (the same,

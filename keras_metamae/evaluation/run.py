@@ -141,6 +141,7 @@ def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | Non
     scalars, returns the record. `progress`: a line per phase on stderr."""
     plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size)
     config, spec, train_spec = plan.config, plan.spec, plan.train_spec
+    config.apply_matmul_precision()  # as the run trained
     step = 0
     if encoder_kind == "random":
         encoder = random_encoder(config, train_spec)

@@ -180,6 +180,7 @@ def prepare_run(dataset: str, overrides: dict, data_dir: str | None, workdir: st
     config.save(out.path)
 
     keras.utils.set_random_seed(config.seed)
+    config.apply_matmul_precision()
     if config.mixed_precision != "float32":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     if strategy is None:
