@@ -86,9 +86,10 @@ def main(invocation: cli.Invocation):
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--dataset {FLAGS.dataset}",
                                  "see `python -m keras_metamae.compare --help`") from e
+    from keras_metamae.comparison.report import closing_text
+
     print()
-    print(open(paths["markdown"]).read())
-    print(f"Written: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+    print(closing_text(paths))
     print(f"TensorBoard (every run, HParams): tensorboard --logdir {workdir}")
 
 

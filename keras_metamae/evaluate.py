@@ -4,14 +4,10 @@
     python -m keras_metamae.evaluate --workdir W --encoder random          # paper baseline
     python -m keras_metamae.evaluate --workdir W --transfer_dataset cifar10
 
-Features = mean of the encoder's non-CLS output tokens (after its final LayerNorm). The splits
-come from the spec's protocol (`probe_train`, `probe_val`, `probe_test`: EuroSAT probes on its
-held-out transfer part, AudioMNIST on train+val, ...). The paper's probe: one linear layer
-trained with Adam (lr 1e-4, L2 weight decay 1e-4, as the reference's PyTorch Adam) for 100
-epochs, scored on the test split with the spec's metric after the last epoch (`value`), plus the
-test value at the best validation epoch where the protocol has a validation split. Next to it a
-converged probe (standardized features, L-BFGS logistic regression regularised on validation).
-Writes `<workdir>/eval/<dataset>.json` and TensorBoard scalars under `<workdir>/tensorboard/eval`.
+Probes the frozen encoder on the splits the dataset's spec protocol names, with the paper's
+probe (DABS: Adam, 100 epochs), the converged probe and kNN (keras_metamae/evaluation/probes.py
+says exactly how). Writes `<workdir>/eval/<dataset>.json` and TensorBoard scalars under
+`<workdir>/tensorboard/eval`.
 
 The workdir alone says what to evaluate (its config.json and the spec it was trained on,
 `dataset_spec.json`), so it can be evaluated from any directory, also after being moved; the

@@ -306,9 +306,10 @@ def _main_comparison():
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
                                  "see `python -m keras_metamae.reproduce --plan`") from e
+    from keras_metamae.comparison.report import closing_text
+
     print()
-    print(open(paths["markdown"]).read())
-    print(f"Written: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+    print(closing_text(paths))
 
 
 if __name__ == "__main__":

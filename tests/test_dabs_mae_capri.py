@@ -18,6 +18,7 @@ from keras_metamae.methods.capri import Capri  # noqa: E402
 from keras_metamae.methods.dabs_mae import DABSMAE  # noqa: E402
 from keras_metamae.models.masking import num_masked  # noqa: E402
 from keras_metamae.models.masking import top_k_mask  # noqa: E402
+from tests.gradient_checks import assert_matches_finite_differences  # noqa: E402
 
 T = 6
 VOCAB = 5
@@ -188,27 +189,6 @@ def _checked_variables(model, method, kind):
     else:
         head = encoder.norm.gamma  # discrete DABS-MAE: the head is the embedding itself
     return first + [block.norm1.gamma, block.attention.qkv.kernel, head]
-
-
-def assert_matches_finite_differences(model, inputs, variables, grads, eps=1e-6, samples=2):
-    """Each analytic gradient entry (a few random ones per variable) equals the float64
-    central difference of the full loss `model.compute_losses(*inputs)`."""
-    rng = np.random.default_rng(1)
-    for variable, grad in zip(variables, grads):
-        base = variable.numpy()
-        for _ in range(samples):
-            index = tuple(rng.integers(0, n) for n in base.shape)
-            values = []
-            for sign in (1.0, -1.0):
-                perturbed = base.copy()
-                perturbed[index] += sign * eps
-                variable.assign(perturbed)
-                values.append(float(model.compute_losses(*inputs, training=True)["loss"]))
-            variable.assign(base)
-            numeric = (values[0] - values[1]) / (2 * eps)
-            np.testing.assert_allclose(
-                grad[index], numeric, rtol=1e-5, atol=1e-9, err_msg=variable.path
-            )
 
 
 @pytest.mark.parametrize("method,kind", [("dabs-mae", "continuous"), ("dabs-mae", "discrete"),

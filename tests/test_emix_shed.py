@@ -17,6 +17,7 @@ from keras_metamae import methods  # noqa: E402
 from keras_metamae.config import TrainConfig  # noqa: E402
 from keras_metamae.methods.emix import EMix  # noqa: E402
 from keras_metamae.methods.shed import ShED  # noqa: E402
+from tests.gradient_checks import assert_matches_finite_differences  # noqa: E402
 
 TINY = dict(embed_dim=8, encoder_depth=1, encoder_heads=2, encoder_mlp_dim=16)
 NUM_TOKENS = 6
@@ -145,28 +146,6 @@ def _checked_variables(model):
         block.attention.qkv.kernel,
         model.head.kernel,
     ]
-
-
-def assert_matches_finite_differences(model, inputs, variables, grads, eps=1e-6, samples=2):
-    """Each analytic gradient entry (a few random ones per variable) equals the float64
-    central difference of the full loss `model.compute_losses(*inputs)` (as in
-    tests/test_metamae.py)."""
-    rng = np.random.default_rng(1)
-    for variable, grad in zip(variables, grads):
-        base = variable.numpy()
-        for _ in range(samples):
-            index = tuple(rng.integers(0, n) for n in base.shape)
-            values = []
-            for sign in (1.0, -1.0):
-                perturbed = base.copy()
-                perturbed[index] += sign * eps
-                variable.assign(perturbed)
-                values.append(float(model.compute_losses(*inputs, training=True)["loss"]))
-            variable.assign(base)
-            numeric = (values[0] - values[1]) / (2 * eps)
-            np.testing.assert_allclose(
-                grad.numpy()[index], numeric, rtol=1e-5, atol=1e-9, err_msg=variable.path
-            )
 
 
 def _analytic_gradients(model, inputs):

@@ -27,7 +27,7 @@ from preprocessing.datasets.base import BadRecord, RawDataMissing  # noqa: E402
 from preprocessing.spec import DatasetSpec, SpecError  # noqa: E402
 from tests.conftest import TINY_MODEL  # noqa: E402
 from tests.fixtures import make_mscoco, media  # noqa: E402
-from tests.test_metamae import assert_matches_finite_differences  # noqa: E402
+from tests.gradient_checks import assert_matches_finite_differences  # noqa: E402
 
 
 

@@ -201,6 +201,12 @@ def plot(results: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def closing_text(paths: dict) -> str:
+    """What a command prints at the end: the table and where the files are."""
+    return (open(paths["markdown"]).read()
+            + f"\nWritten: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+
+
 def write(results: dict, workdir: str) -> dict:
     """Writes results.json, results.md and comparison.png into `workdir`; returns their paths."""
     os.makedirs(workdir, exist_ok=True)
