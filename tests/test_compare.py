@@ -48,9 +48,23 @@ def test_seven_columns_two_seeds_with_intervals_a_plot_and_a_resumable_rerun(
     with open(paths["plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert json.load(open(paths["json"]))["seeds"] == [0, 1]
-    # Every trained run is a workdir whose TensorBoard holds the HParams session.
-    events = os.listdir(os.path.join(workdir, "capri", "seed-1", "tensorboard"))
-    assert any(name.startswith("events.out.tfevents") for name in events)
+    # Every trained run is a workdir whose TensorBoard holds its HParams session, the method
+    # one of the experiment's choices.
+    from tensorboard.plugins.hparams import metadata
+
+    from keras_metamae import methods
+    from tests.test_train import plugin_values
+
+    hparams = plugin_values(os.path.join(workdir, "capri", "seed-1", "tensorboard"), "hparams")
+    (_, experiment), = hparams["./" + metadata.EXPERIMENT_TAG]
+    experiment = metadata.parse_experiment_plugin_data(experiment.metadata.plugin_data.content)
+    (model,) = [info for info in experiment.hparam_infos if info.name == "model"]
+    assert sorted(v.string_value for v in model.domain_discrete.values) == \
+        sorted(methods.METHOD_NAMES)
+    (_, session), = hparams["./" + metadata.SESSION_START_INFO_TAG]
+    session = metadata.parse_session_start_info_plugin_data(session.metadata.plugin_data.content)
+    assert session.hparams["model"].string_value == "capri"
+    assert session.hparams["seed"].number_value == 1
 
     # A rerun trains and probes nothing again.
     checkpoint = os.path.join(workdir, "metamae", "seed-0", "checkpoints", "latest.json")

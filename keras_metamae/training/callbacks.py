@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from commandline import progress
+from keras_metamae import methods
 from keras_metamae.methods.nonfinite import NonFiniteGuard
 from keras_metamae.rundir import CheckpointManager
 from keras_metamae.training.panels import reconstruction_description, reconstruction_grid
@@ -210,7 +211,7 @@ def _scalar(value) -> float:
 _NOT_HPARAMS = ("data_dir", "workdir")
 # String fields with a fixed set of values (an HParams filter offers them all).
 _HPARAM_CHOICES = {
-    "model": ["mae", "metamae"],
+    "model": sorted(methods.METHOD_NAMES),
     "lr_schedule": ["constant", "warmup_cosine"],
     "strategy": ["auto", "default", "mirrored", "multiworker", "onedevice"],
     "mixed_precision": ["bfloat16", "float16", "float32"],
