@@ -256,6 +256,10 @@ def main():
         f"CPU-second: `python -m bench.reader_bench` compares shard formats), "
         f"{reader / consumed:.0f}× what the MetaMAE step consumes ({consumed:.1f} examples/s; "
         f"target ≥ 10×).",
+        "- The DABS baselines against MAE: " + ", ".join(
+            f"{name} {step_of[(name, False, 'float32')] / mae:.2f}×" for name, _ in BASELINES)
+        + ". They encode all 64 tokens (the masked ones zeroed, shuffled or mixed), where MAE "
+        "and MetaMAE encode the visible 15% and decode; e-Mix encodes two views.",
     ]
     replace_section(args.output, "train_bench", "\n".join(lines))
     print("\n".join(lines))
