@@ -145,17 +145,8 @@ class DABSMAE(PretrainingMethod):
         return {"loss": loss, "reconstruction_loss": loss}
 
     def reconstruct(self, tokens, mask_noise=None):
-        """Predictions of every token from a masked view (inference mode), for visualization.
-
-        Args:
-            tokens: `[B, T, token_dim]` or `[B, T]` tokens.
-            mask_noise: optional `[B, T]` uniform noise; drawn from the seed generator if None.
-
-        Returns:
-            dict with `predictions` (`[B, T, token_dim]` values, or `[B, T, vocab_size]` logits
-            for discrete tokens; for segments, a list of those, one per segment) and `mask`
-            (`[B, T]` float32, 1.0 where masked).
-        """
+        """Predictions of every token from a masked view (inference mode), for visualization:
+        what `MAE.reconstruct` returns, the mask being DABS's top-k one."""
         tokens = tf.convert_to_tensor(tokens)
         if mask_noise is None:
             mask_noise = self.draw_noise(tf.shape(tokens)[:2])
