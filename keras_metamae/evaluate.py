@@ -40,6 +40,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("string", "data_dir", None, "Root of processed datasets (default: the run's, as "
            "recorded in its config.json).")
     define("enum", "encoder", "pretrained", "Which encoder to probe.", ["pretrained", "random"])
+    define("integer", "step", None, "Checkpoint step to probe (default: the newest; any kept one).")
     define("integer", "epochs", 100, "Linear-head epochs (DABS protocol: 100).")
     define("integer", "batch_size", None, "Linear-head batch size (default: the preset's).")
     define("bool", "baseline", True, "Also probe a randomly initialized encoder.")
@@ -68,12 +69,13 @@ def main(invocation: cli.Invocation):
     try:
         if FLAGS.dry_run:
             plan = plan_evaluation(FLAGS.workdir, dataset, FLAGS.data_dir, FLAGS.encoder,
-                                   FLAGS.batch_size)
+                                   FLAGS.batch_size, FLAGS.step)
             print(plan.describe(FLAGS.encoder, FLAGS.probe, FLAGS.epochs, FLAGS.baseline))
             return 0
         record = run_evaluation(FLAGS.workdir, dataset, FLAGS.data_dir, FLAGS.encoder,
                                 FLAGS.epochs, FLAGS.batch_size, FLAGS.baseline,
-                                transfer=bool(FLAGS.transfer_dataset), probe=FLAGS.probe)
+                                transfer=bool(FLAGS.transfer_dataset), probe=FLAGS.probe,
+                                step=FLAGS.step)
     except DataError as e:
         raise cli.UserError.wrap(e, f"--data_dir {FLAGS.data_dir}" if FLAGS.data_dir else
                                  "--data_dir", "pass the --data_dir that holds the processed "

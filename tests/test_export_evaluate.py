@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import REPO, TINY_MODEL
 
-TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=4, checkpoint_every=4,
+# Checkpoints at steps 2 and 4 (both kept): export and evaluate can pick either.
+TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=2, checkpoint_every=2,
                 validation_steps=1, warmup_steps=2)
 
 
@@ -150,15 +151,41 @@ def test_keras_encoder_export_loads_and_fine_tunes(trained_workdir):
     assert len(before) > 10 and all(changed)
 
 
-def test_export_cli_writes_the_next_version(trained_workdir):
-    done = subprocess.run([sys.executable, "-m", "keras_metamae.export", "--workdir",
-                           trained_workdir], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    versions = sorted(os.listdir(os.path.join(trained_workdir, "export", "encoder")))
-    assert versions == ["1", "2"]
-    spec = json.load(open(os.path.join(trained_workdir, "export", "encoder", "2", "spec.json")))
-    assert spec["name"] == "digits"
+def test_export_writes_each_checkpoint_step_once_and_any_kept_step(trained_workdir, capsys):
+    """train exported its last step (version 1): export says so and writes nothing; --step
+    exports an older kept checkpoint as the next version, once; a step not kept is refused."""
+    from commandline import cli
+    from keras_metamae import export
+
+    base = os.path.join(trained_workdir, "export", "encoder")
+    assert cli.call_program(export, ["--workdir", trained_workdir]) == 0
+    assert f"Step 4 is already exported as {base}/1; nothing written" in capsys.readouterr().out
+    assert sorted(os.listdir(base)) == ["1"]
+    assert cli.call_program(export, ["--workdir", trained_workdir, "--dry_run"]) == 0
+    assert f"writes       nothing: step 4 is already exported as {base}/1" in \
+        capsys.readouterr().out
+
+    assert cli.call_program(export, ["--workdir", trained_workdir, "--step", "2"]) == 0
+    assert f"Exported the encoder at step 2 to {base}/2" in capsys.readouterr().out
+    assert json.load(open(os.path.join(base, "2", "export_info.json"))) == {"step": 2}
+    assert json.load(open(os.path.join(base, "2", "spec.json")))["name"] == "digits"
+    assert cli.call_program(export, ["--workdir", trained_workdir, "--step", "2"]) == 0
+    assert "Step 2 is already exported" in capsys.readouterr().out
+    assert sorted(os.listdir(base)) == ["1", "2"]
+
+    assert cli.call_program(export, ["--workdir", trained_workdir, "--step", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "(--step 3)" in err and "kept steps [2, 4]" in err
+
+
+def test_evaluate_any_kept_step(trained_workdir):
+    from keras_metamae.evaluation.run import plan_evaluation, run_evaluation
+
+    plan = plan_evaluation(trained_workdir, step=2)
+    assert "pretrained, checkpoint step 2" in plan.describe("pretrained", "paper", 1, False)
+    record = run_evaluation(trained_workdir, epochs=1, baseline=False, probe="paper",
+                            progress=False, step=2)
+    assert record["step"] == 2
 
 
 def test_saved_model_cli_lists_the_three_signatures(trained_workdir):

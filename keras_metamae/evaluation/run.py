@@ -67,11 +67,12 @@ class EvaluationPlan:
     spec: DatasetSpec  # what it is evaluated on
     batch_size: int
     output_path: str
+    step: int | None = None  # the checkpoint probed (None: the newest, none yet, or random)
 
     def describe(self, encoder_kind: str, probe: str, epochs: int, baseline: bool) -> str:
-        steps = RunDir(self.workdir).checkpoint_steps()
         encoder = ("random (untrained, same architecture)" if encoder_kind == "random" else
-                   f"pretrained, checkpoint step {steps[-1]}" if steps else "pretrained: none yet")
+                   f"pretrained, checkpoint step {self.step}" if self.step else
+                   "pretrained: none yet")
         roles = {r: self.spec.protocol_splits(r) for r in ("probe_train", "probe_val", "probe_test")}
         splits = ", ".join(f"{role[6:]} {'+'.join(names) or '-'}" for role, names in roles.items())
         return "\n".join([
@@ -88,17 +89,22 @@ class EvaluationPlan:
 
 
 def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
-                    encoder_kind: str = "pretrained", batch_size: int | None = None
-                    ) -> EvaluationPlan:
+                    encoder_kind: str = "pretrained", batch_size: int | None = None,
+                    step: int | None = None) -> EvaluationPlan:
     """Resolves and checks everything an evaluation needs before computing anything: the
-    workdir, the data (its location and token contract) and that the outputs can be written.
-    Raises UserError (or the data module's DataError)."""
+    workdir, the checkpoint (`step`: any kept one; default the newest), the data (its location
+    and token contract) and that the outputs can be written. Raises UserError (or the data
+    module's DataError)."""
     from keras_metamae import data
     from preprocessing.spec import load_spec, token_segments
 
     workdir = cli.local_path(workdir, "--workdir")
     run_dir = RunDir(workdir)
     config, train_spec = run_dir.load()
+    if step is not None:
+        step = run_dir.check_step(step)
+    elif encoder_kind == "pretrained" and run_dir.checkpoint_steps():
+        step = run_dir.checkpoint_steps()[-1]
     dataset = dataset or config.dataset
     if data_dir is None:
         # Absolute as train records it (an older workdir's relative path: from here).
@@ -128,25 +134,28 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
     cli.check_writable(run_dir.eval_tensorboard_dir, "--workdir")
     # Table 16 fixes some probe batches (Genomics-ID 64 where pretraining uses 32).
     batch_size = batch_size or spec.probe_batch_size or config.batch_size
-    return EvaluationPlan(workdir=workdir, config=config, train_spec=train_spec, dataset=dataset,
-                          version_dir=version_dir, spec=spec, batch_size=batch_size,
-                          output_path=output_path)
+    return EvaluationPlan(workdir=workdir, step=step, config=config, train_spec=train_spec,
+                          dataset=dataset, version_dir=version_dir, spec=spec,
+                          batch_size=batch_size, output_path=output_path)
 
 
 def run_evaluation(workdir: str, dataset: str | None = None, data_dir: str | None = None,
                    encoder_kind: str = "pretrained", epochs: int = 100,
                    batch_size: int | None = None, baseline: bool = True,
-                   transfer: bool = False, probe: str = "both", progress: bool = True) -> dict:
-    """Probes the workdir's encoder (`plan_evaluation`), writes the JSON and TensorBoard
-    scalars, returns the record. `progress`: a line per phase on stderr."""
-    plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size)
+                   transfer: bool = False, probe: str = "both", progress: bool = True,
+                   step: int | None = None) -> dict:
+    """Probes the workdir's encoder (`plan_evaluation`; `step`: a kept checkpoint, default the
+    newest readable one), writes the JSON and TensorBoard scalars, returns the record.
+    `progress`: a line per phase on stderr."""
+    plan = plan_evaluation(workdir, dataset, data_dir, encoder_kind, batch_size, step)
     config, spec, train_spec = plan.config, plan.spec, plan.train_spec
     config.apply_matmul_precision()  # as the run trained
-    step = 0
     if encoder_kind == "random":
-        encoder = random_encoder(config, train_spec)
+        encoder, step = random_encoder(config, train_spec), 0
     else:
-        model, _, _, step = RunDir(plan.workdir).load_trained_model()
+        # The user's step, not the plan's newest: without one, a damaged newest checkpoint
+        # falls back to the one before it.
+        model, _, _, step = RunDir(plan.workdir).load_trained_model(step)
         encoder = model.encoder
     record = linear_eval(encoder, spec, plan.version_dir, epochs=epochs,
                          batch_size=plan.batch_size, seed=config.seed, probe=probe,

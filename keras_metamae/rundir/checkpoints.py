@@ -120,11 +120,18 @@ class CheckpointManager:
                 f"--workdir, or the keras-metamae version that wrote them."
             )
 
-    def restore(self, model) -> int:
-        """Loads the newest readable checkpoint into `model`; returns its step (0 if none).
-        Raises ValueError if `latest.json` records a different weights format (see
-        `check_weights_format`)."""
+    def restore(self, model, step: int | None = None) -> int:
+        """Loads the newest readable checkpoint into `model` (or the one of `step`, which must
+        be kept: no fallback then); returns its step (0 if none). Raises ValueError if
+        `latest.json` records a different weights format (see `check_weights_format`), or if
+        `step` is not a kept checkpoint."""
         self.check_weights_format(getattr(model, "weights_format", None))
+        if step is not None:
+            if step not in self.steps():
+                raise ValueError(f"{self.directory}: no checkpoint of step {step}; the kept "
+                                 f"steps are {self.steps() or 'none'}")
+            model.load_weights(self.path_for(step))
+            return step
         candidates = sorted(self.steps(), reverse=True)
         record = self.latest_record()
         if record and record.get("step") in candidates:

@@ -158,18 +158,32 @@ class RunDir:
     def checkpoint_steps(self) -> list[int]:
         return self.checkpoints().steps()
 
-    def load_trained_model(self):
-        """(model, spec, config, step): the run's model rebuilt from its config, every weight
-        created, the newest readable checkpoint restored (weights only: evaluation and export
-        need no optimizer). cli.UserError when there is none."""
-        config, spec = self.load()
-        manager = self.checkpoints()
-        if not manager.steps():
-            raise cli.UserError("no checkpoint to load", manager.directory,
+    def check_step(self, step: int | None) -> int:
+        """The checkpoint step a command uses: `step` if it is kept, else the newest one.
+        cli.UserError naming `--step` or the checkpoint folder otherwise."""
+        steps = self.checkpoint_steps()
+        if not steps:
+            raise cli.UserError("no checkpoint to load", self.checkpoint_dir,
                                 f"train first: python -m keras_metamae.train --workdir {self.path}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise cli.UserError(f"no checkpoint of step {step}", f"--step {step}",
+                                f"pass one of the kept steps {steps} ({self.checkpoint_dir})")
+        return step
+
+    def load_trained_model(self, step: int | None = None):
+        """(model, spec, config, step): the run's model rebuilt from its config, every weight
+        created, the newest readable checkpoint restored, or the kept one of `step` (weights
+        only: evaluation and export need no optimizer). cli.UserError when there is none."""
+        config, spec = self.load()
+        self.check_step(step)  # refuses a run without checkpoints, and a step not kept
+        manager = self.checkpoints()
         model = config.make_model(spec)
         model.build()
-        step = manager.restore(model)
+        # Without `step`: the newest readable one (a damaged newest falls back to the one
+        # before it).
+        step = manager.restore(model, step)
         if step == 0:
             raise cli.UserError("no readable checkpoint to load", manager.directory,
                                 "the checkpoint files are damaged; rerun training to write new "

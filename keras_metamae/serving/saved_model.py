@@ -182,7 +182,7 @@ def encoder_keras_model(encoder, spec):
     discrete tokens; the packed float tokens for a mixed-token spec), as stored in the
     TFRecords. Outputs: `embedding` `[batch, embed_dim]`, the mean of the non-CLS output
     tokens (what the linear probe and `serving_default` use), and `token_features`
-    `[batch, num_tokens, embed_dim]`. Loading it needs `import keras_metamae` (the encoder's
+    `[batch, num_tokens, embed_dim]`. Loading it needs `import keras_metamae.models` (the encoder's
     layers are registered there).
     """
     import keras
