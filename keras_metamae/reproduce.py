@@ -206,6 +206,50 @@ def reproduce_comparison(domain: str, methods: list[str], seeds: list[int],
                            verbose=1)
 
 
+def describe_row(domain: str, transfer: str | None, method: str, methods: str | None,
+                 seeds: str, steps: int | None, workdir_root: str) -> str:
+    """What `--domain [--transfer] [--method | --methods --seeds]` would run (--dry_run): the
+    row, its datasets and splits, the budget, the paper's values and where it writes."""
+    from keras_metamae import config as config_lib
+    from keras_metamae.comparison.runner import parse_methods, parse_seeds
+    from preprocessing import registry
+
+    pretrain, row, probe_dataset = resolve_row(domain, transfer)
+    chosen = parse_methods(methods) if methods else [method]
+
+    spec = registry.get_reader(pretrain).spec_template()
+    budget = steps or config_lib.resolve(pretrain, {}, spec.pretrain_dataset).steps
+    probe = planned_splits(probe_dataset)
+    splits = " / ".join("+".join(probe[r]) or "-" for r in ("probe_train", "probe_val",
+                                                             "probe_test"))
+    metric = registry.get_reader(probe_dataset).spec_template().metric
+    # --method mae is compared with the paper's MAE column; --methods names columns directly.
+    column = (lambda m: m) if methods else (lambda m: PAPER_COLUMN.get(m, m))
+    values = {m: None if row is None else row.paper.get(column(m))
+              for m in dict.fromkeys(["random", *chosen])}
+    paper = ("not a paper row" if row is None else
+             ", ".join(f"{m} {'-' if v is None else f'{v:g}'}" for m, v in values.items()))
+    if methods:
+        name = pretrain if probe_dataset == pretrain else f"{pretrain}-{probe_dataset}"
+        writes = (f"{os.path.join(workdir_root, f'compare-{name}')} (runs <method>/seed-<s>, "
+                  f"results.md, results.json, comparison.png)")
+        runs = f"{', '.join(chosen)} x seeds {', '.join(map(str, parse_seeds(seeds)))}"
+    else:
+        writes = (f"{os.path.join(workdir_root, f'{pretrain}-{method}')}, a row of "
+                  f"{os.path.join(workdir_root, 'results.md')}")
+        runs = method
+    label = f"Table {row.table}, {row.label}" if row else "(not in the paper)"
+    return "\n".join([
+        f"row          {label}: pretrain on {pretrain} "
+        f"[{'+'.join(planned_splits(pretrain)['pretrain'])}], probe on {probe_dataset}",
+        f"runs         {runs}, {budget:,} pretraining steps each",
+        f"probe        {probe_dataset}: {splits}; metric {metric}",
+        f"paper        {paper}",
+        f"writes       {writes}",
+        "nothing was written (--dry_run)",
+    ])
+
+
 def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
               steps: int | None = None, epochs: int = 100, probe: str = "both",
               workdir_root: str = os.path.join("workdirs", "reproduce"),
@@ -269,13 +313,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(invocation: cli.Invocation):
     """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
     cli.quiet_tensorflow_logs()
-    if FLAGS.plan or FLAGS.dry_run:
+    if FLAGS.plan or (FLAGS.dry_run and not FLAGS.domain):
         print(plan(FLAGS.steps), end="")
         return
     if not FLAGS.domain:
         raise cli.UserError("no domain given", "--domain",
                             f"pass --domain, one of {', '.join(paper_rows.DOMAINS)} (or --plan "
                             f"to list every row)")
+    if FLAGS.dry_run:
+        try:
+            print(describe_row(FLAGS.domain, FLAGS.transfer, FLAGS.method, FLAGS.methods,
+                               FLAGS.seeds, FLAGS.steps,
+                               cli.local_path(FLAGS.workdir_root, "--workdir_root")))
+        except ValueError as e:
+            raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
+                                     "see `python -m keras_metamae.reproduce --plan`") from e
+        return 0
     if FLAGS.methods:
         return _main_comparison()
     try:

@@ -99,3 +99,24 @@ def test_methods_run_a_paper_row_as_a_comparison_with_the_paper_beside_it(monkey
     assert kwargs["paper_row"].paper["capri"] == 2.0 and kwargs["paper_row"].label == "Pfam -> SCOP"
     with pytest.raises(ValueError, match="--transfer"):
         reproduce.reproduce_comparison("pfam", ["metamae"], [0], transfer="cifar10")
+
+
+def test_dry_run_with_a_domain_describes_that_row(tmp_path, capsys):
+    from commandline import cli
+
+    root = str(tmp_path / "runs")
+    assert cli.call_program(reproduce, ["--domain", "eurosat", "--method", "mae",
+                                        "--workdir_root", root, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 1, EuroSAT: pretrain on eurosat [pretrain]" in out
+    assert "paper        random 62.3, mae 86.3" in out and "100,000 pretraining steps" in out
+    assert "| table | row |" not in out  # not the whole plan
+    assert cli.call_program(reproduce, ["--domain", "pfam", "--transfer", "scop", "--methods",
+                                        "random,capri,metamae", "--seeds", "0,1",
+                                        "--workdir_root", root, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "random, capri, metamae x seeds 0, 1" in out and "capri 2, metamae 11.8" in out
+    assert f"{root}/compare-pfam-scop" in out and not os.path.exists(root)
+    assert cli.call_program(reproduce, ["--domain", "pfam", "--transfer", "cifar10",
+                                        "--dry_run"]) == 2
+    assert "--transfer" in capsys.readouterr().err
