@@ -232,13 +232,17 @@ def _flag_value_error(error: flags.Error, flag_values: flags.FlagValues) -> User
 def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, program: str,
                        renamed: dict[str, str] | None = None,
                        passthrough: str | None = None,
-                       is_passthrough_option: Callable[[str], bool] | None = None) -> Invocation:
+                       is_passthrough_option: Callable[[str], bool] | None = None,
+                       passthrough_takes_value: Callable[[str], bool] | None = None
+                       ) -> Invocation:
     """Parses `argv` (without the program name) into `flag_values`, resetting every flag first.
 
     `renamed`: old flag name -> what to say instead (an old spelling is an error naming its
     new one, never silently something else). `passthrough`: what the arguments after `--` are
-    (None: the program takes none); `is_passthrough_option(name)` says whether a flag given
-    before `--` belongs after it. Raises UserError.
+    (None: the program takes none). A flag that `is_passthrough_option(name)` recognises may
+    also come before `--`, mixed with the program's own (as Beam's examples take pipeline
+    options): it is moved after `--`, with its value when `passthrough_takes_value(name)` and
+    it is not written `--name=value`. Raises UserError.
     """
     argv = list(argv)
     if PASSTHROUGH_SEPARATOR in argv:
@@ -249,28 +253,53 @@ def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, progra
     if rest and passthrough is None:
         raise UserError(f"unexpected arguments after `--`: {' '.join(rest)}", "--",
                         f"{program} takes only its own --flags (`--help` lists them)")
-    flag_values.unparse_flags()
-    try:
-        leftover = flag_values([program] + own)[1:]
-    except flags.UnrecognizedFlagError as e:
-        name = e.flagname
-        if renamed and name in renamed:
-            raise UserError(f"--{name} was renamed", f"--{name}", renamed[name]) from None
-        if name.startswith("no") and renamed and name[2:] in renamed:
-            raise UserError(f"--{name[2:]} was renamed", f"--{name}", renamed[name[2:]]) from None
-        if passthrough and is_passthrough_option and is_passthrough_option(name):
-            raise UserError(f"--{name} is one of the {passthrough}", f"--{name}",
-                            f"put {passthrough} after `--`, e.g. `{program} --dataset NAME -- "
-                            f"--{name} ...`") from None
-        raise UserError("unknown flag", f"--{name}", _suggestion(name, sorted(flag_values))
-                        + "`--help` lists the flags") from None
-    except flags.Error as e:
-        raise _flag_value_error(e, flag_values) from None
+    moved: list[str] = []
+    while True:
+        flag_values.unparse_flags()
+        try:
+            leftover = flag_values([program] + own)[1:]
+            break
+        except flags.UnrecognizedFlagError as e:
+            name = e.flagname
+            if passthrough and is_passthrough_option and is_passthrough_option(name):
+                own, taken = _take_option(own, name, passthrough_takes_value)
+                moved += taken
+                continue
+            _raise_unknown_flag(name, flag_values, renamed)
+        except flags.Error as e:
+            raise _flag_value_error(e, flag_values) from None
+    rest = moved + rest
     if leftover:
         after = f"; {passthrough} go after `--`" if passthrough else ""
         raise UserError(f"unexpected argument {leftover[0]!r}", leftover[0],
                         f"{program} takes only --flags{after} (`--help` lists them)")
     return Invocation(program=program, argv=argv, passthrough=rest)
+
+
+def _take_option(args: list[str], name: str, takes_value: Callable[[str], bool] | None
+                 ) -> tuple[list[str], list[str]]:
+    """(`args` without the option `--name`, the option's own tokens): `--name=value`, `--name
+    value` (when it takes a value) or the switch `--name`."""
+    for i, arg in enumerate(args):
+        flag = arg.lstrip("-")
+        if arg.startswith("-") and (flag == name or flag.startswith(f"{name}=")):
+            end = i + 1
+            if "=" not in flag and takes_value and takes_value(name):
+                if end >= len(args):
+                    raise UserError("missing value", f"--{name}", f"give it one: --{name}=VALUE")
+                end += 1
+            return args[:i] + args[end:], [f"--{flag}"] + args[i + 1:end]
+    raise UserError("unknown flag", f"--{name}", "`--help` lists the flags")
+
+
+def _raise_unknown_flag(name: str, flag_values: flags.FlagValues,
+                        renamed: dict[str, str] | None) -> NoReturn:
+    if renamed and name in renamed:
+        raise UserError(f"--{name} was renamed", f"--{name}", renamed[name]) from None
+    if name.startswith("no") and renamed and name[2:] in renamed:
+        raise UserError(f"--{name[2:]} was renamed", f"--{name}", renamed[name[2:]]) from None
+    raise UserError("unknown flag", f"--{name}", _suggestion(name, sorted(flag_values))
+                    + "`--help` lists the flags") from None
 
 
 def help_text(program, full: bool = False) -> str:
@@ -322,7 +351,8 @@ def _parser_for(program) -> Callable[[list[str]], Invocation]:
             return parse_command_line(
                 flags.FLAGS, own, program=name, renamed=getattr(program, "RENAMED_FLAGS", None),
                 passthrough=getattr(program, "PASSTHROUGH", None),
-                is_passthrough_option=getattr(program, "is_passthrough_option", None))
+                is_passthrough_option=getattr(program, "is_passthrough_option", None),
+                passthrough_takes_value=getattr(program, "passthrough_takes_value", None))
         except UserError as e:
             exit_with(e)
 

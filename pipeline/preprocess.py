@@ -9,8 +9,10 @@
 `--raw_data_dir` is the raw input (default data/raw/<dataset>), `--data_dir` the root of
 processed datasets, the same folder train and evaluate read with `--data_dir` (default
 $KERAS_METAMAE_DATA or data/processed). Everything after `--` goes to Beam's PipelineOptions
-(`--runner`, `--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...); an option Beam
-does not know is an error, as is any unknown flag before `--`. Without `--runner`, and with
+(`--runner`, `--direct_num_workers`, `--direct_running_mode`, Dataflow flags, ...), and so do
+Beam's options given among this program's flags (`--runner=FnApiRunner --dataset digits`, as
+Beam's examples take them); after `--` an option Beam does not know is an error, and before it
+any flag neither this program nor Beam knows. Without `--runner`, and with
 `--runner=DirectRunner`, the job runs on Beam's FnApiRunner, the batch engine behind the
 DirectRunner, so nothing is downloaded (the DirectRunner would first try to fetch Prism).
 `--runner=PrismRunner` still selects Prism explicitly. `-- --runner=DaskRunner
@@ -117,6 +119,10 @@ PASSTHROUGH = "Beam pipeline options"
 
 def is_passthrough_option(name: str) -> bool:
     return runners.is_beam_option(name)
+
+
+def passthrough_takes_value(name: str) -> bool:
+    return runners.beam_option_takes_value(name)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -238,7 +244,7 @@ def parse_args(argv: list[str]) -> JobOptions:
     cli.define_common_flags(values)
     invocation = cli.parse_command_line(
         values, argv, program=PROGRAM_NAME, renamed=RENAMED_FLAGS, passthrough=PASSTHROUGH,
-        is_passthrough_option=is_passthrough_option)
+        is_passthrough_option=is_passthrough_option, passthrough_takes_value=passthrough_takes_value)
     return options_from_flags(values, invocation)
 
 

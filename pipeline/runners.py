@@ -80,6 +80,14 @@ def is_beam_option(name: str) -> bool:
     return f"--{name}" in _option_names(_beam_option_parser(with_dask="dask" in name))
 
 
+def beam_option_takes_value(name: str) -> bool:
+    """Whether Beam's option `--name` reads a value (`--runner X`), not a switch
+    (`--save_main_session`)."""
+    parser = _beam_option_parser(with_dask="dask" in name)
+    action = parser._option_string_actions.get(f"--{name}")
+    return action is not None and action.nargs != 0
+
+
 def check_beam_options(beam_args: list[str]) -> None:
     """Raises RunnerError naming the first argument Beam's PipelineOptions would ignore (a
     misspelt `--runer DataflowRunner` would otherwise run the job locally)."""

@@ -145,7 +145,7 @@ BAD_INVOCATIONS = [
     ("preprocess", ["--dataset", "no_such_set", "--data_dir", "{root}/out"],
      "--dataset no_such_set"),
     ("preprocess", ["--data_dir", "{blocked}/out"], "--data_dir {blocked}/out"),
-    ("preprocess", ["--runner", "DirectRunner"], "--runner"),
+    ("preprocess", ["--dataset", "digits", "--runner"], "--runner"),
     ("preprocess", ["--", "--runnr", "DirectRunner"], "--runnr"),
     ("preprocess", ["--data_dir", "gs://bucket/processed"], "--data_dir gs://bucket/processed"),
     ("preprocess", ["digits"], "digits"),
@@ -210,8 +210,26 @@ def test_old_spellings_say_what_they_became(place, monkeypatch, capsys):
                                     "2,2", "--data_dir", place["raw_npy"]], place, monkeypatch,
                      capsys)
     assert f"--raw_data_dir {place['raw_npy']}" in err
-    _, _, err = _run("preprocess", ["--runner", "DirectRunner"], place, monkeypatch, capsys)
-    assert "after `--`" in err
+
+
+def test_beam_options_are_taken_where_beam_users_put_them(place, monkeypatch, capsys, tmp_path):
+    """Beam's own options among the program's flags (as Beam's examples take them) go to Beam,
+    `--name value` and `--name=value` alike; a Beam option without its value is one line."""
+    code, out, _ = _run("preprocess", ["--runner", "DirectRunner", "--dataset", "digits",
+                                       "--dry_run"], place, monkeypatch, capsys)
+    assert code == 0 and "Beam options --runner DirectRunner" in out
+    code, out, _ = _run("preprocess", ["--runner=FnApiRunner", "--dataset", "digits", "--dry_run",
+                                       "--", "--direct_num_workers", "1"], place, monkeypatch,
+                        capsys)
+    assert code == 0 and "Beam options --runner=FnApiRunner --direct_num_workers 1" in out
+    code, _, err = _run("preprocess", ["--dataset", "digits", "--runner"], place, monkeypatch,
+                        capsys)
+    assert code == 2 and "give it one: --runner=VALUE" in assert_one_error_line(err, "--runner")[0]
+    # And the job runs with it.
+    out_dir = str(tmp_path / "processed")
+    assert cli.call_program(preprocess, ["--dataset", "digits", "--runner=FnApiRunner",
+                                         "--data_dir", out_dir, "--num_shards", "1"]) == 0
+    assert os.path.isfile(os.path.join(out_dir, "digits", "3", "spec.json"))
 
 
 def test_stored_data_gone_names_the_flag_to_pass(place, monkeypatch, capsys):
