@@ -21,8 +21,8 @@ from absl import flags
 
 from commandline import cli
 from keras_metamae import config as config_lib
-from keras_metamae.training.run import (NonFiniteTraining, default_data_dir, describe_run,
-                                         run_training)
+from keras_metamae.training.run import (NonFiniteTraining, TrainingInterrupted,
+                                         default_data_dir, describe_run, run_training)
 from keras_metamae.training.strategy import uses_multiworker
 
 FLAGS = flags.FLAGS
@@ -142,6 +142,11 @@ def main(invocation: cli.Invocation):
         summary = run_training(FLAGS.dataset, overrides, data_dir, workdir, raw_data_dir,
                                verbose="auto" if sys.stdout.isatty() else 2,
                                worker_timeout_s=FLAGS.worker_timeout_s, progress=FLAGS.progress)
+    except TrainingInterrupted as e:
+        sys.stdout.flush()
+        print(f"interrupted: {e}; resume with the same command: python -m keras_metamae.train "
+              f"{' '.join(invocation.argv)}", file=sys.stderr, flush=True)
+        sys.exit(130 if e.signal_name == "SIGINT" else 143)  # the shells' 128 + signal
     except (ValueError, FileNotFoundError, NonFiniteTraining) as e:
         sys.stdout.flush()
         print(_as_user_error(e, data_dir, workdir).report(), file=sys.stderr, flush=True)

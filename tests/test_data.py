@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_metamae import data
-from keras_metamae.data import records
+from keras_metamae.data import records as data_records
 from pipeline import transforms
 from preprocessing import storage
 from preprocessing.spec import DatasetSpec, SplitInfo
@@ -90,10 +90,10 @@ def test_uncompressed_local_shards_are_read_unbuffered(tmp_path):
     spec, version_dir, _ = write_version(str(tmp_path), num_examples=6)
     legacy, legacy_dir, _ = write_version(str(tmp_path / "v2"), num_examples=6, legacy=True)
     local = data.split_files(spec, version_dir, "train")
-    assert records._read_buffer_bytes(local, spec) == 0
+    assert data_records._read_buffer_bytes(local, spec) == 0
     # A user-space read-ahead where it saves requests or feeds a decompressor.
-    assert records._read_buffer_bytes(["gs://bucket/" + os.path.basename(p) for p in local], spec) == 4 << 20
-    assert records._read_buffer_bytes(data.split_files(legacy, legacy_dir, "train"), legacy) == 4 << 20
+    assert data_records._read_buffer_bytes(["gs://bucket/" + os.path.basename(p) for p in local], spec) == 4 << 20
+    assert data_records._read_buffer_bytes(data.split_files(legacy, legacy_dir, "train"), legacy) == 4 << 20
 
 
 def test_discrete_tokens_and_spec_from_dir(tmp_path):

@@ -75,7 +75,6 @@ def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir
                                                                   capsys):
     from keras_metamae.training import panels
     from keras_metamae.training.run import run_training
-    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
     summary = run_training("digits", dict(TINY_RUN, steps=6), digits_data_dir, workdir,
@@ -118,7 +117,6 @@ def test_train_writes_config_tensorboard_checkpoints_and_resumes(digits_data_dir
 def test_rerunning_a_finished_run_does_not_export_a_duplicate_version(digits_data_dir, tmp_path):
     """TF Serving would "upgrade" to a new version holding the same weights."""
     from keras_metamae.training.run import run_training
-    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
     first = run_training("digits", dict(TINY_RUN, steps=3), digits_data_dir, workdir,
@@ -136,7 +134,6 @@ def test_rerunning_a_finished_run_does_not_export_a_duplicate_version(digits_dat
 
 def test_workdir_refuses_a_different_architecture(digits_data_dir, tmp_path):
     from keras_metamae.training.run import run_training
-    from keras_metamae.training.build import set_xla_attention
 
     workdir = str(tmp_path / "run")
     run_training("digits", dict(TINY_RUN, steps=3, export=False), digits_data_dir,
@@ -157,7 +154,6 @@ def test_bad_flags_are_named():
 
 def test_xla_attention_flag_reaches_every_attention_layer():
     from keras_metamae import config
-    from keras_metamae.training.run import run_training
     from keras_metamae.training.build import set_xla_attention
     from keras_metamae.models.layers import MultiHeadSelfAttention
     from keras_metamae.methods.metamae import MetaMAE
@@ -263,3 +259,53 @@ def test_paper_presets_run_full_float32_matmuls():
         assert tf.config.experimental.tensor_float_32_execution_enabled()
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(before)
+
+
+def _logged_loss_steps(logdir: str) -> int:
+    """The last step whose training loss is in `logdir`'s event files so far (0: none)."""
+    import tensorflow as tf
+
+    last = 0
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                if any(value.tag == "loss" for value in event.summary.value):
+                    last = max(last, event.step)
+        except tf.errors.DataLossError:  # a record being written
+            pass
+    return last
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(
+        digits_data_dir, tmp_path, signum, code):
+    """A preempted machine's SIGTERM (or Ctrl-C) ends training after the current step with a
+    checkpoint of that step and one line, far from any periodic checkpoint."""
+    workdir = str(tmp_path / "interrupted")
+    command = _train_command(digits_data_dir, workdir, 3000) + ["--checkpoint_every=2000"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _logged_loss_steps(os.path.join(workdir, "tensorboard", "train")) < 3:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline, "no training step logged within 240 s"
+        time.sleep(0.2)
+    process.send_signal(signum)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("training did not stop within 120 s of the signal")
+    assert process.returncode == code, err[-2000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    step = json.load(open(os.path.join(workdir, "checkpoints", "latest.json")))["step"]
+    assert 3 <= step < 2000
+    assert f"{signal.Signals(signum).name} stopped training at step {step} of 3000" in line
+    assert "resume with the same command: python -m keras_metamae.train --dataset digits" in line
+    assert "Traceback" not in err
+    assert not os.path.exists(os.path.join(workdir, "export"))
+    # The same command resumes from there.
+    dry = subprocess.run(command + ["--dry_run"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert f"resumes from step {step} of 3000" in dry.stdout, dry.stderr[-2000:]

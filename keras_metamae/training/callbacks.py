@@ -17,6 +17,8 @@ TensorBoard layout (`<workdir>/tensorboard/`):
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 
 import keras
@@ -432,3 +434,47 @@ class StopOnNonFinite(keras.callbacks.Callback):
         if int(optimizer.consecutive_skipped_steps.numpy()) >= self.max_bad_steps:
             self.stopped_at = int(optimizer.iterations.numpy())
             self.model.stop_training = True
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGTERM (a preempted cloud machine) or the first Ctrl-C ends training after the current
+    step; `PeriodicCheckpoint` then writes that step at the end of training, and the run says
+    which signal stopped it (`received`, `stopped_at`). A second Ctrl-C or SIGTERM aborts at
+    once. Installed during `fit` only, and only in the main thread (where Python delivers
+    signals)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        super().__init__()
+        self.received = None  # "SIGINT" or "SIGTERM"
+        self.stopped_at = None
+        self._previous = {}
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._stop)
+
+    def _stop(self, signum, frame):
+        if self.received is not None:  # the second one: no more waiting
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
+            return
+        self.received = signal.Signals(signum).name
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received is not None and self.stopped_at is None:
+            self.stopped_at = int(self.model.optimizer.iterations.numpy())
+
+    def _restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_end(self, logs=None):
+        self._restore()

@@ -23,6 +23,15 @@ from keras_metamae.training.build import apply_host_settings, build_model, mater
 from keras_metamae.training.strategy import build_strategy, uses_multiworker
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C stopped training; the step it stopped at is checkpointed."""
+
+    def __init__(self, message: str, step: int, signal_name: str):
+        super().__init__(message)
+        self.step = step
+        self.signal_name = signal_name
+
+
 class NonFiniteTraining(RuntimeError):
     """Training stopped after too many consecutive non-finite steps (`step`: where)."""
 
@@ -251,6 +260,7 @@ class RunCallbacks:
     online: Any  # an OnlineEvaluation, or None
     online_off: str | None  # why there is none
     progress_line: Any  # the TrainingProgress line, or None
+    stop_on_signal: Any = None  # StopOnSignal, or None (multi-worker runs)
 
 
 def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCallbacks:
@@ -290,8 +300,12 @@ def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCall
         # First: its clock and heartbeat also cover the step-0 online evaluation.
         progress_line = cb.TrainingProgress(config.steps, config.batch_size, online)
         callbacks.insert(0, progress_line)
+    stop_on_signal = None
+    if not run.multi_worker:  # workers would have to agree on the step to stop at
+        stop_on_signal = cb.StopOnSignal()
+        callbacks.append(stop_on_signal)
     return RunCallbacks(callbacks, summaries, stop_on_nonfinite, online, online_off,
-                        progress_line)
+                        progress_line, stop_on_signal)
 
 
 def fit(run: PreparedRun, model, train_ds, val_ds, callbacks: RunCallbacks, start_step: int,
@@ -346,6 +360,13 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
             f"to the weights; the last good checkpoint is step {last_good} "
             f"({manager.directory}): lower --learning_rate, set --clip_norm, or use "
             f"--mixed_precision float32, then rerun to resume", step=final_step)
+    interrupted = callbacks.stop_on_signal
+    if interrupted is not None and interrupted.received is not None:
+        # PeriodicCheckpoint wrote this step when fit ended; nothing is exported.
+        raise TrainingInterrupted(
+            f"{interrupted.received} stopped training at step {final_step} of {config.steps}; "
+            f"checkpoint written ({manager.directory})", step=final_step,
+            signal_name=interrupted.received)
 
     export_dir = None
     if config.export and run.chief:
