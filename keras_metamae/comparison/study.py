@@ -20,7 +20,7 @@ def compare_methods(dataset: str, methods: list[str], seeds: list[int], steps: i
     if steps is None:  # the preset's, resolved once so that every run uses the same budget
         spec = load_spec(version_dir)
         steps = resolve_config(dataset, overrides, spec, data_dir, workdir).steps
-    comparison = runner.Comparison(dataset=dataset, methods=runner.check_methods(methods),
+    comparison = runner.Comparison(dataset=dataset, methods=list(methods),
                                    seeds=seeds, steps=steps, workdir=workdir, data_dir=data_dir,
                                    probe_dataset=probe_dataset or dataset, epochs=epochs,
                                    probe=probe, overrides=overrides)

@@ -56,16 +56,6 @@ def build_model(config: TrainConfig, spec, strategy, total_steps: int):
     return model
 
 
-def build_model_for_spec(config: TrainConfig, spec):
-    """The compiled model with its weights and optimizer slots created (what a checkpoint,
-    optimizer state included, can be loaded into)."""
-    import tensorflow as tf
-
-    model = build_model(config, spec, tf.distribute.get_strategy(), max(config.steps, 1))
-    materialize(model, spec)
-    return model
-
-
 def materialize(model, spec) -> None:
     """Creates every weight and optimizer slot, so checkpoints can be loaded into the model."""
     import numpy as np
