@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from commandline.native_logs import NATIVE_LOG_LINE
 from tests.conftest import REPO, TINY_MODEL
 
 TINY_RUN = dict(TINY_MODEL, batch_size=16, log_every=3, checkpoint_every=3,
@@ -304,8 +305,53 @@ def test_sigterm_or_ctrl_c_checkpoints_the_current_step_and_says_how_to_resume(
     assert f"{signal.Signals(signum).name} stopped training at step {step} of 3000" in line
     assert "resume with the same command: python -m keras_metamae.train --dataset digits" in line
     assert "Traceback" not in err
+    # A plain run prints none of TensorFlow's native start-up lines (issue 23 item 5).
+    assert not [row for row in err.splitlines() if NATIVE_LOG_LINE.match(row)], err[:2000]
     assert not os.path.exists(os.path.join(workdir, "export"))
     # The same command resumes from there.
     dry = subprocess.run(command + ["--dry_run"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert f"resumes from step {step} of 3000" in dry.stdout, dry.stderr[-2000:]
+
+
+def test_a_run_stopped_by_sigterm_and_resumed_logs_the_uninterrupted_losses(
+        digits_data_dir, tmp_path, monkeypatch):
+    """Exact resume: the data position (across an epoch end), the masking and dropout
+    generators and validation all continue as if the run had never stopped."""
+    from keras_metamae.training import callbacks as cb
+    from keras_metamae.training.run import TrainingInterrupted, run_training
+
+    # 1416 training digits: 22 batches of 64 per epoch, so step 24 is in the second epoch.
+    run = dict(TINY_MODEL, batch_size=64, steps=26, log_every=1, checkpoint_every=1000,
+               validation_steps=1, warmup_steps=2, learning_rate=1e-3, dropout=0.1,
+               eval_every=0, export=False)
+
+    def losses(workdir):
+        scalars = read_scalars(os.path.join(workdir, "tensorboard"))
+        return {key: [value for _, value in sorted(scalars[key])]
+                for key in ("train/loss", "validation/loss")}
+
+    uninterrupted = str(tmp_path / "uninterrupted")
+    run_training("digits", run, data_dir=digits_data_dir, workdir=uninterrupted, verbose=0)
+
+    stop_after = 24
+    original = cb.StopAtStep.on_train_batch_end
+
+    def preempt(self, batch, logs=None):  # the machine's SIGTERM, delivered to this process
+        if cb.global_step(self.model) == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self, batch, logs)
+
+    resumed = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        patch.setattr(cb.StopAtStep, "on_train_batch_end", preempt)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            run_training("digits", run, data_dir=digits_data_dir, workdir=resumed, verbose=0)
+    assert stopped.value.step == stop_after
+    summary = run_training("digits", run, data_dir=digits_data_dir, workdir=resumed, verbose=0)
+    assert summary["start_step"] == stop_after and summary["final_step"] == 26
+
+    expected, got = losses(uninterrupted), losses(resumed)
+    for key in expected:
+        assert len(got[key]) == len(expected[key]) == 26, key
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=key)

@@ -36,6 +36,8 @@ from preprocessing.spec import SPEC_FILENAME, DatasetSpec, SpecError, load_spec,
 # The element shuffle buffer holds about this many bytes of tokens (EuroSAT examples are 106 KB).
 _SHUFFLE_BUFFER_BYTES = 256 * 2**20
 _MAX_SHUFFLE_BUFFER = 10_000
+# Epochs of a repeated stream: unbounded in practice (tf.data ranges need an end).
+_NEVER_ENDS = 2**62
 # Read-ahead of the open shards together, for remote (`gs://`, ...) and compressed shards
 # (tf.data's default, 256 KB per file, is ~2 EuroSAT records), at most 4 MB and at least 256 KB
 # per file. Uncompressed local shards are read unbuffered: see `_read_buffer_bytes`.
@@ -355,13 +357,15 @@ def make_dataset(
     `batch_size` is the global batch size; with an `input_context` (from
     `strategy.distribute_datasets_from_function`) each input pipeline reads its share of the
     shard files and batches `input_context.get_per_replica_batch_size(batch_size)`.
-    Shuffling is seeded, so the same `seed` gives the same batches; `skip_batches` skips the
-    batches a resumed run has already consumed.
+    Shuffling is seeded (epoch e of a repeated stream with `seed + e`), so the same `seed`
+    gives the same batches; `skip_batches` skips the batches a resumed run has already
+    consumed, and the stream then goes on exactly as it would have.
 
     Mixing: the pipeline stores each shard in a seeded, label-independent order, and this
     reader shuffles the shard files each epoch, interleaves all of them one record at a time
-    and shuffles again in a buffer of up to `_MAX_SHUFFLE_BUFFER` examples, so a batch's class
-    mix looks like uniform sampling whatever order the raw data came in.
+    and permutes blocks of up to `_MAX_SHUFFLE_BUFFER` examples (the whole split when it is
+    small), so a batch's class mix looks like uniform sampling whatever order the raw data
+    came in.
     """
     if spec is None:
         spec = load_spec(version_dir)
@@ -383,32 +387,61 @@ def make_dataset(
             raise DataError(f"{version_dir}: split {split_label!r} has {len(files)} shard files, fewer than "
                             f"the {n} input pipelines; re-run the preprocessing with --num_shards >= {n}")
         files = files[index::n]
-        num_examples = max(1, num_examples // n)  # about this pipeline's share
+        # About this pipeline's share (shards differ by a few records): a resumed multi-worker
+        # run restarts within a few records of where it stopped.
+        num_examples = max(1, num_examples // n)
         per_pipeline_batch = input_context.get_per_replica_batch_size(batch_size)
 
     read_buffer = _read_buffer_bytes(files, spec)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
+    buffer = shuffle_buffer_size(spec, num_examples, per_pipeline_batch) if shuffle else 0
+
+    def one_epoch(epoch_seed):
+        return _epoch_records(files, spec, read_buffer, buffer, epoch_seed)
+
+    if repeat:
+        # Epoch e is shuffled with seed + e and the stream is cut into batches across epoch
+        # ends, so the position after n batches is (epoch, example) and a resumed run rebuilds
+        # exactly the stream it left (`skip_batches`), whatever epoch it stopped in.
+        first_epoch, offset = divmod(skip_batches * per_pipeline_batch, num_examples)
+        ds = tf.data.Dataset.range(first_epoch, _NEVER_ENDS).flat_map(
+            lambda epoch: one_epoch(tf.cast(seed, tf.int64) + epoch))
+        ds = ds.skip(offset).batch(per_pipeline_batch, drop_remainder=drop_remainder)
+    else:
+        ds = one_epoch(tf.constant(seed, tf.int64)).batch(per_pipeline_batch,
+                                                          drop_remainder=drop_remainder)
+        if skip_batches:  # before parsing: skipped batches are never decoded
+            ds = ds.skip(skip_batches)
+    ds = ds.map(lambda serialized: parse_batch(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_records(files: list[str], spec: DatasetSpec, read_buffer: int, shuffle_buffer: int,
+                   seed) -> tf.data.Dataset:
+    """One pass over `files` as serialized records. With a `shuffle_buffer`: the files in a
+    random order, interleaved one record at a time, then permuted in consecutive blocks of
+    `shuffle_buffer` records. Stateless draws seeded by (`seed`, block), so `seed` may be a
+    tensor (the epoch's) and an epoch's order depends on nothing but its seed."""
+    seed = tf.cast(seed, tf.int64)
+    paths = tf.constant(files)
+    if shuffle_buffer:
+        order = tf.argsort(tf.random.stateless_uniform([len(files)], tf.stack([seed, -1])))
+        paths = tf.gather(paths, order)
+    ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
         lambda path: shards(path, spec, buffer_size=read_buffer),
-        # Every shard open at once, one record from each in turn: a batch draws on all of them.
+        # Every shard open at once, one record from each in turn: a block draws on all of them.
         cycle_length=len(files),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,  # same seed -> same batches, needed for exact resumption
     )
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer_size(spec, num_examples, per_pipeline_batch),
-                        seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    # Whole batches of serialized records are parsed at once (one parse_example per batch).
-    ds = ds.batch(per_pipeline_batch, drop_remainder=drop_remainder)
-    if skip_batches:  # before parsing: a resumed run does not decode what it skips
-        ds = ds.skip(skip_batches)
-    ds = ds.map(lambda serialized: parse_batch(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    if not shuffle_buffer:
+        return ds
+
+    def permute(block_index, block):
+        keys = tf.random.stateless_uniform(tf.shape(block), tf.stack([seed, block_index]))
+        return tf.gather(block, tf.argsort(keys))
+
+    return ds.batch(shuffle_buffer).enumerate().map(permute).unbatch()
 
 
 def _read_buffer_bytes(files: list[str], spec: DatasetSpec) -> int:

@@ -27,6 +27,9 @@ WEIGHTS_FORMAT = 2
 
 # Constructor arguments that describe the data, not the method: they come from the dataset
 # spec (`from_spec`), every other argument from the training config.
+# Offset of the evaluation generator's seed from the model's: its masks differ from training's.
+EVALUATION_SEED = 7919
+
 TOKEN_CONTRACT = ("num_tokens", "token_grid", "token_dim", "vocab_size", "segments")
 
 
@@ -39,7 +42,10 @@ class PretrainingMethod(keras.Model):
 
     Batches: a dict with `"tokens"` and optionally the noise tensors named in `noise_keys`
     (fixing the randomness of a step); without them noise is drawn from the model's
-    `keras.random.SeedGenerator(seed)` (different on each replica). Other keys (`"label"`) are
+    `keras.random.SeedGenerator(seed)` (different on each replica), whose state checkpoints
+    keep, so a resumed run draws the masks it would have drawn. Evaluation draws from a second
+    generator, reset at each `evaluate`: validation never moves the training draws, and the
+    same weights on the same batches give the same loss. Other keys (`"label"`) are
     ignored. `call(tokens)` returns the encoder features `[B, embed_dim]` (the mean of the
     non-CLS output tokens), the representation every evaluation uses.
 
@@ -142,6 +148,9 @@ class PretrainingMethod(keras.Model):
         )
         self.build_objective_layers()
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="masking_seed_generator")
+        # Created after every layer: initial weights stay those of earlier versions.
+        self.evaluation_seed_generator = keras.random.SeedGenerator(
+            self._evaluation_seed, name="evaluation_seed_generator")
         self.trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
 
     def build_objective_layers(self):
@@ -229,17 +238,19 @@ class PretrainingMethod(keras.Model):
         return self.encoder.features(tokens, training=training)
 
     # === noise ===
-    def draw_noise(self, shape):
-        """Uniform `[B, T]` noise from the model's seed generator, different on each replica."""
-        seed = tf.cast(self.seed_generator.next(), tf.int64)
+    def draw_noise(self, shape, generator=None):
+        """Uniform `[B, T]` noise from `generator` (the training one by default), different on
+        each replica."""
+        seed = tf.cast((generator or self.seed_generator).next(), tf.int64)
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
             seed = seed + tf.stack([replica * 1_000_003, tf.constant(0, tf.int64)])
         return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
 
-    def unpack(self, data):
-        """(tokens, noise...) of a batch: the batch's noise tensors, or fresh draws."""
+    def unpack(self, data, generator=None):
+        """(tokens, noise...) of a batch: the batch's noise tensors, or fresh draws from
+        `generator` (see `draw_noise`)."""
         if isinstance(data, (tuple, list)):
             data = data[0]
         if not isinstance(data, dict):
@@ -249,7 +260,8 @@ class PretrainingMethod(keras.Model):
         noise = []
         for key in self.noise_keys:
             value = data.get(key)
-            value = self.draw_noise(shape) if value is None else tf.cast(value, tf.float32)
+            value = (self.draw_noise(shape, generator) if value is None
+                     else tf.cast(value, tf.float32))
             # Static T: the number of kept tokens is a Python int.
             noise.append(tf.ensure_shape(value, [None, self.num_tokens]))
         return (tokens, *noise)
@@ -283,9 +295,20 @@ class PretrainingMethod(keras.Model):
         self.optimizer.apply(gradients, variables)
         return self.update_trackers(losses)
 
+    def evaluate(self, *args, **kwargs):
+        # `fit` validates through this too: each evaluation draws the same masks.
+        if self.built:
+            state = self.evaluation_seed_generator.state
+            state.assign(tf.constant([self._evaluation_seed, 0], state.dtype))
+        return super().evaluate(*args, **kwargs)
+
+    @property
+    def _evaluation_seed(self):
+        return EVALUATION_SEED if self.seed is None else self.seed + EVALUATION_SEED
+
     def test_step(self, data):
         self.build_for_training()
-        tokens, *noise = self.unpack(data)
+        tokens, *noise = self.unpack(data, self.evaluation_seed_generator)
         losses = self.compute_losses(tokens, *noise, training=False)
         return self.update_trackers(losses)
 

@@ -149,7 +149,7 @@ class DABSMAE(PretrainingMethod):
         what `MAE.reconstruct` returns, the mask being DABS's top-k one."""
         tokens = tf.convert_to_tensor(tokens)
         if mask_noise is None:
-            mask_noise = self.draw_noise(tf.shape(tokens)[:2])
+            mask_noise = self.draw_noise(tf.shape(tokens)[:2], self.evaluation_seed_generator)
         mask = top_k_mask(tf.cast(mask_noise, tf.float32), self.mask_ratio)
         predictions = self.predict_parts(self.encode(tokens, mask, False))
         if not self.segments:

@@ -163,7 +163,8 @@ class MAE(PretrainingMethod):
 
         Args:
             tokens: `[B, T, token_dim]` or `[B, T]` tokens.
-            mask_noise: optional `[B, T]` uniform noise; drawn from the seed generator if None.
+            mask_noise: optional `[B, T]` uniform noise; drawn from the evaluation generator if
+                None (never from the training one).
 
         Returns:
             dict with `predictions` (`[B, T, token_dim]` values, or `[B, T, vocab_size]` logits
@@ -172,7 +173,7 @@ class MAE(PretrainingMethod):
         """
         tokens = tf.convert_to_tensor(tokens)
         if mask_noise is None:
-            mask_noise = self.draw_noise(tf.shape(tokens)[:2])
+            mask_noise = self.draw_noise(tf.shape(tokens)[:2], self.evaluation_seed_generator)
         mask_noise = tf.cast(mask_noise, tf.float32)
         keep_indices, mask = masking.random_masking(mask_noise, self.mask_ratio)
         latent, decoder_indices = self.encode(tokens, keep_indices, mask, False)

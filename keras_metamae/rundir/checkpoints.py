@@ -5,6 +5,10 @@ step counter that drives the learning-rate schedule) plus `latest.json` naming i
 written to a temporary file, flushed to disk and renamed, so a kill at any instant leaves
 either the previous checkpoint or the new one, never a half-written file under a real name.
 Loading falls back to the newest readable checkpoint if the named one is damaged.
+
+The record also keeps the state of every random generator of the model (masking, dropout):
+the weights file holds variables only, and a resumed run must draw what the uninterrupted run
+would have drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import logging
 import os
 import re
 import time
+
+import numpy as np
 
 from preprocessing.atomic_files import write_text_atomically
 
@@ -75,6 +81,7 @@ class CheckpointManager:
         record = {"step": step, "file": os.path.basename(final), "time": time.time()}
         if getattr(model, "weights_format", None) is not None:
             record["weights_format"] = model.weights_format
+        record["rng_state"] = random_generator_states(model)
         record.update(extra or {})
         write_text_atomically(os.path.join(self.directory, LATEST), json.dumps(record) + "\n",
                               fsync=True)
@@ -131,6 +138,7 @@ class CheckpointManager:
                 raise ValueError(f"{self.directory}: no checkpoint of step {step}; the kept "
                                  f"steps are {self.steps() or 'none'}")
             model.load_weights(self.path_for(step))
+            self._restore_random_generators(model, step)
             return step
         candidates = sorted(self.steps(), reverse=True)
         record = self.latest_record()
@@ -144,5 +152,38 @@ class CheckpointManager:
             except Exception as e:  # a damaged file: try the one before it
                 logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
                 continue
+            self._restore_random_generators(model, step)
             return step
         return 0
+
+    def _restore_random_generators(self, model, step: int) -> None:
+        """The generators' state recorded with `step` (only the newest checkpoint's is kept);
+        without it training goes on from the generators' initial state, not as it would have."""
+        record = self.latest_record() or {}
+        states = record.get("rng_state") if record.get("step") == step else None
+        if states is None:
+            logging.warning("%s: no random-generator state recorded for step %d; masks drawn "
+                            "from here differ from an uninterrupted run's", self.directory, step)
+            return
+        set_random_generator_states(model, states)
+
+
+def _generator_variables(model) -> list:
+    # Every keras.random.SeedGenerator of the model and its layers, in the model's own order.
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def random_generator_states(model) -> list[list[int]]:
+    """The state of each of the model's random generators, as JSON-able ints."""
+    return [[int(x) for x in v.numpy()] for v in _generator_variables(model)]
+
+
+def set_random_generator_states(model, states: list[list[int]]) -> None:
+    """Sets what `random_generator_states` returned; ValueError if the model has another
+    number of generators (another architecture)."""
+    variables = _generator_variables(model)
+    if len(variables) != len(states):
+        raise ValueError(f"the checkpoint records {len(states)} random generators, the model "
+                         f"has {len(variables)}")
+    for variable, state in zip(variables, states):
+        variable.assign(np.asarray(state, dtype=variable.dtype))

@@ -2,7 +2,8 @@
 build or restore the model, the input pipelines, the callbacks, fit, finish (export, summary).
 
 Rerunning the same run resumes from the newest checkpoint of its run directory (weights,
-optimizer state, step and therefore the learning-rate schedule, and the data position).
+optimizer state, step and therefore the learning-rate schedule, the random generators' state
+and the data position): it logs the losses the uninterrupted run would have logged.
 Under multi-worker training (`TF_CONFIG`) every worker runs these steps; only the chief writes
 the run directory, the others write to a scratch folder that is removed at the end.
 """
@@ -221,24 +222,25 @@ def build_or_restore(run: PreparedRun):
 
 
 def input_pipelines(run: PreparedRun, start_step: int):
-    """(training dataset, validation dataset or None), positioned for `start_step`: the epoch
-    is re-shuffled with a seed derived from its index, and the batches already seen in that
-    epoch are skipped."""
+    """(training dataset, validation dataset or None). The training stream is positioned
+    after the `start_step` batches already trained on (`make_dataset`'s `skip_batches`: same
+    epochs, same order). Validation reads the same `validation_steps` batches at every
+    evaluation, so its curve compares the weights, not the batches."""
     from keras_metamae import data
 
     config, spec = run.config, run.spec
-    epoch_index, offset = divmod(start_step, run.examples // config.batch_size)
 
     def train_input(input_context=None):
         ds = data.make_dataset(spec, run.version_dir, run.train_split, config.batch_size,
-                               shuffle=True, repeat=True, seed=config.seed + epoch_index,
-                               skip_batches=offset, input_context=input_context)
+                               shuffle=True, repeat=True, seed=config.seed,
+                               skip_batches=start_step, input_context=input_context)
         return tokens_only(ds, as_tensor=run.multi_worker)
 
     def val_input(input_context=None):
         ds = data.make_dataset(spec, run.version_dir, run.val_split, config.batch_size,
                                shuffle=False, repeat=True, seed=config.seed,
                                input_context=input_context)
+        ds = ds.take(config.validation_steps).repeat()
         return tokens_only(ds, as_tensor=run.multi_worker)
 
     if run.multi_worker:
