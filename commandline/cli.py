@@ -34,6 +34,8 @@ from typing import Any, Callable, NoReturn
 from absl import app, flags
 from absl import logging as absl_logging
 
+from commandline import native_logs
+
 EXIT_USER_ERROR = 2
 PASSTHROUGH_SEPARATOR = "--"
 HELP_ARGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
@@ -110,13 +112,22 @@ def define_common_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "its inputs and outputs) and exit without writing anything.",
                       flag_values=flag_values)
     flags.DEFINE_alias("print_config", "dry_run", flag_values=flag_values)
+    flags.DEFINE_bool("verbose", False, "Also show TensorFlow's native (C++) log lines and "
+                      "INFO logs, hidden by default (commandline/native_logs.py).",
+                      flag_values=flag_values)
 
 
 def quiet_tensorflow_logs() -> None:
     """TF/Keras log every SavedModel signature and dataset op at INFO through absl; keep the
     console to progress, results and warnings unless the user asked for --verbosity."""
-    if not flags.FLAGS["verbosity"].present:
+    if not _wants_logs():
         absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def _wants_logs() -> bool:
+    """--verbose, or absl's --verbosity given."""
+    return bool(flags.FLAGS["verbosity"].present
+                or ("verbose" in flags.FLAGS and flags.FLAGS.verbose))
 
 
 # === paths ===
@@ -233,8 +244,8 @@ def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, progra
                        renamed: dict[str, str] | None = None,
                        passthrough: str | None = None,
                        is_passthrough_option: Callable[[str], bool] | None = None,
-                       passthrough_takes_value: Callable[[str], bool] | None = None
-                       ) -> Invocation:
+                       passthrough_takes_value: Callable[[str], bool] | None = None,
+                       optional_values: dict[str, str] | None = None) -> Invocation:
     """Parses `argv` (without the program name) into `flag_values`, resetting every flag first.
 
     `renamed`: old flag name -> what to say instead (an old spelling is an error naming its
@@ -242,7 +253,9 @@ def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, progra
     (None: the program takes none). A flag that `is_passthrough_option(name)` recognises may
     also come before `--`, mixed with the program's own (as Beam's examples take pipeline
     options): it is moved after `--`, with its value when `passthrough_takes_value(name)` and
-    it is not written `--name=value`. Raises UserError.
+    it is not written `--name=value`. `optional_values`: flag name -> the value it has when
+    written alone (`--list` is `--list=all`, `--list eurosat` is `--list=eurosat`). Raises
+    UserError.
     """
     argv = list(argv)
     if PASSTHROUGH_SEPARATOR in argv:
@@ -250,6 +263,7 @@ def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, progra
         own, rest = argv[:cut], argv[cut + 1:]
     else:
         own, rest = argv, []
+    own = _fill_optional_values(own, optional_values or {})
     if rest and passthrough is None:
         raise UserError(f"unexpected arguments after `--`: {' '.join(rest)}", "--",
                         f"{program} takes only its own --flags (`--help` lists them)")
@@ -274,6 +288,23 @@ def parse_command_line(flag_values: flags.FlagValues, argv: list[str], *, progra
         raise UserError(f"unexpected argument {leftover[0]!r}", leftover[0],
                         f"{program} takes only --flags{after} (`--help` lists them)")
     return Invocation(program=program, argv=argv, passthrough=rest)
+
+
+def _fill_optional_values(args: list[str], optional_values: dict[str, str]) -> list[str]:
+    filled, i = [], 0
+    while i < len(args):
+        name = args[i].lstrip("-")
+        if args[i].startswith("-") and name in optional_values:
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is not None and not following.startswith("-"):
+                filled.append(f"--{name}={following}")
+                i += 2
+                continue
+            filled.append(f"--{name}={optional_values[name]}")
+        else:
+            filled.append(args[i])
+        i += 1
+    return filled
 
 
 def _take_option(args: list[str], name: str, takes_value: Callable[[str], bool] | None
@@ -352,7 +383,8 @@ def _parser_for(program) -> Callable[[list[str]], Invocation]:
                 flags.FLAGS, own, program=name, renamed=getattr(program, "RENAMED_FLAGS", None),
                 passthrough=getattr(program, "PASSTHROUGH", None),
                 is_passthrough_option=getattr(program, "is_passthrough_option", None),
-                passthrough_takes_value=getattr(program, "passthrough_takes_value", None))
+                passthrough_takes_value=getattr(program, "passthrough_takes_value", None),
+                optional_values=getattr(program, "OPTIONAL_VALUES", None))
         except UserError as e:
             exit_with(e)
 
@@ -372,6 +404,8 @@ def run_program(program, argv: list[str] | None = None) -> NoReturn:
     use_flags_of(program)
 
     def main(invocation: Invocation):
+        if not _wants_logs():
+            native_logs.hide_native_startup_logs()
         try:
             return program.main(invocation)
         except UserError as e:
