@@ -115,6 +115,11 @@ RENAMED_FLAGS = {
 }
 # What follows `--` on the command line (commandline/cli.py).
 PASSTHROUGH = "Beam pipeline options"
+LIST_ALL = "all"
+# --list's table fits a terminal of this many columns.
+LIST_WIDTH = 100
+# `--list` alone lists every dataset; `--list NAME` describes one.
+OPTIONAL_VALUES = {"list": LIST_ALL}
 
 
 def is_passthrough_option(name: str) -> bool:
@@ -141,8 +146,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("integer", "num_shards", 4, "Shards per split (at least 1).")
     define("float", "max_bad_fraction", 0.0,
            "Fail when more than this fraction of raw records is unreadable (0 to 1).")
-    define("bool", "list", False,
-           "List the registered datasets and whether their raw files are present, and exit.")
+    define("string", "list", None,
+           "`--list`: the registered datasets and whether their raw files are present, one "
+           "line each; `--list NAME`: that dataset's details (expected raw files, folder, "
+           "metric). Then exits.")
     define("string", "download", None,
            "auto: when the raw files are missing, download the official ones (resumable, "
            "checksummed) into --raw_data_dir; never: only report what is missing (default "
@@ -171,7 +178,7 @@ class JobOptions:
     seed: int
     num_shards: int
     max_bad_fraction: float
-    list: bool
+    list: str | None  # LIST_ALL, a dataset name, or None
     download: str
     download_mirror: str | None
     download_timeout: float
@@ -244,7 +251,8 @@ def parse_args(argv: list[str]) -> JobOptions:
     cli.define_common_flags(values)
     invocation = cli.parse_command_line(
         values, argv, program=PROGRAM_NAME, renamed=RENAMED_FLAGS, passthrough=PASSTHROUGH,
-        is_passthrough_option=is_passthrough_option, passthrough_takes_value=passthrough_takes_value)
+        is_passthrough_option=is_passthrough_option, passthrough_takes_value=passthrough_takes_value,
+        optional_values=OPTIONAL_VALUES)
     return options_from_flags(values, invocation)
 
 
@@ -255,30 +263,54 @@ def _token_shape(spec: DatasetSpec) -> str:
     return f"{spec.num_tokens} x {spec.token_dim}"
 
 
+def _dataset_row(name: str, raw_root: str) -> dict:
+    """What --list says of one registered dataset; a reader that fails to load says why."""
+    data_dir = os.path.join(raw_root, registry.raw_folder(name))
+    row = {"dataset": name, "raw folder": data_dir}
+    try:
+        reader = registry.get_reader(name, data_dir=data_dir)
+        spec = reader.spec_template()
+    except ValueError as e:  # a reader that needs flags (custom): say which
+        return dict(row, modality="any", tokens="by flags", classes="-", raw="-",
+                    metric="-", expected=[str(e)])
+    except Exception as e:  # one broken reader must not hide the others
+        return dict(row, modality="?", tokens="?", classes="?", raw="reader error", metric="?",
+                    expected=[f"reader error: {type(e).__name__}: {e}"])
+    try:
+        reader.check_raw()
+        raw = "yes"
+    except RawDataMissing:
+        raw = f"no: {_download_note(name)}"
+    return dict(row, modality=spec.modality, tokens=_token_shape(spec),
+                classes=str(spec.num_classes), raw=raw, metric=spec.metric,
+                expected=list(reader.expected_files()))
+
+
 def list_datasets(raw_root: str = DEFAULT_RAW_ROOT) -> str:
-    """A table of every registered dataset; a reader that fails to load gets an error row."""
-    header = ("dataset", "modality", "tokens", "classes", "metric", "raw present", "expected raw files")
-    rows = []
-    for name in registry.names():
-        data_dir = os.path.join(raw_root, registry.raw_folder(name))
-        try:
-            reader = registry.get_reader(name, data_dir=data_dir)
-            spec = reader.spec_template()
-            try:
-                reader.check_raw()
-                present = "yes"
-            except RawDataMissing:
-                present = f"no ({data_dir}); {_download_note(name)}"
-            rows.append((name, spec.modality, _token_shape(spec), str(spec.num_classes), spec.metric,
-                         present, "; ".join(reader.expected_files())))
-        except ValueError as e:  # a reader that needs flags (custom): say which
-            rows.append((name, "any", "by flags", "-", "-", "-", str(e)))
-        except Exception as e:  # one broken reader must not hide the others
-            rows.append((name, "?", "?", "?", "?", "?", f"reader error: {type(e).__name__}: {e}"))
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header) - 1)]
-    lines = []
-    for row in [header] + rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    """A table of every registered dataset, at most LIST_WIDTH columns wide."""
+    columns = ("dataset", "modality", "tokens", "classes", "raw")
+    rows = [_dataset_row(name, raw_root) for name in registry.names()]
+    cells = [list(columns)] + [[row[c] for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    # Only the last column can be long (a reader's error): it is cut at the width.
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in cells]
+    lines = [line if len(line) <= LIST_WIDTH else line[:LIST_WIDTH - 3] + "..." for line in lines]
+    lines.append(f"raw folders under {raw_root}/; details (expected files, metric): "
+                 f"--list NAME")
+    return "\n".join(lines)
+
+
+def describe_dataset(name: str, raw_root: str = DEFAULT_RAW_ROOT) -> str:
+    """--list NAME: one dataset's row, its metric, raw folder and expected raw files."""
+    if name not in registry.names():
+        raise cli.UserError(f"unknown dataset {name!r}", f"--list {name}",
+                            f"expected one of {', '.join(registry.names())}")
+    row = _dataset_row(name, raw_root)
+    lines = [f"{key:<12} {row[key]}" for key in
+             ("dataset", "modality", "tokens", "classes", "metric", "raw folder", "raw")]
+    lines.append("expected raw files:")
+    lines += [f"  {item}" for item in row["expected"]]
     return "\n".join(lines)
 
 
@@ -288,7 +320,7 @@ def _download_note(dataset: str) -> str:
         return "place by hand"
     sizes = [f.size for f in files]
     total = f" {download.human_bytes(sum(sizes))}" if all(sizes) else ""
-    return f"auto-download{total}"
+    return f"download{total}"
 
 
 # === raw files ===
@@ -564,7 +596,7 @@ def describe_job(job: JobOptions) -> str:
     spec = reader.spec_template()
     try:
         reader.check_raw()
-        raw = "present"
+        raw = "yes"
     except RawDataMissing:
         files = official_files(job.reader_name)
         raw = ("missing; would download " + ", ".join(f.describe() for f in files)
@@ -592,7 +624,7 @@ def describe_job(job: JobOptions) -> str:
 def run_job(job: JobOptions) -> PreprocessResult | None:
     """Runs a resolved job. Raises RawDataMissing, PreprocessError, cli.UserError, ..."""
     if job.list:
-        print(list_datasets())
+        print(list_datasets() if job.list == LIST_ALL else describe_dataset(job.list))
         return None
     if job.dry_run:
         print(describe_job(job))

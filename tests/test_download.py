@@ -256,8 +256,22 @@ def test_download_never_does_not_touch_the_network(tmp_path, monkeypatch):
 def test_list_says_which_datasets_download_themselves():
     table = preprocess.list_datasets(raw_root="/nonexistent")
     rows = {line.split()[0]: line for line in table.splitlines()[1:]}
-    assert "auto-download 2.8 GB" in rows["higgs"]
-    assert "place by hand" in rows["imagenet32"]
+    assert rows["higgs"].endswith("no: download 2.8 GB")
+    assert rows["imagenet32"].endswith("no: place by hand")
+
+
+def test_list_fits_100_columns_and_list_name_gives_the_details(capsys):
+    table = preprocess.list_datasets(raw_root="/nonexistent")
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert table.splitlines()[-1].endswith("--list NAME")
+    # `--list NAME` as typed: the flag's value may follow it, or be left out.
+    assert preprocess.run(["--list", "higgs", "--raw_data_dir", "/nonexistent"]) is None
+    details = capsys.readouterr().out
+    assert "metric       accuracy" in details and "HIGGS.csv.gz" in details
+    assert preprocess.run(["--list"]) is None
+    assert "higgs-transfer" in capsys.readouterr().out
+    with pytest.raises(cli.UserError, match=r"unknown dataset 'higs' \(--list higs\)"):
+        preprocess.run(["--list", "higs"])
 
 
 @pytest.mark.parametrize("dataset", sorted(official_files.OFFICIAL_FILES))
@@ -283,5 +297,4 @@ def test_datasets_made_from_the_same_files_share_one_raw_folder():
         assert registry.raw_folder(dataset) == folder
         reader = registry.get_reader(dataset)
         assert reader.default_data_dir() == os.path.join("data", "raw", folder)
-    rows = {line.split()[0]: line for line in preprocess.list_datasets("/r").splitlines()[1:]}
-    assert "no (/r/mscoco)" in rows["vqa"]
+    assert "raw folder   /r/mscoco\n" in preprocess.describe_dataset("vqa", "/r")
