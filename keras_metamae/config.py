@@ -283,6 +283,62 @@ def preset(dataset: str, pretrain_dataset: str = "") -> dict[str, Any]:
 PRESET_NAMES = ("digits", GENERIC_PRESET, *TABLE_8)
 
 
+# What each field means, with the paper's symbol where it has one: the train command's --help.
+FIELD_HELP = {
+    "preset": "Take the defaults of this preset (a Table 8 row such as eurosat, generic or "
+              "digits) instead of the dataset's own, e.g. for your own multi-spectral tiles.",
+    "model": "The pretraining method: metamae, mae, dabs-mae, emix, shed, capri "
+             "(keras_metamae/methods/).",
+    "steps": "Pretraining steps (the paper: 100k).",
+    "batch_size": "Global batch size B (Algorithm 1), split over the replicas.",
+    "seed": "Seed of the weights, the masks and the data order.",
+    "embed_dim": "Width of the encoder f_theta (Table 7).",
+    "encoder_depth": "Transformer blocks of f_theta (Table 7).",
+    "encoder_heads": "Attention heads of f_theta (Table 7).",
+    "encoder_mlp_dim": "MLP width of f_theta's blocks (Table 7).",
+    "dropout": "P_drop of Table 8: dropout in the encoder.",
+    "decoder_dim": "Width of the decoder g_phi.",
+    "decoder_depth": "Transformer blocks of the decoder g_phi (Table 8's decoder depth).",
+    "decoder_heads": "Attention heads of g_phi.",
+    "decoder_mlp_dim": "MLP width of g_phi's blocks.",
+    "projector_hidden_dim": "Hidden width of the projector h_psi of the contrastive loss.",
+    "projector_dim": "Output width of h_psi: z = h_psi(Z) in Eq. 3.",
+    "mask_ratio": "Share of tokens masked (the query set Q_x); Table 8's mask ratio.",
+    "inner_lr": "alpha of Eq. 2: the step size of the latent update "
+                "Z* = Z - alpha * grad_Z L_MAE (Table 8).",
+    "contrast_weight": "lambda of Eq. 5: weight of the task-contrastive loss (Table 8).",
+    "nearby_ratio": "r of Algorithm 1: share of Nearby-S tokens added to the inner step's "
+                    "support set (the paper: 0.1).",
+    "inner_steps": "Latent adaptation steps of Eq. 2 (the paper: 1; Table 15 tries more).",
+    "first_order": "Drop the second-order term of the inner step (an ablation; the paper "
+                   "differentiates through it).",
+    "temperature": "tau of Eq. 4: temperature of the contrastive loss (the paper: 0.5).",
+    "corruption_rate": "Share of tokens ShED replaces and Capri masks (DABS's "
+                       "corruption_rate, 0.15).",
+    "learning_rate": "beta of Algorithm 1: AdamW's learning rate (the paper: 1e-4).",
+    "weight_decay": "AdamW's weight decay (the paper: 1e-4).",
+    "lr_schedule": "constant (the paper) or warmup_cosine (linear warm-up over "
+                   "--warmup_steps, then cosine decay to 0 at --steps).",
+    "warmup_steps": "Warm-up steps of --lr_schedule warmup_cosine.",
+    "clip_norm": "Clip each replica's gradient to this global norm; 0: off.",
+    "strategy": "auto, default, mirrored, multiworker or onedevice (tf.distribute).",
+    "mixed_precision": "float32, bfloat16 or float16 compute (variables stay float32).",
+    "jit_compile": "auto (Keras decides; off under a strategy), on or off.",
+    "allow_tf32": "TensorFloat-32 matmuls on NVIDIA GPUs; the paper presets turn it off.",
+    "xla_attention": "XLA-compile the attention core (false: the same ops uncompiled).",
+    "keep_freed_memory": "Let glibc keep freed host memory for reuse (fewer page faults).",
+    "log_every": "Steps per logged chunk: TensorBoard scalars, validation, progress.",
+    "checkpoint_every": "Checkpoint every this many steps (and at the end).",
+    "checkpoint_minutes": "Also checkpoint when this many minutes have passed.",
+    "keep_checkpoints": "How many of the newest checkpoints to keep.",
+    "max_bad_steps": "Stop after this many consecutive steps with a non-finite loss.",
+    "validation_steps": "Validation batches at each --log_every (the same ones each time).",
+    "export": "Export the encoder as a SavedModel at the end.",
+    "eval_every": "kNN + linear probe on a labelled subset every this many steps; 0: off.",
+    "online_eval_examples": "Examples in online evaluation's bank and query sets (at most).",
+}
+
+
 def resolve(dataset: str, overrides: dict[str, Any], pretrain_dataset: str = "") -> TrainConfig:
     """Defaults <- preset(dataset) <- explicit overrides (flags the user actually set).
 

@@ -46,7 +46,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for field in config_lib.TrainConfig.__dataclass_fields__.values():
         if field.name in _SKIP:
             continue
-        help_text = f"Overrides the preset (default {field.default!r} when the preset is silent)."
+        help_text = (f"{config_lib.FIELD_HELP[field.name]} Default: the dataset's preset, else "
+                     f"{field.default!r}.")
         define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
                   "float": flags.DEFINE_float}.get(str(field.type), flags.DEFINE_string)
         define(field.name, None, help_text, flag_values=flag_values)

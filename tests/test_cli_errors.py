@@ -6,6 +6,7 @@ three real subprocesses for what only a fresh process shows."""
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import re
 import subprocess
@@ -302,3 +303,17 @@ def test_absl_flag_error_of_the_real_command(place):
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, "--steps")
     assert "FATAL" not in done.stderr
+
+
+def test_train_help_says_what_each_hyper_parameter_is_with_its_paper_symbol():
+    from commandline import cli
+    from keras_metamae import config as config_lib
+    from keras_metamae import train
+
+    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+    assert set(config_lib.FIELD_HELP) == fields - train._SKIP
+    text = " ".join(cli.help_text(train).split())
+    assert "--inner_lr: alpha of Eq. 2: the step size of the latent update" in text
+    assert "--contrast_weight: lambda of Eq. 5" in text
+    assert "--temperature: tau of Eq. 4" in text
+    assert "--dropout: P_drop of Table 8" in text
