@@ -124,6 +124,30 @@ def test_training_logs_online_eval_from_step_0(digits_data_dir, tmp_path):
         assert [step for step, _ in logged] == [0, 3, 6]
         assert [value for _, value in logged] == pytest.approx(
             [record[tag] for record in online["history"]])
+    check_projector(os.path.join(workdir, "tensorboard", "online_eval"), queries=100, newest=6)
+
+
+def check_projector(logdir: str, queries: int, newest: int) -> None:
+    """TensorBoard's projector finds the step-0 and newest features of the queries, their
+    labels and a sprite of their thumbnails."""
+    from google.protobuf import text_format
+    from PIL import Image
+    from tensorboard.plugins import projector
+
+    with open(os.path.join(logdir, "projector_config.pbtxt")) as f:
+        config = text_format.Parse(f.read(), projector.ProjectorConfig())
+    assert [e.tensor_name for e in config.embeddings] == [
+        "online-eval queries, step 0", f"online-eval queries, step {newest}"]
+    first, last = (np.loadtxt(os.path.join(logdir, e.tensor_path)) for e in config.embeddings)
+    assert first.shape == last.shape == (queries, TINY_MODEL["embed_dim"])
+    assert not np.allclose(first, last)  # trained features, not the random encoder's again
+    embedding = config.embeddings[0]
+    with open(os.path.join(logdir, embedding.metadata_path)) as f:
+        labels = f.read().splitlines()
+    assert len(labels) == queries and set(labels) <= {str(d) for d in range(10)}
+    assert list(embedding.sprite.single_image_dim) == [32, 32]
+    sprite = Image.open(os.path.join(logdir, embedding.sprite.image_path))
+    assert sprite.size == (10 * 32, 10 * 32)  # 100 thumbnails, 10 per row
 
 
 def test_a_resumed_run_does_not_redo_step_0(digits_data_dir, tmp_path):

@@ -16,9 +16,10 @@ and serving use) and logs
   metric;
 
 to TensorBoard (`<tensorboard>/online_eval`) at the true global step, the random-initialised
-encoder at step 0. The bank is the first `max_examples` examples of the spec's `probe_train`
-splits, the queries the first `max_examples` of `probe_val` (else `probe_test`), in file order:
-the shards hold examples in a seeded, label-independent order, so this is a fixed uniform
+encoder at step 0, and the queries' features at step 0 and at the newest evaluation, with their
+labels (and thumbnails of image-like data), for TensorBoard's Projector tab (`projector.py`).
+The bank is the first `max_examples` examples of the spec's `probe_train` splits, the queries
+the first `max_examples` of `probe_val` (else `probe_test`), in file order: the shards hold examples in a seeded, label-independent order, so this is a fixed uniform
 sample, the same at every evaluation and on every resume.
 """
 
@@ -33,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
+from keras_metamae.evaluation import projector
 from keras_metamae.evaluation.knn import KNN_NEIGHBOURS
 from keras_metamae.evaluation.knn import knn_accuracy
 from keras_metamae.evaluation.probes import converged_probe
@@ -97,7 +99,9 @@ class OnlineEvaluation(keras.callbacks.Callback):
             self.knn_skipped = f"the bank holds {bank_size} examples, fewer than k={k}"
         if self.knn_skipped:
             logging.info("online eval: no kNN accuracy: %s", self.knn_skipped)
-        self.writer = tf.summary.create_file_writer(f"{logdir}/online_eval")
+        self.logdir = f"{logdir}/online_eval"
+        self.writer = tf.summary.create_file_writer(self.logdir)
+        self.projector = None  # made at the first evaluation (it needs the queries' labels)
         self.history: list[dict] = []
         self.seconds = 0.0
         self._next_step = 0
@@ -129,15 +133,20 @@ class OnlineEvaluation(keras.callbacks.Callback):
             batches = self._cache[tuple(splits)] = [(t.numpy(), y) for t, y in batches]
         return batches
 
-    def _embed_split(self, splits: list[str]):
+    def _embed_split(self, splits: list[str], thumbnails: list | None = None):
+        """(features, labels) of the subset; also appends the thumbnails of image-like tokens
+        to `thumbnails` when given."""
         features, labels = [], []
         for tokens, label in self._batches(splits):
             if self._embed is None:
                 self._embed = self._build_embed(tokens)
             features.append(self._embed(tokens).numpy())
             labels.append(label)
+            if thumbnails is not None:
+                thumbnails.append(projector.thumbnails(self.spec, np.asarray(tokens)))
         return (np.concatenate(features)[: self.max_examples],
                 np.concatenate(labels)[: self.max_examples])
+
 
     def _build_embed(self, tokens):
         encoder = self.model.encoder
@@ -155,7 +164,13 @@ class OnlineEvaluation(keras.callbacks.Callback):
         started = time.perf_counter()
         step = self._step()
         bank = self._embed_split(self.bank_splits)
-        queries = self._embed_split(self.query_splits)
+        images = [] if self.projector is None and self.spec.is_image_like else None
+        queries = self._embed_split(self.query_splits, images)
+        if self.projector is None:
+            self.projector = projector.ProjectorWriter(
+                self.logdir, self.spec, queries[1],
+                np.concatenate(images)[: len(queries[1])] if images else None)
+        self.projector.write(step, queries[0])
         record = {"step": step}
         # One BLAS thread: these problems are small, and OpenBLAS threads competing with
         # TensorFlow's and other jobs' made the probe's L-BFGS 40x slower on 2 busy cores.
