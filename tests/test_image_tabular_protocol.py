@@ -119,7 +119,7 @@ def test_reference_input_scale_is_kept(name, tmp_path):
     ("cifar10", "make_cifar10", (0.0, 1.0))])
 def test_beam_job_stores_the_reader_values_unscaled(name, fixture, feature_range, tmp_path):
     """The tokens are the reader's values themselves: HIGGS features, pixels in [0, 1] (stored
-    as uint8 / 255 for CIFAR-10, grey levels / 2 for WaferMap)."""
+    as uint8 / 255 for CIFAR-10 and for WaferMap's resized grey image)."""
     import importlib
 
     from keras_metamae import data
@@ -135,7 +135,7 @@ def test_beam_job_stores_the_reader_values_unscaled(name, fixture, feature_range
     result = preprocess.run(argv)
     assert result.spec.normalization["source"] == "none"
     assert (result.spec.storage_dtype, result.spec.storage_scale) == {
-        "higgs": ("float32", 1.0), "wafermap": ("uint8", 2.0), "cifar10": ("uint8", 255.0)}[name]
+        "higgs": ("float32", 1.0), "wafermap": ("uint8", 255.0), "cifar10": ("uint8", 255.0)}[name]
     raw = {r.id: r.input for r in good(registry.get_reader(name, data_dir=data_dir, **options).read_all())}
     seen = 0
     for split, info in result.spec.splits.items():
