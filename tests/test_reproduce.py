@@ -40,6 +40,29 @@ def test_mae_column_is_dabs_linear_decoder_mae():
         reproduce.method_overrides("simclr")
 
 
+def test_every_paper_row_trains_and_probes_without_tf32_unless_asked():
+    """Issue 25 item 4 (landed with the presets): each paper row's pretraining run, for each
+    `--method` and comparison column, resolves to full float32 matmuls (TensorFloat-32 off,
+    as the reference ran); `--allow_tf32` turns it back on; the run's config.json carries it
+    to the probe (evaluation/run.py applies it as training did)."""
+    from keras_metamae import config as config_lib
+    from keras_metamae.comparison.runner import PAPER_ORDER
+    from preprocessing import registry
+
+    pretrain_sets = {row.pretrain for row in paper_rows.ROWS}
+    assert {"eurosat", "wafermap-unlabeled", "imagenet32", "mscoco"} <= pretrain_sets
+    columns = [reproduce.method_overrides(m) for m in reproduce.METHODS]
+    columns += [{"model": "metamae" if m == "random" else m} for m in PAPER_ORDER]
+    for dataset in sorted(pretrain_sets):
+        parent = registry.get_reader(dataset).spec_template().pretrain_dataset
+        for overrides in columns:
+            resolved = config_lib.resolve(dataset, dict(overrides), parent)
+            assert resolved.allow_tf32 is False, (dataset, overrides)
+            assert config_lib.resolve(dataset, dict(overrides, allow_tf32=True),
+                                      parent).allow_tf32 is True
+    assert config_lib.resolve("digits", {}).allow_tf32 is True  # not a paper row: TF's default
+
+
 @pytest.mark.parametrize("domain,transfer,message", [
     ("imagenet", None, "--domain"),
     ("pfam", "cifar10", "--transfer"),
