@@ -2,7 +2,7 @@
 
     python -m keras_metamae.reproduce --plan                          # every row: command, splits, cost
     python -m keras_metamae.reproduce --domain eurosat                # Table 1, EuroSAT, MetaMAE
-    python -m keras_metamae.reproduce --domain eurosat --method mae   # the paper's MAE column
+    python -m keras_metamae.reproduce --domain eurosat --method dabs-mae   # the paper's MAE column
     python -m keras_metamae.reproduce --domain pfam --transfer scop   # a Table 2 row
     python -m keras_metamae.reproduce --domain digits --steps 300     # the embedded default, offline
     python -m keras_metamae.reproduce --domain eurosat --methods random,emix,shed,capri,dabs-mae,mae,metamae --seeds 0,1,2
@@ -14,9 +14,12 @@ paper preset (Table 8, 100k steps unless `--steps`) in `<workdir_root>/<pretrain
 plus the converged probe and the random-encoder baseline), and appends one row, ours next to the
 paper's, to `<workdir_root>/results.md`.
 
-`--method mae` is the baseline the paper's MAE column reports, as this command has always run
-it: `--model mae` with a linear decoder (`--decoder_depth 0`), a close stand-in for DABS 2.0's MAE
-(workdirs written before keep resuming).
+`--method dabs-mae` is the paper's MAE column: `--model dabs-mae`, DABS 2.0's MAE
+(keras_metamae/methods/dabs_mae.py), with the row's preset. `--method mae` is OUR MAE with a
+linear head (`--model mae --decoder_depth 0`), which this command ran as the MAE column before
+`dabs-mae` existed (its workdirs keep resuming). It is not DABS 2.0's MAE (learned mask token
+instead of zeroed embeddings, sin-cos instead of learned positions, Linear + MSE instead of
+ReLU -> Linear and an un-squared L2 norm, ...), so its results row has no paper value.
 
 `--methods` (with `--seeds`) runs the row as a comparison instead (keras_metamae/comparison/):
 every listed method with every seed, in `<workdir_root>/compare-<pretrain>[-<probe>]/`, the
@@ -36,12 +39,18 @@ from commandline import cli
 from keras_metamae.evaluation import paper_rows
 from preprocessing.atomic_files import write_text_atomically
 
-METHODS = ("metamae", "mae")
-# The paper's column each method is compared with (keras_metamae/evaluation/paper_rows.py).
-PAPER_COLUMN = {"metamae": "metamae", "mae": "dabs-mae"}
+METHODS = ("metamae", "dabs-mae", "mae")
+# The paper's column each method is compared with (keras_metamae/evaluation/paper_rows.py);
+# `mae` is none of them.
+PAPER_COLUMN = {"metamae": "metamae", "dabs-mae": "dabs-mae"}
+# The methods of the paper's columns, as --plan prices them.
+PAPER_METHODS = ("metamae", "dabs-mae")
 # Idle 2-core CPU, paper EuroSAT config (batch 64 x 64 tokens of 832, encoder 12x256), seconds
 # per step (issue 11's side-by-side measurement); scaled by batch x tokens for other configs.
-CPU_SECONDS_PER_STEP = {"metamae": 1.08, "mae": 0.62}
+# dabs-mae: MetaMAE's x 1.42, BENCHMARKS.md's train_bench ratio (MAE (DABS 2.0) 1253.0 ms /
+# MetaMAE second-order 884.5 ms per step, the same run).
+CPU_SECONDS_PER_STEP = {"metamae": 1.08, "mae": 0.62, "dabs-mae": 1.53}
+
 _REFERENCE_TOKENS = 64 * 64
 
 RESULTS_HEADER = (
@@ -52,10 +61,10 @@ RESULTS_HEADER = (
 
 
 def method_overrides(method: str) -> dict:
-    """Train-config overrides of a method column (the paper's MAE is DABS 2.0's linear decoder)."""
+    """Train-config overrides of a `--method` (`mae`: our MAE with a linear head, as before)."""
     if method not in METHODS:
         raise ValueError(f"--method: got {method!r}, expected one of {METHODS}")
-    return {"model": "metamae"} if method == "metamae" else {"model": "mae", "decoder_depth": 0}
+    return {"model": "mae", "decoder_depth": 0} if method == "mae" else {"model": method}
 
 
 def planned_splits(dataset: str) -> dict[str, list[str]]:
@@ -98,24 +107,25 @@ def plan(steps: int | None = None) -> str:
     """A markdown table of every paper row: command, splits, metric, paper values, cost."""
     from preprocessing import registry
 
-    lines = ["| table | row | command (add `--method mae` for the MAE column) | pretrain on "
+    lines = ["| table | row | command (add `--method dabs-mae` for the MAE column) | pretrain on "
              "| probe train / val / test | metric | paper random / MAE / MetaMAE "
-             "| est. CPU hours MetaMAE / MAE |",
+             "| est. CPU hours MetaMAE / MAE (dabs-mae) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in paper_rows.ROWS:
         pretrain = planned_splits(row.pretrain)["pretrain"]
         probe = planned_splits(row.probe)
         metric = registry.get_reader(row.probe).spec_template().metric
         n = steps or 100_000
-        cost = " / ".join(f"{estimated_cpu_hours(row.pretrain, m, n):,.0f}" for m in METHODS)
+        cost = " / ".join(f"{estimated_cpu_hours(row.pretrain, m, n):,.0f}" for m in PAPER_METHODS)
         paper = " / ".join(f"{row.paper[m]:g}" for m in ("random", "dabs-mae", "metamae"))
         splits = " / ".join("+".join(probe[r]) or "-" for r in ("probe_train", "probe_val", "probe_test"))
         lines.append(f"| {row.table} | {row.label} | `{command_of(row)}` | {row.pretrain} "
                      f"[{'+'.join(pretrain)}] | {row.probe}: {splits} | {metric} | {paper} | {cost} |")
     lines.append("")
     lines.append(f"Cost: {steps or 100_000:,} pretraining steps at the CPU step time measured on the "
-                 f"EuroSAT config ({CPU_SECONDS_PER_STEP['metamae']} s MetaMAE, "
-                 f"{CPU_SECONDS_PER_STEP['mae']} s MAE per step on 2 cores), scaled by batch x "
+                 f"EuroSAT config ({CPU_SECONDS_PER_STEP['metamae']} s MetaMAE per step on 2 "
+                 f"cores; DABS 2.0's MAE {CPU_SECONDS_PER_STEP['dabs-mae']} s, by BENCHMARKS.md's "
+                 f"ratio), scaled by batch x "
                  f"tokens; a GPU is one to two orders of magnitude faster. Probing is extra.")
     return "\n".join(lines) + "\n"
 
@@ -149,7 +159,8 @@ def results_row(record: dict, row: paper_rows.PaperRow | None, method: str, step
                 table_label: str) -> str:
     metric = record["metric"]
     converged = (record.get("converged") or {}).get("value")
-    paper = "-" if row is None else f"{row.paper[PAPER_COLUMN[method]]:g}"
+    column = PAPER_COLUMN.get(method)
+    paper = "-" if row is None or column is None else f"{row.paper[column]:g}"
     paper_random = "-" if row is None else f"{row.paper['random']:g}"
     date = datetime.date.today().isoformat()
     return (f"| {date} | {table_label} | {record['pretrain_dataset']} -> {record['dataset']} "
@@ -223,9 +234,10 @@ def describe_row(domain: str, transfer: str | None, method: str, methods: str | 
     splits = " / ".join("+".join(probe[r]) or "-" for r in ("probe_train", "probe_val",
                                                              "probe_test"))
     metric = registry.get_reader(probe_dataset).spec_template().metric
-    # --method mae is compared with the paper's MAE column; --methods names columns directly.
-    column = (lambda m: m) if methods else (lambda m: PAPER_COLUMN.get(m, m))
-    values = {m: None if row is None else row.paper.get(column(m))
+    def column(m):  # --methods names columns directly; --method mae has none (not Table 4's)
+        return m if methods or m == "random" else PAPER_COLUMN.get(m)
+
+    values = {m: None if row is None or column(m) is None else row.paper.get(column(m))
               for m in dict.fromkeys(["random", *chosen])}
     paper = ("not a paper row" if row is None else
              ", ".join(f"{m} {'-' if v is None else f'{v:g}'}" for m, v in values.items()))
@@ -276,7 +288,7 @@ def reproduce(domain: str, method: str = "metamae", transfer: str | None = None,
     label = f"Table {row.table}" if row else "(not in the paper)"
     append_result(os.path.join(workdir_root, "results.md"),
                   results_row(record, row, method, int(summary["final_step"]), label))
-    record["paper"] = row.paper[PAPER_COLUMN[method]] if row else None
+    record["paper"] = row.paper[PAPER_COLUMN[method]] if row and method in PAPER_COLUMN else None
     return record
 
 
@@ -288,8 +300,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_text, flag_values=flag_values)
 
     define("string", "domain", None, f"Pretraining domain: {', '.join(paper_rows.DOMAINS)}.")
-    define("enum", "method", "metamae", "metamae, or mae (the paper's MAE column: our MAE with "
-           "a linear decoder).", list(METHODS))
+    define("enum", "method", "metamae", "metamae; dabs-mae (the paper's MAE column: DABS "
+           "2.0's MAE); or mae (our MAE with a linear head, not DABS 2.0's: no paper value).",
+           list(METHODS))
     define("string", "methods", None, "Run the row as a comparison of these methods "
            "(comma-separated: random and any --model of train, e.g. "
            "random,emix,shed,capri,dabs-mae,mae,metamae), each with every --seeds.")
@@ -340,7 +353,12 @@ def main(invocation: cli.Invocation):
         raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
                                  "see `python -m keras_metamae.reproduce --plan`") from e
     ours = _scaled(record["value"], record["metric"])
-    paper = "not in the paper" if record["paper"] is None else f"paper {record['paper']:g}"
+    if record["paper"] is not None:
+        paper = f"paper {record['paper']:g}"
+    elif FLAGS.method not in PAPER_COLUMN:
+        paper = "no paper column: the paper's MAE column is --method dabs-mae"
+    else:
+        paper = "not in the paper"
     print(f"{record['pretrain_dataset']} -> {record['dataset']} ({FLAGS.method}): "
           f"{record['metric']} {ours} ({paper}); appended to "
           f"{os.path.join(FLAGS.workdir_root, 'results.md')}")

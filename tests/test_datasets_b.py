@@ -171,17 +171,34 @@ def test_librispeech_extracted_tree_reads_like_the_tarballs(records, tmp_path):
         assert r.label == by_id[r.id].label
 
 
-def test_wafermap_image_is_grey_rgb_of_the_die_values():
+def _dabs_wafer_image(grid: np.ndarray) -> np.ndarray:
+    """DABS's WaferMap pixels, transcribed: grey RGB `int(v * 127.5)`, uint8, PIL image,
+    torchvision Resize((32, 32)) (PIL bilinear), ToTensor (/ 255), channels last."""
+    from PIL import Image
+
+    pixels = (np.repeat(np.expand_dims(grid, axis=2), 3, axis=2) * 127.5).astype(int)
+    image = Image.fromarray(pixels.astype("uint8")).convert("RGB")
+    resized = image.resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(resized, np.float32) / np.float32(255)
+
+
+def test_wafermap_image_is_dabs_bilinear_grey_rgb():
     from preprocessing.datasets.wafermap import wafer_to_image
 
-    grid = np.zeros((64, 48), np.uint8)
-    grid[:32] = 1
-    grid[32:, :24] = 2
+    # By hand: shrinking 64 -> 32 columns, PIL's bilinear filter spans 4 input columns with
+    # weights 1/8, 3/8, 3/8, 1/8; a 0 | 2 edge at column 32 (grey 0 | 255) gives 255/8 ~ 32
+    # in output column 15 and 255 * 7/8 ~ 223 in column 16 (nearest: only 0 and 255).
+    grid = np.zeros((64, 64), np.uint8)
+    grid[:, 32:] = 2
     image = wafer_to_image(grid)
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
-    np.testing.assert_array_equal(image[..., 0], image[..., 2])
-    assert set(np.unique(image).tolist()) == {0.0, 0.5, 1.0}
-    assert np.all(image[:16] == 0.5) and np.all(image[16:, :16] == 1.0) and np.all(image[16:, 16:] == 0.0)
+    expected_columns = np.array([0] * 15 + [32, 223] + [255] * 15, np.float32) / np.float32(255)
+    np.testing.assert_array_equal(image, np.broadcast_to(expected_columns[None, :, None], (32, 32, 3)))
+    # Against PIL as DABS applies it, shrinking and enlarging, odd sizes, all three die values.
+    rng = np.random.default_rng(0)
+    for shape in [(45, 37), (20, 26), (32, 32), (7, 90)]:
+        grid = rng.integers(0, 3, shape).astype(np.uint8)
+        np.testing.assert_array_equal(wafer_to_image(grid), _dabs_wafer_image(grid))
     with pytest.raises(ValueError, match="0, 1 or 2"):
         wafer_to_image(np.full((5, 5), 3))
 

@@ -7,6 +7,7 @@ bounding-box crop and HIGGS's pretrain/transfer cut. Miniatures in the raw forma
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from collections import defaultdict
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from preprocessing import registry
+from preprocessing.datasets import _dabs_shuffle
 from preprocessing.datasets.base import BadRecord, RawDataMissing, RawExample, split_by_fractions
 from preprocessing.spec import DatasetSpec, SplitInfo
 from tests.fixtures import make_aircraft, make_vgg_flower
@@ -62,6 +64,34 @@ def test_eurosat_holds_out_a_transfer_set_and_probes_on_it_only():
     assert _counts(reader, ids, seed=7) != counts
 
 
+@pytest.mark.parametrize("count", [1, 2, 7, 100, 2_701])
+def test_dabs_shuffle_is_pandas_sample_of_the_whole_frame(count):
+    pd = pytest.importorskip("pandas")
+    shuffled = pd.DataFrame({"record": np.arange(count)}).sample(frac=1, random_state=42)
+    positions = _dabs_shuffle.shuffled_positions(count)
+    np.testing.assert_array_equal(positions[shuffled["record"].to_numpy()], np.arange(count))
+
+
+def test_eurosat_dabs_split_of_27000_records_is_the_pandas_head_and_tail():
+    """The TFDS path's rule (EuroSATReader.dabs_split) on the real count, against DABS's
+    pandas cuts: 24,300 / 2,430 / 270."""
+    pd = pytest.importorskip("pandas")
+    n = 27_000
+    frame = pd.DataFrame({"record": np.arange(n)}).sample(frac=1, random_state=42)
+    frame = frame.reset_index(drop=True)
+    transfer = frame.tail(math.floor(0.1 * n))
+    expected = dict.fromkeys(frame.head(math.ceil(0.9 * n))["record"].tolist(), "pretrain")
+    expected.update(dict.fromkeys(transfer.head(math.ceil(0.9 * len(transfer)))["record"].tolist(),
+                                  "transfer_train"))
+    expected.update(dict.fromkeys(transfer.tail(math.floor(0.1 * len(transfer)))["record"].tolist(),
+                                  "transfer_test"))
+    reader = registry.get_reader("eurosat")
+    got = {i: reader.dabs_split(i, n) for i in range(n)}
+    assert got == expected
+    assert collections.Counter(got.values()) == {"pretrain": 24_300, "transfer_train": 2_430,
+                                                 "transfer_test": 270}
+
+
 def test_eurosat_beam_job_writes_the_protocol(tmp_path):
     from pipeline import preprocess
     from tests.fixtures.make_eurosat import make_raw
@@ -89,7 +119,7 @@ def test_reference_input_scale_is_kept(name, tmp_path):
     ("cifar10", "make_cifar10", (0.0, 1.0))])
 def test_beam_job_stores_the_reader_values_unscaled(name, fixture, feature_range, tmp_path):
     """The tokens are the reader's values themselves: HIGGS features, pixels in [0, 1] (stored
-    as uint8 / 255 for CIFAR-10, grey levels / 2 for WaferMap)."""
+    as uint8 / 255 for CIFAR-10 and for WaferMap's resized grey image)."""
     import importlib
 
     from keras_metamae import data
@@ -105,7 +135,7 @@ def test_beam_job_stores_the_reader_values_unscaled(name, fixture, feature_range
     result = preprocess.run(argv)
     assert result.spec.normalization["source"] == "none"
     assert (result.spec.storage_dtype, result.spec.storage_scale) == {
-        "higgs": ("float32", 1.0), "wafermap": ("uint8", 2.0), "cifar10": ("uint8", 255.0)}[name]
+        "higgs": ("float32", 1.0), "wafermap": ("uint8", 255.0), "cifar10": ("uint8", 255.0)}[name]
     raw = {r.id: r.input for r in good(registry.get_reader(name, data_dir=data_dir, **options).read_all())}
     seen = 0
     for split, info in result.spec.splits.items():

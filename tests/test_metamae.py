@@ -17,7 +17,8 @@ import tensorflow as tf  # noqa: E402
 from keras_metamae import methods  # noqa: E402
 from keras_metamae.models import masking  # noqa: E402
 from keras_metamae.methods.metamae import MetaMAE  # noqa: E402
-from tests.gradient_checks import assert_matches_finite_differences  # noqa: E402
+from tests.gradient_checks import (assert_directional_derivatives_match,  # noqa: E402
+                                   assert_matches_finite_differences, training_step_gradients)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,6 +113,28 @@ def test_full_loss_gradient_matches_float64_finite_differences(inner_steps):
     loss, grads = _analytic_gradients(model, inputs)
     assert loss.dtype == tf.float64
     assert_matches_finite_differences(model, inputs, _checked_variables(model), grads)
+
+
+def test_training_step_gradient_of_every_variable_matches_float64_finite_differences():
+    """The gradient the train step applies (Keras' compiled train function, as training runs
+    it), of every trainable variable: encoder, decoder and projector, each checked along a
+    random direction of the whole tensor against central finite differences of the loss in
+    float64, second order through the inner step."""
+    model = _float64_model()
+    tokens, mask_noise, nearby_noise = _float64_inputs()
+    # The train step reads the noise as float32 (`unpack`): the loss below sees the same.
+    mask_noise, nearby_noise = tf.cast(mask_noise, tf.float32), tf.cast(nearby_noise, tf.float32)
+    batch = {"tokens": tokens, "mask_noise": mask_noise, "nearby_noise": nearby_noise}
+    variables = model.trainable_variables
+    groups = {v.path.split("/")[1] for v in variables}
+    assert groups == {"encoder", "decoder", "projector"}
+    grads = training_step_gradients(model, batch)
+    assert all(np.any(g != 0) for g in grads)  # every variable takes part in the loss
+
+    loss = tf.function(lambda: model.compute_losses(tokens, mask_noise, nearby_noise,
+                                                    training=True)["loss"])
+    worst = assert_directional_derivatives_match(loss, variables, grads)
+    assert worst < 1e-5
 
 
 def test_first_order_gradient_differs_from_second_order():

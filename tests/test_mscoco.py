@@ -429,7 +429,7 @@ def test_beam_job_writes_segment_features_and_tf_data_packs_them(processed, raw_
     _, results = processed
     for name, result in results.items():
         spec = result.spec
-        assert spec.is_segmented and spec.normalization["source"] == "pipeline"
+        assert spec.is_segmented and spec.normalization["source"] == "dabs"
         assert spec.num_tokens == 228 and len(spec.normalization["mean"]) == 3
         assert len(result.bad_records) == 1 and "train20" in result.bad_records[0]["path"]
         assert spec.extra["vocabulary"] == make_mscoco.VOCAB
@@ -450,11 +450,18 @@ def test_beam_job_writes_segment_features_and_tf_data_packs_them(processed, raw_
         assert np.all(text == np.round(text)) and text.max() < len(vocab)
     assert results["mismatched-caption"].spec.task == "binary"
     assert (results["vqa"].spec.task, results["vqa"].spec.num_classes) == ("binary", 2)
-    # The image statistics are those of the train images (normalized tokens ~ zero mean).
+    # The image tokens are DABS's ToTensor pixels: the stored uint8 RGB / 255, in [0, 1].
     spec = results["mscoco"].spec
-    tokens = np.concatenate([b["tokens"].numpy()[:, :196] for b in data.make_dataset(
-        spec, results["mscoco"].version_dir, "train", 1, shuffle=False, repeat=False)])
-    np.testing.assert_allclose(tokens.reshape(-1, 3).mean(0), 0.0, atol=1e-3)
+    raw = {r.id: r.input["image"] for r in registry.get_reader("mscoco", data_dir=raw_dir).read_all()
+           if not isinstance(r, BadRecord)}
+    batches = list(data.make_dataset(spec, results["mscoco"].version_dir, "train", 1,
+                                     shuffle=False, repeat=False))
+    assert batches
+    for batch in batches:
+        image = raw[batch["id"].numpy()[0].decode()]
+        expected = image.reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, 768)
+        np.testing.assert_array_equal(batch["tokens"].numpy()[0, :196],
+                                      expected.astype(np.float32) / np.float32(255))
     # A shard whose text feature has the wrong length is reported with its path.
     bad_spec = dataclasses.replace(spec, segments=[spec.segments[0], dict(spec.segments[1], num_tokens=31)],
                                    num_tokens=227, token_grid=[227])

@@ -34,10 +34,47 @@ def test_plan_is_a_cli():
     assert "--domain pfam --transfer scop" in result.stdout
 
 
-def test_mae_column_is_dabs_linear_decoder_mae():
+def test_the_mae_column_is_dabs_mae_and_our_mae_claims_no_paper_value():
+    """The paper's MAE column is DABS 2.0's MAE (`--method dabs-mae`); `--method mae`, our MAE
+    with a linear head (as the command ran it before, so its workdirs resume), differs from
+    it and is compared with no paper value."""
+    assert reproduce.method_overrides("dabs-mae") == {"model": "dabs-mae"}
     assert reproduce.method_overrides("mae") == {"model": "mae", "decoder_depth": 0}
     with pytest.raises(ValueError, match="--method"):
         reproduce.method_overrides("simclr")
+    row = paper_rows.find_row("eurosat", None)
+    record = {"metric": "accuracy", "value": 0.5, "pretrain_dataset": "eurosat",
+              "dataset": "eurosat"}
+    paper_mae, paper_random = f"{row.paper['dabs-mae']:g}", f"{row.paper['random']:g}"
+    assert reproduce.results_row(record, row, "dabs-mae", 10, "Table 1").endswith(
+        f"| {paper_mae} | {paper_random} |\n")
+    assert reproduce.results_row(record, row, "mae", 10, "Table 1").endswith(
+        f"| - | {paper_random} |\n")
+    plan = reproduce.plan()
+    assert "add `--method dabs-mae` for the MAE column" in plan and "--method mae" not in plan
+
+
+def test_every_paper_row_trains_and_probes_without_tf32_unless_asked():
+    """Issue 25 item 4 (landed with the presets): each paper row's pretraining run, for each
+    `--method` and comparison column, resolves to full float32 matmuls (TensorFloat-32 off,
+    as the reference ran); `--allow_tf32` turns it back on; the run's config.json carries it
+    to the probe (evaluation/run.py applies it as training did)."""
+    from keras_metamae import config as config_lib
+    from keras_metamae.comparison.runner import PAPER_ORDER
+    from preprocessing import registry
+
+    pretrain_sets = {row.pretrain for row in paper_rows.ROWS}
+    assert {"eurosat", "wafermap-unlabeled", "imagenet32", "mscoco"} <= pretrain_sets
+    columns = [reproduce.method_overrides(m) for m in reproduce.METHODS]
+    columns += [{"model": "metamae" if m == "random" else m} for m in PAPER_ORDER]
+    for dataset in sorted(pretrain_sets):
+        parent = registry.get_reader(dataset).spec_template().pretrain_dataset
+        for overrides in columns:
+            resolved = config_lib.resolve(dataset, dict(overrides), parent)
+            assert resolved.allow_tf32 is False, (dataset, overrides)
+            assert config_lib.resolve(dataset, dict(overrides, allow_tf32=True),
+                                      parent).allow_tf32 is True
+    assert config_lib.resolve("digits", {}).allow_tf32 is True  # not a paper row: TF's default
 
 
 @pytest.mark.parametrize("domain,transfer,message", [
@@ -56,7 +93,7 @@ def test_digits_runs_end_to_end_and_appends_a_row(digits_data_dir, tmp_path):
     # subject here is the chain preprocess -> pretrain -> probe -> results.md.
     overrides = dict(TINY_MODEL, batch_size=16, log_every=5, checkpoint_every=5,
                      validation_steps=1, eval_every=0)
-    for method, probe in (("metamae", "paper"), ("mae", "converged")):
+    for method, probe in (("metamae", "paper"), ("dabs-mae", "converged")):
         record = reproduce.reproduce("digits", method=method, steps=5, epochs=1, probe=probe,
                                      workdir_root=root, data_dir=digits_data_dir,
                                      overrides=overrides)
@@ -66,8 +103,8 @@ def test_digits_runs_end_to_end_and_appends_a_row(digits_data_dir, tmp_path):
     rows = [line for line in lines[2:] if line.strip()]
     assert len(rows) == 2
     assert "| digits -> digits | metamae | 5 | accuracy |" in rows[0]
-    assert "| digits -> digits | mae | 5 | accuracy |" in rows[1]
-    assert os.path.isdir(os.path.join(root, "digits-mae", "checkpoints"))
+    assert "| digits -> digits | dabs-mae | 5 | accuracy |" in rows[1]
+    assert os.path.isdir(os.path.join(root, "digits-dabs-mae", "checkpoints"))
 
 
 def test_reproducing_md_holds_the_current_plan():
@@ -105,11 +142,14 @@ def test_dry_run_with_a_domain_describes_that_row(tmp_path, capsys):
     from commandline import cli
 
     root = str(tmp_path / "runs")
-    assert cli.call_program(reproduce, ["--domain", "eurosat", "--method", "mae",
+    assert cli.call_program(reproduce, ["--domain", "eurosat", "--method", "dabs-mae",
                                         "--workdir_root", root, "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert "Table 1, EuroSAT: pretrain on eurosat [pretrain]" in out
-    assert "paper        random 62.3, mae 86.3" in out and "100,000 pretraining steps" in out
+    assert "paper        random 62.3, dabs-mae 86.3" in out and "100,000 pretraining steps" in out
+    assert cli.call_program(reproduce, ["--domain", "eurosat", "--method", "mae",
+                                        "--workdir_root", root, "--dry_run"]) == 0
+    assert "paper        random 62.3, mae -" in capsys.readouterr().out  # not the MAE column
     assert "| table | row |" not in out  # not the whole plan
     assert cli.call_program(reproduce, ["--domain", "pfam", "--transfer", "scop", "--methods",
                                         "random,capri,metamae", "--seeds", "0,1",

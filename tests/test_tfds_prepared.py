@@ -48,6 +48,7 @@ def dirs(tmp_path_factory):
         "vgg-flower": lambda: make_tfds.oxford_flowers102(str(root)),
         "cub": lambda: make_tfds.caltech_birds2011(str(root)),
         "imagenet32": lambda: make_tfds.imagenet_resized(str(root)),
+        "eurosat": lambda: make_tfds.eurosat(str(root)),
     }
 
     def dirs_(kind):
@@ -224,6 +225,39 @@ def test_librispeech_dev_clean_tfds_gets_the_dabs_split_of_the_flac_path(dirs):
 
 
 # === bad records, locating, messages ===
+def _dabs_eurosat_splits(builder_dir: str) -> dict[str, str]:
+    """{tile id: split} by DABS's EurosatPretrain / EurosatTransfer, transcribed: TFDS
+    `eurosat/all` `train` in record order as a DataFrame, `sample(frac=1, random_state=42)`,
+    head(ceil(0.9 n)) pretrains; of the tail(floor(0.1 n)) transfer frame, head(ceil(0.9 m))
+    trains the probe and tail(floor(0.1 m)) tests it."""
+    import math
+
+    import pandas as pd
+    import tensorflow_datasets as tfds
+
+    dataset = tfds.builder_from_directory(builder_dir).as_dataset(split="train", shuffle_files=False)
+    frame = pd.DataFrame({"id": [os.path.splitext(r["filename"].decode())[0]
+                                 for r in tfds.as_numpy(dataset)]})
+    frame = frame.sample(frac=1, random_state=42).reset_index(drop=True)
+    pretrain = frame.head(math.ceil(0.9 * len(frame)))
+    transfer = frame.tail(math.floor(0.1 * len(frame)))
+    out = dict.fromkeys(pretrain["id"], "pretrain")
+    out.update(dict.fromkeys(transfer.head(math.ceil(0.9 * len(transfer)))["id"], "transfer_train"))
+    out.update(dict.fromkeys(transfer.tail(math.floor(0.1 * len(transfer)))["id"], "transfer_test"))
+    return out
+
+
+def test_eurosat_tfds_gets_the_exact_dabs_split(dirs):
+    pytest.importorskip("pandas")
+    reader = registry.get_reader("eurosat", data_dir=dirs("eurosat"))
+    splits = {ex.id: reader.split_of(ex, 42) for ex in good(reader.read_all())}
+    assert splits == _dabs_eurosat_splits(reader.tfds_dir())
+    assert collections.Counter(splits.values()) == {"pretrain": 90, "transfer_train": 9,
+                                                    "transfer_test": 1}
+    # DABS's fixed seed, not --seed: the sets are the reference's whatever the job's seed.
+    assert {ex.id: reader.split_of(ex, 7) for ex in good(reader.read_all())} == splits
+
+
 def _corrupt_png_and_nan_dirs(root):
     """A cifar10 dir whose train[...] images include a 16 x 16 PNG, and a higgs dir with a NaN."""
     from tests.fixtures import media

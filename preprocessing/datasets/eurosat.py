@@ -16,12 +16,20 @@ is read with tifffile. The example id is `<Class>_<n>` in all
 three formats, so the same tile lands in the same split whatever format it came from.
 
 Splits (DABS protocol): 10 % of the 27,000 tiles are held out as the transfer set and never
-pretrained on; the linear probe trains and tests 90/10 on that part (about 2,430 / 270 tiles).
-One seeded hash of the tile id (`--seed`, default 42) assigns each tile to `pretrain` (90 %),
-`transfer_train` (9 %) or `transfer_test` (1 %): stable across runs, machines and the three raw
-formats (DABS shuffles with seed 42 and cuts 90/10 twice; a hash gives the same proportions
-without a global shuffle). The spec's protocol names them: pretraining reads `pretrain`, the
-probe trains on `transfer_train` and reports on `transfer_test`.
+pretrained on; the linear probe trains and tests 90/10 on that part (2,430 / 270 tiles). The
+spec's protocol names them: pretraining reads `pretrain`, the probe trains on `transfer_train`
+and reports on `transfer_test`.
+- TFDS `eurosat/all` input: exactly DABS's split (`dabs_split`). DABS reads that dataset's
+  `train` split in record order as a DataFrame, shuffles it with pandas'
+  `sample(frac=1, random_state=42)`, pretrains on `head(ceil(0.9 n))` and keeps
+  `tail(floor(0.1 n))` as the transfer set, whose `head(ceil(0.9 m))` trains the probe and
+  `tail(floor(0.1 m))` tests it. A record's split follows from its index and the record count
+  (`_dabs_shuffle.py`); the seed is DABS's fixed 42, not `--seed`. The same TFDS version gives
+  the same record order, so the same tiles.
+- The zip and the extracted tiles carry no TFDS record order, so they approximate it: one
+  seeded hash of the tile id (`--seed`, default 42) assigns each tile to `pretrain` (90 %),
+  `transfer_train` (9 %) or `transfer_test` (1 %): the same proportions, stable across runs
+  and machines, but other tiles than DABS's.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing.datasets import _tfds
+from preprocessing.datasets import _dabs_shuffle, _tfds
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -140,6 +148,8 @@ class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
     split_fractions = (("pretrain", 0.9), ("transfer_train", 0.09), ("transfer_test", 0.01))
     protocol = {"pretrain": ["pretrain"], "probe_train": ["transfer_train"],
                 "probe_test": ["transfer_test"]}
+    # DABS's head/tail proportions: pretrain, then the transfer set's probe-train part.
+    pretrain_proportion = transfer_train_proportion = 0.9
     fixed_normalization = {"mean": DABS_MEAN, "std": DABS_STD}
     storage_dtype = "uint16"  # Sentinel-2 digital numbers, as the GeoTIFFs hold them
 
@@ -271,7 +281,18 @@ class EuroSATReader(_tfds.PreparedTfds, DatasetReader):
         if class_name not in CLASSES:
             raise ValueError(f"{filename}: class {class_name!r} is not one of the 10 EuroSAT classes")
         return RawExample(id=os.path.splitext(filename)[0], input=image,
-                          label=CLASSES.index(class_name))
+                          label=CLASSES.index(class_name),
+                          split=self.dabs_split(index, info.splits[split].num_examples))
+
+    def dabs_split(self, index: int, count: int) -> str:
+        """The split DABS gives record `index` of TFDS `eurosat/all`'s `count` records (module
+        docstring)."""
+        row = int(_dabs_shuffle.shuffled_positions(count)[index])
+        pretrain = _dabs_shuffle.head_rows(self.pretrain_proportion, count)
+        if row < pretrain:
+            return "pretrain"
+        probe_train = _dabs_shuffle.head_rows(self.transfer_train_proportion, count - pretrain)
+        return "transfer_train" if row - pretrain < probe_train else "transfer_test"
 
 
 READERS = {"eurosat": EuroSATReader}

@@ -6,8 +6,10 @@ see `preprocessing/spec.py`), 196 + 32 = 228 tokens:
 - image: DABS's transform — resized to 480 wide x 640 high (aspect not kept), centre-cropped
   to 480 x 480, resized to 224 x 224 (PIL bilinear, as torchvision does on PIL images) —
   stored as uint8 RGB `[224, 224, 3]`; 16 x 16 patches -> a 14 x 14 grid of 196 continuous
-  tokens of 768 values (feature `tokens`), normalized with per-channel statistics the pipeline
-  computes on the train images (0..255 scale);
+  tokens of 768 values (feature `tokens`), fed as [0, 1] pixels like DABS's ToTensor (a fixed
+  normalization, mean 0 and std 255 on the 0..255 scale, `TO_TENSOR_NORMALIZATION`): no
+  per-channel z-score, so the image MSE keeps DABS's scale against the text cross-entropy and
+  the contrast term;
 - text: 32 BERT uncased WordPiece ids (feature `text_tokens`): `[CLS] caption [SEP]` padded
   with `[PAD]` (VQA: `[CLS] question [SEP] answer [SEP]`), the vocabulary's 30,522 ids (the
   paper's "30552 x 32"). The raw example holds the caption STRING; the pipeline tokenizes it
@@ -90,6 +92,9 @@ TEXT_LENGTH = 32
 RESIZE_WIDTH, RESIZE_HEIGHT, CROP = 480, 640, 480
 MISMATCH_SEED = 0
 VQA_SEED = 0
+# DABS's ToTensor: pixel / 255, the same float32 division as `(pixel - 0) / 255`. "dabs": a
+# fixed statistic of DABS's transform, not one the pipeline computes.
+TO_TENSOR_NORMALIZATION = {"mean": [0.0] * 3, "std": [255.0] * 3, "source": "dabs"}
 VOCAB_EXPECTED = (f"{wordpiece.BERT_VOCAB_FILE} (bert-base-uncased vocab.txt, or "
                   f"--reader_option vocab_file=PATH)")
 
@@ -117,7 +122,7 @@ class MscocoReader(DatasetReader):
     raw_folder = "mscoco"  # vqa and mismatched-caption read the same folder
     name = "mscoco"
     split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))  # names only: splits are fixed
-    fixed_normalization = None
+    fixed_normalization = TO_TENSOR_NORMALIZATION  # the image segment as [0, 1] pixels
     storage_dtype = "uint8"  # the image segment: RGB 0..255
     pretrain_dataset = ""
     task, metric = "multiclass", "accuracy"
@@ -234,7 +239,8 @@ class MscocoReader(DatasetReader):
     def spec_template(self) -> DatasetSpec:
         num_classes, label_names, task = self.label_info()
         n = IMAGE_TOKENS + self.text_length
-        extra = {"raw_urls": dict(URLS), "pixel_scale": "RGB uint8 0..255",
+        extra = {"raw_urls": dict(URLS),
+                 "pixel_scale": "RGB uint8 0..255, fed as [0, 1] (/ 255, DABS's ToTensor)",
                  "resize": "DABS: 480 wide x 640 high (aspect not kept), centre crop 480, "
                            "224 x 224 (PIL bilinear)",
                  "text": f"BERT uncased WordPiece, {self.text_length} ids: [CLS] text [SEP] "

@@ -55,14 +55,10 @@ environment read-only on its own, so reading is parallel and memory-bounded.
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 from typing import Any, Iterator
 
-import numpy as np
-
-from preprocessing.datasets import _protein
+from preprocessing.datasets import _dabs_shuffle, _protein
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
 from preprocessing.spec import DatasetSpec
 
@@ -73,27 +69,18 @@ SPLIT_FILES = (("train", "pfam_train"), ("valid", "pfam_valid"), ("holdout", "pf
 NUM_CLANS_TAPE = 623  # used in the spec only when the train file is not there to count
 NUM_TRANSFER_EXAMPLES = 200_000  # DABS Pfam.NUM_TRANSFER_EXAMPLES (rows of pfam_valid)
 TRANSFER_TRAIN_PROPORTION = 0.9  # DABS: head(ceil(0.9 * n)) train, the rest test
-DABS_SHUFFLE_SEED = 42  # DABS Pfam.RANDOM_SEED: pandas sample(frac=1, random_state=42)
-
-
-@functools.lru_cache(maxsize=2)
-def _shuffled_positions(count: int) -> np.ndarray:
-    """position[i]: where record i of pfam_valid lands in DABS's shuffled frame. pandas'
-    `sample(frac=1, random_state=42)` draws `RandomState(42).choice(n, n, replace=False)`, which
-    is `RandomState(42).permutation(n)`: row j of the shuffled frame is record permutation[j]."""
-    order = np.random.RandomState(DABS_SHUFFLE_SEED).permutation(count)
-    position = np.empty(count, dtype=np.int64)
-    position[order] = np.arange(count, dtype=np.int64)
-    return position
+DABS_SHUFFLE_SEED = _dabs_shuffle.DABS_SEED  # DABS Pfam.RANDOM_SEED: pandas sample(frac=1, random_state=42)
 
 
 def valid_split_of(index: int, count: int, transfer_examples: int) -> str:
     """The split of record `index` of a pfam_valid holding `count` records (module docstring)."""
     transfer = min(transfer_examples, count)
-    row = int(_shuffled_positions(count)[index]) - (count - transfer)  # row in the transfer frame
+    # The row in the transfer frame (see _dabs_shuffle.py for the shuffle).
+    row = int(_dabs_shuffle.shuffled_positions(count, DABS_SHUFFLE_SEED)[index]) - (count - transfer)
     if row < 0:
         return "val"
-    return "transfer_train" if row < math.ceil(TRANSFER_TRAIN_PROPORTION * transfer) else "transfer_test"
+    return ("transfer_train" if row < _dabs_shuffle.head_rows(TRANSFER_TRAIN_PROPORTION, transfer)
+            else "transfer_test")
 
 
 def _clan_key(value: Any) -> str:

@@ -17,13 +17,12 @@ release), since a pickle cannot be read in parts.
 - `wafermap-unlabeled`: the unlabeled wafers (638,507) with label -1, for pretraining;
   train/val 95/5. `wafermap` names it as its pretrain_dataset.
 
-Input `[32, 32, 3]`: the map resized to 32 x 32 by nearest neighbour (half-pixel centres, no
-new values), then each die value v in {0, 1, 2} becomes the grey level v / 2 in all three
-channels: no die -> black (0), good die -> grey (0.5), defect -> white (1.0). This is DABS's
-`v * 127.5` grey RGB image (0, 127, 255) scaled by ToTensor's 1/255 (0, 0.498, 1; DABS resized
-with bilinear interpolation; nearest keeps the three die states distinct). The model sees these
-[0, 1] values as the reference does: identity normalization (source "none"), no per-channel
-z-score.
+Input `[32, 32, 3]`, DABS's transform: each die value v in {0, 1, 2} becomes the grey level
+int(v * 127.5) (0, 127, 255) in all three channels of a uint8 RGB image, which is resized to
+32 x 32 with PIL's bilinear filter (torchvision's Resize on a PIL image; PIL widens the filter
+when it shrinks, so edges blend into intermediate greys) and scaled by ToTensor's 1/255. The
+model sees these [0, 1] values as the reference does: identity normalization (source "none"),
+no per-channel z-score. The shards store the resized uint8 pixels (scale 255).
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ PICKLE_NAME = "LSWMD.pkl"
 URL = "http://mirlab.org/dataSet/public/MIR-WM811K.zip (or Kaggle: qingyi/wm811k-wafer-map)"
 FAILURE_TYPES = ("none", "random", "donut", "scratch", "center", "loc", "edge-loc", "edge-ring", "near-full")
 SIZE = 32
+GRAYSCALE_MULTIPLIER = 127.5  # DABS: die value v -> grey level int(v * 127.5)
 _ROWS_PER_SOURCE = 10_000
 
 
@@ -93,10 +93,17 @@ def wafer_to_image(wafer_map: Any) -> np.ndarray:
     values = np.unique(grid)
     if not np.all(np.isin(values, (0, 1, 2))):
         raise ValueError(f"waferMap values must be 0, 1 or 2, got {values[:10].tolist()}")
-    rows = ((np.arange(SIZE) + 0.5) * grid.shape[0] / SIZE).astype(np.int64)
-    cols = ((np.arange(SIZE) + 0.5) * grid.shape[1] / SIZE).astype(np.int64)
-    grey = grid[np.ix_(rows, cols)].astype(np.float32) / 2.0
-    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
+    return dabs_resize(grid).astype(np.float32) / np.float32(255)
+
+
+def dabs_resize(grid: np.ndarray) -> np.ndarray:
+    """Die values `[H, W]` in {0, 1, 2} -> DABS's uint8 `[32, 32, 3]`: the grey RGB image
+    int(v * 127.5) resized by PIL bilinear."""
+    from PIL import Image
+
+    grey = (grid.astype(np.float64) * GRAYSCALE_MULTIPLIER).astype(np.int64).astype(np.uint8)
+    rgb = Image.fromarray(np.repeat(grey[..., np.newaxis], 3, axis=-1))  # uint8 [H, W, 3]: RGB
+    return np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.uint8)
 
 
 class WaferMapReader(DatasetReader):
@@ -106,7 +113,7 @@ class WaferMapReader(DatasetReader):
     split_fractions = (("train", 0.9), ("test", 0.1))
     # The reference feeds the ToTensor [0, 1] image (no z-score); the reader already gives [0, 1].
     fixed_normalization = {"mean": [0.0] * 3, "std": [1.0] * 3, "source": "none"}
-    storage_dtype, storage_scale = "uint8", 2.0  # grey levels v / 2, v in {0, 1, 2}
+    storage_dtype, storage_scale = "uint8", 255.0  # the resized uint8 pixels / 255
 
     def spec_template(self) -> DatasetSpec:
         return DatasetSpec(
@@ -116,8 +123,9 @@ class WaferMapReader(DatasetReader):
             num_classes=len(FAILURE_TYPES), label_names=list(FAILURE_TYPES), label_shape=[],
             label_dtype="int64", pretrain_dataset="wafermap-unlabeled" if self.labeled else "",
             extra={"raw_url": URL, "labels": "failure type" if self.labeled else "none (-1): pretraining only",
-                   "colour_mapping": "die value v in {0,1,2} -> grey v/2 in R, G and B",
-                   "resize": "nearest, half-pixel centres"},
+                   "colour_mapping": "die value v in {0,1,2} -> grey int(v * 127.5) in R, G "
+                                     "and B, / 255 after the resize",
+                   "resize": "PIL bilinear to 32x32, as DABS"},
         )
 
     def expected_files(self) -> list[str]:
