@@ -406,6 +406,7 @@ def run_program(program, argv: list[str] | None = None) -> NoReturn:
     def main(invocation: Invocation):
         if not _wants_logs():
             native_logs.hide_native_startup_logs()
+        quiet_tensorflow_logs()
         try:
             return program.main(invocation)
         except UserError as e:

@@ -28,9 +28,14 @@ NATIVE_LOG_LINE = re.compile(
     r"|To enable the following instructions: )")
 
 
+_hiding = False
+
+
 def hide_native_startup_logs() -> None:
     """Hides TensorFlow's native start-up lines from here on (see the module docstring);
     nothing to do once TensorFlow is imported."""
+    global _hiding
+    _hiding = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return
@@ -58,6 +63,13 @@ def native_lines_hidden():
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+def loading_tensorflow_library():
+    """Around code that loads a TensorFlow extension without `import tensorflow` (the Beam
+    job's TFRecord writer): its start-up lines hidden too, once `hide_native_startup_logs`
+    was called."""
+    return native_lines_hidden() if _hiding else contextlib.nullcontext()
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):

@@ -46,6 +46,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -726,16 +727,63 @@ def _user_error(error: Exception, job: JobOptions) -> cli.UserError:
     return cli.UserError.wrap(error, "--", "see the Beam options after `--`")
 
 
+# The exit status of a job stopped by each signal.
+_STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM or Ctrl-C, raised in the main thread as a KeyboardInterrupt that names the
+    signal (Beam re-raises a KeyboardInterrupt with a message as one), so the job's `finally`
+    removes its unfinished build; a second one acts as the system's default at once."""
+    for stop in _STOP_STATUS:
+        signal.signal(getattr(signal, stop), signal.default_int_handler if stop == "SIGINT"
+                      else signal.SIG_DFL)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class _NoInterruptTracebacks(logging.Filter):
+    """Beam logs the KeyboardInterrupt that stops a bundle, with its traceback, before it
+    re-raises it; the command says it in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def interrupted_line(job: JobOptions, error: KeyboardInterrupt) -> tuple[str, int]:
+    """(the one line an interrupted job prints, its exit status: 143 SIGTERM, 130 Ctrl-C)."""
+    message = str(error.args[0]) if error.args else "SIGINT"  # "SIGTERM [while running ...]"
+    received = next((stop for stop in _STOP_STATUS if message.startswith(stop)), "SIGINT")
+    name, status = ("Ctrl-C" if received == "SIGINT" else received), _STOP_STATUS[received]
+    return (f"interrupted: {name} stopped preprocess {job.dataset}; its unfinished build was "
+            f"removed and no version was written or changed under {job.data_dir}; rerun the "
+            f"same command to start again: {job.command}", status)
+
+
 def main(invocation: cli.Invocation) -> int:
     """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
     # Beam's own INFO logging drowns the job's progress lines.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     job = options_from_flags(flags.FLAGS, invocation)
+    previous = {stop: signal.signal(getattr(signal, stop), _raise_interrupt)
+                for stop in _STOP_STATUS}
+    # On the handlers: a logger's own filters do not see its children's records.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoInterruptTracebacks())
     try:
         run_job(job)
     except (RawDataMissing, PreprocessError, SpecError, download.DownloadError,
             runners.RunnerError) as e:
         raise _user_error(e, job) from e
+    except KeyboardInterrupt as e:
+        # The build's own `finally` has removed its temporary folder by now.
+        line, status = interrupted_line(job, e)
+        sys.stdout.flush()
+        print(line, file=sys.stderr, flush=True)
+        return status
+    finally:
+        for stop, handler in previous.items():
+            if signal.getsignal(getattr(signal, stop)) is _raise_interrupt:
+                signal.signal(getattr(signal, stop), handler)
     return 0
 
 

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
+from commandline import native_logs
 from pipeline import job_progress
 from preprocessing import storage
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawBatch
@@ -709,8 +710,9 @@ def _native_record_io():
         (path,) = glob.glob(os.path.join(os.path.dirname(package.origin),
                                          "python", "lib", "io", "_pywrap_record_io*.so"))
         loader = importlib.machinery.ExtensionFileLoader(name, path)
-        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-        loader.exec_module(module)
+        with native_logs.loading_tensorflow_library():  # it loads TensorFlow's core library
+            module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+            loader.exec_module(module)
         module.RecordWriter, module.RecordWriterOptions  # noqa: B018  (the API used below)
     except Exception:  # another layout or build: the public API below
         return None

@@ -51,6 +51,37 @@ def test_killed_preprocessing_leaves_no_version_and_a_rerun_completes(tmp_path):
     assert sum(s["num_examples"] for s in spec["splits"].values()) == 120
 
 
+@pytest.mark.parametrize("signum, status, name", [(signal.SIGTERM, 143, "SIGTERM"),
+                                                  (signal.SIGINT, 130, "Ctrl-C")])
+def test_sigterm_or_ctrl_c_stops_preprocessing_in_one_line_leaving_nothing(tmp_path, signum,
+                                                                           status, name):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    # Large enough that the Beam job runs for many seconds after its build folder appears.
+    np.save(raw / "inputs.npy", rng.normal(size=(200_000, 8, 8, 1)).astype(np.float32))
+    np.save(raw / "labels.npy", rng.integers(0, 10, 200_000))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline.preprocess", "--dataset", "custom", "--format",
+               "npy", "--raw_data_dir", str(raw), "--patch_shape", "4,4", "--name", "mine",
+               "--data_dir", str(out), "--runner=FnApiRunner"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(str(out / "mine" / ".tmp-*")):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the Beam graph
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == status, err[-2000:]
+    assert err.splitlines() == [
+        f"interrupted: {name} stopped preprocess custom; its unfinished build was removed and "
+        f"no version was written or changed under {out}; rerun the same command to start "
+        f"again: python -m pipeline.preprocess {' '.join(command[3:])}"], err[-3000:]
+    assert not out.exists()  # not even the folders the job made
+
+
 def test_a_version_set_aside_by_a_killed_publish_is_restored(tmp_path):
     from pipeline import preprocess
 
