@@ -151,6 +151,23 @@ def test_keras_encoder_export_loads_and_fine_tunes(trained_workdir):
     assert len(before) > 10 and all(changed)
 
 
+def test_encoder_keras_loads_as_export_help_says_in_a_fresh_process(trained_workdir):
+    """`export --help`: `keras.saving.load_model` after `import keras_metamae.models`."""
+    from keras_metamae import export
+
+    assert "(`keras.saving.load_model` after `import keras_metamae.models`)" in " ".join(
+        export.__doc__.split())
+    path = os.path.join(trained_workdir, "export", "encoder", "1", "encoder.keras")
+    script = ("import sys, keras, numpy as np, keras_metamae.models\n"
+              "model = keras.saving.load_model(sys.argv[1])\n"
+              "out = model(np.zeros((2, 16, 4), 'float32'))\n"
+              "print(sorted(out), tuple(out['embedding'].shape))\n")
+    done = subprocess.run([sys.executable, "-c", script, path], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"['embedding', 'token_features'] (2, {TINY_MODEL['embed_dim']})"
+
+
 def test_export_writes_each_checkpoint_step_once_and_any_kept_step(trained_workdir, capsys):
     """train exported its last step (version 1): export says so and writes nothing; --step
     exports an older kept checkpoint as the next version, once; a step not kept is refused."""
