@@ -125,24 +125,51 @@ def test_two_workers_train_resume_and_a_killed_peer_is_reported(digits_data_dir,
     assert json.load(open(os.path.join(workdir, "checkpoints", "latest.json")))["step"] == 2
     assert len(os.listdir(os.path.join(workdir, "tensorboard", "train"))) >= 1
 
-    # 2. A rerun resumes both workers from the chief's checkpoint. SIGTERM stops the chief
-    # mid-run (TensorFlow's coordination agent would only log it), and worker 1 then exits
-    # with a clear error instead of hanging, removing its scratch folder.
+    # 2. A rerun resumes both workers from the chief's checkpoint. SIGTERM to worker 1 (a
+    # preempted machine) stops both workers after the same step; the chief writes it.
     hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "100000"),
-                    f"b{i}") for i in range(2)]
+    procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "100000",
+                                  "--checkpoint_every", "1000"), f"b{i}") for i in range(2)]
     for proc in procs:
         wait_for_text(proc, proc.out_path, "Resumed from step 2 of 100000")
     wait_for_text(procs[1], procs[1].out_path, "Epoch 4/")  # steps 3 and 4 are done
     assert os.path.isdir(os.path.join(workdir, ".scratch-worker-1"))
-    procs[0].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGTERM)
+    wait_all_with(procs, 143)
+    lines = [[line for line in read(p.err_path).splitlines() if line.startswith("interrupted:")]
+             for p in procs]
+    step = json.load(open(os.path.join(workdir, "checkpoints", "latest.json")))["step"]
+    assert step >= 4
+    assert lines[0] == [f"interrupted: a signal to another worker stopped training at step "
+                        f"{step} of 100000; checkpoint written ({workdir}/checkpoints); resume "
+                        f"with the same command: python -m keras_metamae.train "
+                        f"{' '.join(procs[0].args[3:])}"], read(procs[0].err_path)[-3000:]
+    assert len(lines[1]) == 1 and lines[1][0].startswith(
+        f"interrupted: SIGTERM stopped training at step {step} of 100000"), lines[1]
+    assert not os.path.exists(os.path.join(workdir, ".scratch-worker-1"))
+
+    # 3. Resumed from that step, a chief that dies (SIGKILL) is reported by worker 1, which
+    # exits with a clear error instead of hanging and removes its scratch folder.
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    procs = [launch(train_command(digits_data_dir, workdir, hosts, i, "--steps", "100000"),
+                    f"c{i}") for i in range(2)]
+    for proc in procs:
+        wait_for_text(proc, proc.out_path, f"Resumed from step {step} of 100000")
+    procs[0].send_signal(signal.SIGKILL)
     procs[0].wait(timeout=30)
-    assert procs[0].returncode == -signal.SIGTERM
     procs[1].wait(timeout=90)
     err = read(procs[1].err_path)
     assert procs[1].returncode == 1, err[-3000:]
     assert "error: multi-worker training stopped: another worker failed" in err
     assert not os.path.exists(os.path.join(workdir, ".scratch-worker-1"))
+
+
+def wait_all_with(procs, status, timeout_s=TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    for proc in procs:
+        assert proc.returncode == status, read(proc.err_path)[-3000:]
 
 
 def test_a_peer_that_never_connects_is_reported(digits_data_dir, tmp_path, launch):

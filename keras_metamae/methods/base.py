@@ -276,10 +276,29 @@ class PretrainingMethod(keras.Model):
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
+    # === stopping together (multi-worker) ===
+    def enable_stop_agreement(self):
+        """From now on each training step sums every worker's stop request (`stop_request`,
+        set by a signal handler between steps) into `stop_agreed`, so all workers see a
+        request at the same step. Call in the strategy's scope before `fit` traces the step.
+        Plain tf.Variables, kept off the Keras weights: checkpoints stay as they were."""
+        object.__setattr__(self, "stop_request", tf.Variable(0.0, trainable=False))
+        object.__setattr__(self, "stop_agreed", tf.Variable(
+            0.0, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+
+    def _agree_on_stop(self):
+        context = tf.distribute.get_replica_context()
+        requested = tf.identity(self.stop_request)
+        if context is not None and context.num_replicas_in_sync > 1:
+            requested = context.all_reduce("sum", requested)
+        self.stop_agreed.assign(requested)
+
     def train_step(self, data):
         # Without a distribution strategy Keras builds nothing before tracing this step; build
         # the whole model here so that it counts as built (saving needs it).
         self.build_for_training()
+        if getattr(self, "stop_agreed", None) is not None:
+            self._agree_on_stop()
         tokens, *noise = self.unpack(data)
         # Keras sums the gradients of the replicas: scale each replica's loss by 1/replicas so
         # the update is that of the global-batch mean.

@@ -441,13 +441,20 @@ class StopOnSignal(keras.callbacks.Callback):
     step; `PeriodicCheckpoint` then writes that step at the end of training, and the run says
     which signal stopped it (`received`, `stopped_at`). A second Ctrl-C or SIGTERM aborts at
     once. Installed during `fit` only, and only in the main thread (where Python delivers
-    signals)."""
+    signals).
+
+    `agree_across_workers` (multi-worker runs, after `model.enable_stop_agreement()`): the
+    signal sets this worker's `model.stop_request`; the next step sums the requests of all
+    workers, so every worker stops after that same step, whichever one was signalled."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # What a worker that was not signalled itself says stopped it.
+    PEER = "a signal to another worker"
 
-    def __init__(self):
+    def __init__(self, agree_across_workers: bool = False):
         super().__init__()
-        self.received = None  # "SIGINT" or "SIGTERM"
+        self.agree = agree_across_workers
+        self.received = None  # "SIGINT" or "SIGTERM" (or PEER)
         self.stopped_at = None
         self._previous = {}
 
@@ -465,10 +472,16 @@ class StopOnSignal(keras.callbacks.Callback):
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum).name
-        self.model.stop_training = True
+        if self.agree:  # read by the next step's sum over the workers
+            self.model.stop_request.assign(1.0)
+        else:
+            self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.received is not None and self.stopped_at is None:
+        if self.agree and not self.model.stop_training and float(self.model.stop_agreed.numpy()):
+            self.received = self.received or self.PEER
+            self.model.stop_training = True
+        if self.model.stop_training and self.received is not None and self.stopped_at is None:
             self.stopped_at = int(self.model.optimizer.iterations.numpy())
 
     def _restore(self):

@@ -215,6 +215,8 @@ def build_or_restore(run: PreparedRun):
     start_step = restore_from.restore(model)
     if run.multi_worker:
         start_step = multiworker.agreed_step(run.strategy, start_step)
+        with run.strategy.scope():  # SIGTERM to any worker stops all at one step
+            model.enable_stop_agreement()
     if start_step:
         logging.info("resumed from step %d (%s)", start_step, restore_from.directory)
         print(f"Resumed from step {start_step} of {config.steps} ({restore_from.directory})")
@@ -262,7 +264,7 @@ class RunCallbacks:
     online: Any  # an OnlineEvaluation, or None
     online_off: str | None  # why there is none
     progress_line: Any  # the TrainingProgress line, or None
-    stop_on_signal: Any = None  # StopOnSignal, or None (multi-worker runs)
+    stop_on_signal: Any = None  # StopOnSignal
 
 
 def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCallbacks:
@@ -302,10 +304,9 @@ def make_callbacks(run: PreparedRun, manager, verbose, progress: str) -> RunCall
         # First: its clock and heartbeat also cover the step-0 online evaluation.
         progress_line = cb.TrainingProgress(config.steps, config.batch_size, online)
         callbacks.insert(0, progress_line)
-    stop_on_signal = None
-    if not run.multi_worker:  # workers would have to agree on the step to stop at
-        stop_on_signal = cb.StopOnSignal()
-        callbacks.append(stop_on_signal)
+    # Workers agree on the step to stop at (the model sums their requests at each step).
+    stop_on_signal = cb.StopOnSignal(agree_across_workers=run.multi_worker)
+    callbacks.append(stop_on_signal)
     return RunCallbacks(callbacks, summaries, stop_on_nonfinite, online, online_off,
                         progress_line, stop_on_signal)
 
@@ -364,7 +365,11 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
             f"--mixed_precision float32, then rerun to resume", step=final_step)
     interrupted = callbacks.stop_on_signal
     if interrupted is not None and interrupted.received is not None:
-        # PeriodicCheckpoint wrote this step when fit ended; nothing is exported.
+        # PeriodicCheckpoint wrote this step when fit ended (the chief's is the run's); nothing
+        # is exported. Workers end together: one gone early reads as a crashed peer.
+        if run.multi_worker:
+            multiworker.agreed_step(run.strategy, final_step)
+            multiworker.remove_scratch_dir()
         raise TrainingInterrupted(
             f"{interrupted.received} stopped training at step {final_step} of {config.steps}; "
             f"checkpoint written ({manager.directory})", step=final_step,
