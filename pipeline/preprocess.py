@@ -558,6 +558,29 @@ def _check_old_data_dir_meaning(job: JobOptions) -> None:
             f"raw input as --raw_data_dir {folder}")
 
 
+def _check_inputs(reader, job: JobOptions) -> None:
+    """A reader's checks of its files that need the job's options (custom data: the share of
+    rows holding NaN or inf against --max_bad_fraction); before anything is written."""
+    check = getattr(reader, "check_inputs", None)
+    if check is None:
+        return
+    try:
+        check(job.max_bad_fraction)
+    except ValueError as e:
+        raise cli.UserError.wrap(e, f"--raw_data_dir {job.raw_data_dir}",
+                                 "fix the file it names") from e
+
+
+def _describe_protocol(spec: DatasetSpec) -> str:
+    """Which splits pretraining and the probe read (the spec's protocol, defaults filled)."""
+    roles = {role: "+".join(spec.protocol_splits(role)) for role in
+             ("pretrain", "probe_train", "probe_val", "probe_test")}
+    if spec.is_pretrain_only:
+        return f"pretrain on {roles['pretrain']}; no labels, nothing to probe (pretrain-only)"
+    return (f"pretrain on {roles['pretrain']}; probe trains on {roles['probe_train']}, "
+            f"selects on {roles['probe_val'] or '-'}, reports on {roles['probe_test']}")
+
+
 def describe_job(job: JobOptions) -> str:
     """What the job would do (--dry_run): nothing is downloaded or written."""
     reader = _reader(job, job.raw_data_dir)
@@ -577,6 +600,7 @@ def describe_job(job: JobOptions) -> str:
         + (f"; options {job.reader_options}" if job.reader_options else "") + ")",
         f"raw input    {job.raw_data_dir} ({raw})",
         f"tokens       {_token_shape(spec)}, {spec.modality}, task {spec.task}",
+        f"protocol     {_describe_protocol(spec)}",
         f"output       {version_dir}"
         + (" (exists; would be replaced)" if os.path.isdir(version_dir) else " (new)"),
         f"shards       {job.num_shards} per split, split seed {job.seed}, "
@@ -606,6 +630,7 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     ensure_raw(reader, job.reader_name, data_dir, job)
     reader.prepare()
     spec = reader.spec_template()  # now: label maps may come from downloaded/extracted files
+    _check_inputs(reader, job)
     sources = reader.list_sources()
     if not sources:
         raise RawDataMissing(f"{job.dataset}: no raw records found in {data_dir}; "
