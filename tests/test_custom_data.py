@@ -231,6 +231,16 @@ def test_csv_float_labels_name_the_line(tmp_path, capsys):
     assert shaped["where"].endswith("data.csv:2") and "--task regression" in shaped["todo"]
 
 
+def test_csv_text_column_is_named(tmp_path, capsys):
+    rows = "".join(f"{i},{('red', 'blue')[i % 2]},{i % 2}\n" for i in range(10))
+    _write(str(tmp_path / "t" / "data.csv"), "a,color,label\n" + rows)
+    assert cli.call_program(preprocess, ["--dataset", "custom", "--format", "csv", "--raw_data_dir",
+                                         str(tmp_path / "t"), "--data_dir", str(tmp_path / "o")]) == 2
+    shaped = _error_line(capsys.readouterr().err)
+    assert shaped["what"] == "column 'color' holds text in 10 of 10 rows, e.g. 'red'"
+    assert shaped["where"].endswith("data.csv:2")
+
+
 def test_workdir_of_another_dataset_names_both(processed, digits_data_dir, tmp_path, capsys):
     workdir = str(tmp_path / "digits_run")
     from keras_metamae import config as config_lib

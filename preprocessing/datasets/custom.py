@@ -291,6 +291,9 @@ class CustomReader(DatasetReader):
                 raise CustomDataError(f"--label_column={self.label_column!r} is not a column of "
                                       f"{self._table_file()} (columns: {', '.join(header)})")
             features = [c for c in header if c != self.label_column or not self.labelled()]
+            checks.check_numeric_columns(features, (
+                (where, row[1]) for source in self._line_sources()
+                for where, row in self._table_rows(source) if isinstance(row, tuple)))
             f = len(features)
             fields = dict(modality="tabular", input_shape=[f], tokenizer="tabular",
                           patch_shape=[1], num_tokens=f, token_dim=1, token_grid=[f],
