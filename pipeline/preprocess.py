@@ -103,6 +103,10 @@ READER_FLAGS = {
     "seq_len": "custom text sequence length",
     "vocab_size": "vocabulary size of integer custom npy sequences",
     "task": "custom task: multiclass (default) or regression",
+    "numeric_columns": "custom csv: columns read as numbers (continuous tokens), comma-separated; "
+                       "default: those whose every non-empty cell is a number",
+    "categorical_columns": "custom csv: columns read as categories (discrete tokens, a "
+                           "vocabulary per column), comma-separated; default: the others",
     "name": "dataset name written to spec.json and used as the output folder (custom)",
 }
 # `--dataset custom --format F` for the folder formats is served by its own reader.
@@ -501,8 +505,11 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
 
 def _reader(job: JobOptions, data_dir: str):
     """The dataset's reader; a dataset or reader option it refuses is a UserError."""
+    options = dict(job.reader_options)
+    if job.reader_name == "custom":  # csv vocabularies come from the train split: its seed
+        options["split_seed"] = job.seed
     try:
-        reader = registry.get_reader(job.reader_name, data_dir=data_dir, **job.reader_options)
+        reader = registry.get_reader(job.reader_name, data_dir=data_dir, **options)
         reader.spec_template()  # a reader refuses bad options here, before looking for data
         return reader
     except KeyError as e:
@@ -577,8 +584,10 @@ def _describe_protocol(spec: DatasetSpec) -> str:
              ("pretrain", "probe_train", "probe_val", "probe_test")}
     if spec.is_pretrain_only:
         return f"pretrain on {roles['pretrain']}; no labels, nothing to probe (pretrain-only)"
+    # Before the job ran a spec has no splits: the default probe_val is `val` if it gets any.
+    val = roles["probe_val"] or ("val" if "probe_val" not in spec.protocol else "-")
     return (f"pretrain on {roles['pretrain']}; probe trains on {roles['probe_train']}, "
-            f"selects on {roles['probe_val'] or '-'}, reports on {roles['probe_test']}")
+            f"selects on {val}, reports on {roles['probe_test']}")
 
 
 def describe_job(job: JobOptions) -> str:
@@ -595,6 +604,7 @@ def describe_job(job: JobOptions) -> str:
     version_dir = os.path.join(job.data_dir, spec.name, PIPELINE_VERSION)
     runner = runners.runner_name(job.beam_args) if job.beam_args else None
     note = getattr(reader, "input_size_note", lambda: None)() if raw == "present" else None
+    columns = getattr(reader, "columns_note", lambda: None)()
     lines = [
         f"dataset      {job.dataset} (reader {job.reader_name}"
         + (f"; options {job.reader_options}" if job.reader_options else "") + ")",
@@ -608,6 +618,7 @@ def describe_job(job: JobOptions) -> str:
         f"runner       {runner or 'FnApiRunner (local)'}"
         + (f"; Beam options {' '.join(job.beam_args)}" if job.beam_args else ""),
         *([f"note         {note}"] if note else []),
+        *([f"{columns}"] if columns else []),
         "nothing was written (--dry_run)",
     ]
     return "\n".join(lines)
@@ -639,6 +650,9 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     note = getattr(reader, "input_size_note", lambda: None)()
     if note:
         logging.warning("%s", note)
+    columns = getattr(reader, "columns_note", lambda: None)()
+    if columns:  # a csv with categorical columns: which columns became which tokens
+        print(columns)
     beam_args = job.beam_args
     if runners.is_dask(beam_args):
         beam_args = runners.with_dask_defaults(beam_args, len(sources))

@@ -109,7 +109,9 @@ MODALITIES = (
     "speech",
     "vision_language",
 )
-TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete", "segments")
+# "column_vocab": categorical csv columns, strings -> ids by per-column vocabularies
+# (preprocessing/datasets/_custom_table.py).
+TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete", "segments", "column_vocab")
 SEGMENT_KINDS = ("continuous", "discrete")
 _SEGMENT_KEYS = {"name", "kind", "num_tokens", "token_grid", "feature", "input_shape",
                  "tokenizer", "patch_shape", "token_dim", "vocab_size"}

@@ -231,16 +231,6 @@ def test_csv_float_labels_name_the_line(tmp_path, capsys):
     assert shaped["where"].endswith("data.csv:2") and "--task regression" in shaped["todo"]
 
 
-def test_csv_text_column_is_named(tmp_path, capsys):
-    rows = "".join(f"{i},{('red', 'blue')[i % 2]},{i % 2}\n" for i in range(10))
-    _write(str(tmp_path / "t" / "data.csv"), "a,color,label\n" + rows)
-    assert cli.call_program(preprocess, ["--dataset", "custom", "--format", "csv", "--raw_data_dir",
-                                         str(tmp_path / "t"), "--data_dir", str(tmp_path / "o")]) == 2
-    shaped = _error_line(capsys.readouterr().err)
-    assert shaped["what"] == "column 'color' holds text in 10 of 10 rows, e.g. 'red'"
-    assert shaped["where"].endswith("data.csv:2")
-
-
 def test_workdir_of_another_dataset_names_both(processed, digits_data_dir, tmp_path, capsys):
     workdir = str(tmp_path / "digits_run")
     from keras_metamae import config as config_lib
@@ -266,3 +256,109 @@ def test_missing_custom_dataset_hint_is_a_working_command(processed, tmp_path, c
     assert command[:3] == ["python", "-m", "pipeline.preprocess"]
     assert cli.call_program(preprocess, command[3:] + ["--runner=FnApiRunner"]) == 0
     assert load_spec(os.path.join(data_dir, "yours", PIPELINE_VERSION)).is_pretrain_only
+
+
+# === 3. tabular data as people have it: numeric and categorical columns ===
+def _mixed_csv(folder: str, rows: int = 60) -> str:
+    """Columns `size` (numbers), `colour` (3 values, every 4th cell empty), `n` (numbers) and
+    `city` (paris, rome); label `y`."""
+    rng = np.random.default_rng(0)
+    lines = ["size,colour,n,city,y"]
+    for i in range(rows):
+        colour = ("red", "blue", "green", "")[i % 4]
+        lines.append(f"{rng.normal():.3f},{colour},{i % 7},{('paris', 'rome')[i % 2]},{int(colour == 'red')}")
+    _write(os.path.join(folder, "data.csv"), "\n".join(lines) + "\n")
+    return folder
+
+
+def _reader_of(folder, **options):
+    return registry.get_reader("custom", data_dir=folder, format="csv", label_column="y", **options)
+
+
+def test_csv_columns_become_continuous_and_discrete_tokens(tmp_path):
+    folder = _mixed_csv(str(tmp_path / "t"))
+    reader = _reader_of(folder)
+    spec = reader.spec_template()
+    assert [s["name"] for s in spec.segments] == ["numeric", "categorical"]
+    assert spec.extra["columns"] == {"size": "numeric", "colour": "categorical", "n": "numeric",
+                                     "city": "categorical"}
+    colour, city = spec.extra["categorical"]
+    assert colour == {"name": "colour", "values": ["blue", "green", "red"]}  # empty: missing
+    assert spec.segments[1]["vocab_size"] == (2 + 3) + (2 + 2)
+    from preprocessing import tokenize
+    from preprocessing.spec import segment_spec
+
+    view = segment_spec(spec, spec.segments[1])
+    ids = tokenize.column_vocab_to_tokens([["red", "paris"], ["", "oslo"], ["blue", "rome"]], view)
+    # colour: missing 0, oov 1, blue 2, green 3, red 4; city (offset 5): missing 5, oov 6, ...
+    assert ids.numpy().tolist() == [[4, 7], [0, 6], [2, 8]]
+    example = next(r for r in reader.read_all() if not isinstance(r, BadRecord))
+    assert example.input["numeric"].dtype == np.float32 and example.input["numeric"].shape == (2,)
+    assert "numeric -> continuous tokens: size, n" in reader.columns_note()
+
+    forced = _reader_of(folder, categorical_columns="n").spec_template()
+    assert forced.extra["columns"]["n"] == "categorical" and forced.segments[0]["num_tokens"] == 1
+    only_categories = _reader_of(folder, categorical_columns="size,n").spec_template()
+    assert only_categories.tokenizer == "column_vocab" and only_categories.num_tokens == 4
+
+
+def test_csv_vocabulary_comes_from_the_train_split(tmp_path):
+    folder = str(tmp_path / "t")
+    _write(os.path.join(folder, "data.csv"), "c,y\n" + "".join(f"v{i},{i % 2}\n" for i in range(40)))
+    reader = _reader_of(folder)
+    values = reader.spec_template().extra["categorical"][0]["values"]
+    line_of = {ex.id: int(ex.id.split("-")[1]) for ex in reader.read_all()}  # line n: v{n - 2}
+    train = {f"v{line_of[ex.id] - 2}" for ex in reader.read_all() if reader.split_of(ex, 42) == "train"}
+    assert sorted(values) == sorted(train) and 0 < len(train) < 40
+
+
+@pytest.mark.parametrize("options,where,words", [
+    ({"numeric_columns": "colour"}, "data.csv:2", "column 'colour' holds the text 'red'"),
+    ({"categorical_columns": "nope"}, "--categorical_columns", "no column 'nope' in the csv"),
+    ({"numeric_columns": "n", "categorical_columns": "n"}, "--numeric_columns",
+     "column 'n' is named as numeric and as categorical"),
+])
+def test_csv_column_overrides_that_do_not_fit_are_one_line(options, where, words, tmp_path, capsys):
+    folder = _mixed_csv(str(tmp_path / "t"))
+    argv = ["--dataset", "custom", "--format", "csv", "--raw_data_dir", folder, "--label_column",
+            "y", "--data_dir", str(tmp_path / "o")]
+    for key, value in options.items():
+        argv += [f"--{key}", value]
+    assert cli.call_program(preprocess, argv) == 2
+    shaped = _error_line(capsys.readouterr().err)
+    assert words in shaped["what"] and where in shaped["where"], shaped.group(0)
+
+
+def test_mixed_csv_pretrains_evaluates_and_serves_raw_rows(tmp_path, capsys):
+    import tensorflow as tf
+
+    from keras_metamae import data
+    from preprocessing import tokenize
+
+    folder = _mixed_csv(str(tmp_path / "raw"), rows=80)
+    out = str(tmp_path / "processed")
+    assert cli.call_program(preprocess, [
+        "--dataset", "custom", "--format", "csv", "--raw_data_dir", folder, "--label_column", "y",
+        "--name", "table", "--data_dir", out, "--num_shards", "1", "--runner=FnApiRunner"]) == 0
+    assert "columns: numeric -> continuous tokens: size, n; categorical" in capsys.readouterr().out
+    workdir = str(tmp_path / "run")
+    assert cli.call_program(train, ["--dataset", "table", "--data_dir", out, "--workdir", workdir,
+                                    "--steps", "2", "--eval_every", "0", *TINY_FLAGS]) == 0
+    assert cli.call_program(evaluate, ["--workdir", workdir, "--epochs", "2"]) == 0
+    assert "table: accuracy" in capsys.readouterr().out
+
+    # Serving takes the raw cells (numbers and strings) and gives what the stored tokens give.
+    version_dir = os.path.join(out, "table", PIPELINE_VERSION)
+    spec = load_spec(version_dir)
+    batch = next(iter(data.make_dataset(spec, version_dir, "test", 4, shuffle=False, repeat=False)))
+    with open(os.path.join(folder, "data.csv")) as f:
+        lines = f.read().splitlines()
+    rows = [lines[int(i.decode().split("-")[1]) - 1].split(",") for i in batch["id"].numpy()]
+    served = tf.saved_model.load(os.path.join(workdir, "export", "encoder", "1"))
+    raw = served.signatures["serving_default"](
+        numeric=tf.constant([[float(r[0]), float(r[2])] for r in rows], tf.float32),
+        categorical=tf.constant([[r[1], r[3]] for r in rows]))
+    parts = tokenize.unpack_segments(batch["tokens"], spec)
+    stored = served.signatures["embed_tokens"](tokens=parts["numeric"],
+                                               category_tokens=parts["categorical"])
+    np.testing.assert_allclose(raw["embedding"].numpy(), stored["embedding"].numpy(), atol=1e-5)

@@ -76,34 +76,12 @@ def check_class_labels(values: Iterable[tuple[str, str]], flag_hint: str) -> Non
                 f"integers or names; for real-valued targets add {flag_hint}")
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return True
-
-
-def check_numeric_columns(names: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]):
-    """A feature column that holds text in most of its rows is a text column, which the csv
-    format cannot read (a stray non-number in a numeric column stays one bad record).
-    `rows`: (where, feature values in `names` order)."""
-    text = [0] * len(names)
-    example: list[tuple[str, str] | None] = [None] * len(names)
-    total = 0
-    for where, fields in rows:
-        total += 1
-        for i, value in enumerate(fields):
-            if not _is_number(value):
-                text[i] += 1
-                example[i] = example[i] or (where, value)
-    for i, name in enumerate(names):
-        if total and text[i] * 2 > total:
-            where, value = example[i]
-            raise InputCheckError(
-                f"column {name!r} holds text in {text[i]} of {total} rows, e.g. {value!r} "
-                f"({where}): the csv format reads numeric feature columns; drop that column "
-                f"or encode it as numbers")
 
 
 def first_non_integral(labels: np.ndarray) -> int | None:

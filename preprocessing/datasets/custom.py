@@ -21,7 +21,10 @@ Layouts under `--raw_data_dir`:
         `[H, W, C]` patch2d; an integer `[L]` array with `vocab_size` given is discrete.
         An `unlabeled/inputs.npy` beside them is a pool that pretraining reads together with
         the labelled training inputs (split `unlabeled`; the probe uses the labelled splits).
-- csv:  `data.csv`, a header row, the label column and numeric feature columns (tabular `[F]`).
+- csv:  `data.csv`, a header row, the label column and feature columns: numeric ones only
+        (tabular `[F]`), or numeric and categorical ones (continuous + discrete tokens with a
+        vocabulary per column from the train split; `_custom_table.py`; `numeric_columns` /
+        `categorical_columns` override which is which).
 - text: `data.txt`, one example per line: `<label><TAB><sequence>`; one token per character of
         `vocab`, truncated / right-padded to `seq_len` with `vocab[0]`.
 Labels are optional: without `labels.npy`, a label column or tabs in data.txt the dataset is
@@ -48,8 +51,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from preprocessing.datasets import _custom_checks as checks
+from preprocessing.datasets import _custom_table as table
 from preprocessing.datasets import _line_ranges
-from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
+from preprocessing.datasets.base import (BadRecord, DatasetReader, RawDataMissing, RawExample,
+                                         split_by_fractions)
 from preprocessing.spec import PROTOCOL_ROLES, UNLABELED, DatasetSpec
 
 FORMATS = ("npy", "csv", "text")
@@ -116,7 +121,9 @@ class CustomReader(DatasetReader):
     def __init__(self, data_dir: str | None = None, format: str | None = None,
                  input_shape: Any = None, patch_shape: Any = None, label_column: str | None = None,
                  vocab: str | None = None, seq_len: Any = None, vocab_size: Any = None,
-                 task: str = "multiclass", name: str | None = None, **options: Any):
+                 task: str = "multiclass", name: str | None = None,
+                 numeric_columns: Any = None, categorical_columns: Any = None,
+                 split_seed: Any = 42, **options: Any):
         super().__init__(data_dir, **options)
         if format not in FORMATS:
             raise CustomDataError(
@@ -137,6 +144,12 @@ class CustomReader(DatasetReader):
         self._labels: list[str] | None = None  # sorted distinct raw labels, driver-computed
         self._label_index: dict[str, int] | None = None
         self._labelled: bool | None = None
+        # csv: which columns are numeric / categorical (overrides) and, once scanned, how each
+        # is read; the vocabularies need the job's split seed (the train split's values).
+        self.numeric_columns = table.parse_names(numeric_columns)
+        self.categorical_columns = table.parse_names(categorical_columns)
+        self.split_seed = int(split_seed)
+        self._columns: table.TableColumns | None = None
 
     # === files ===
     def _data_dir(self) -> str:
@@ -291,13 +304,12 @@ class CustomReader(DatasetReader):
                 raise CustomDataError(f"--label_column={self.label_column!r} is not a column of "
                                       f"{self._table_file()} (columns: {', '.join(header)})")
             features = [c for c in header if c != self.label_column or not self.labelled()]
-            checks.check_numeric_columns(features, (
-                (where, row[1]) for source in self._line_sources()
-                for where, row in self._table_rows(source) if isinstance(row, tuple)))
+            columns = self.table_columns(features)
             f = len(features)
-            fields = dict(modality="tabular", input_shape=[f], tokenizer="tabular",
-                          patch_shape=[1], num_tokens=f, token_dim=1, token_grid=[f],
-                          extra={"feature_names": features})
+            fields = (table.spec_fields(columns) if columns.categorical else
+                      dict(modality="tabular", input_shape=[f], tokenizer="tabular",
+                           patch_shape=[1], num_tokens=f, token_dim=1, token_grid=[f],
+                           extra={"feature_names": features}))
         else:
             if not self.vocab or not self.seq_len:
                 raise CustomDataError("custom --format text needs --vocab (the characters; the "
@@ -419,8 +431,50 @@ class CustomReader(DatasetReader):
             line = where.rsplit(":", 1)[-1]
             yield RawExample(id=f"line-{int(line):09d}", input=x, label=label)
 
-    def _parse_features(self, fields: Sequence[str]) -> np.ndarray:
-        values = np.array([float(v) for v in fields], dtype=np.float32)
+    def table_columns(self, features: list[str]) -> table.TableColumns:
+        """How each csv feature column is read (scanned once on the driver; travels with the
+        reader to the workers)."""
+        if self._columns is None:
+            def rows():
+                for source in self._line_sources():
+                    for where, row in self._table_rows(source):
+                        if isinstance(row, tuple):
+                            line = int(where.rsplit(":", 1)[-1])
+                            split = split_by_fractions(f"line-{line:09d}", self.split_seed,
+                                                       self.split_fractions)
+                            yield where, split, row[1]
+
+            self._columns = table.scan_columns(features, rows(), self.numeric_columns,
+                                               self.categorical_columns)
+        return self._columns
+
+    def columns_note(self) -> str | None:
+        """csv with categorical columns: one line saying which columns became which tokens."""
+        if self.format != "csv" or self._columns is None or not self._columns.categorical:
+            return None
+        return self._columns.note()
+
+    def _parse_features(self, fields: Sequence[str]) -> Any:
+        columns = self._columns
+        if columns is not None and columns.categorical:
+            numeric = self._numbers([fields[columns.index(n)] for n in columns.numeric],
+                                    columns.numeric)
+            cells = np.array([fields[columns.index(n)].strip() for n in columns.categorical],
+                             dtype=object)
+            return {table.NUMERIC: numeric, table.CATEGORICAL: cells} if columns.numeric \
+                else cells
+        return self._numbers(fields, columns.names if columns else None)
+
+    @staticmethod
+    def _numbers(cells: Sequence[str], names: Sequence[str] | None) -> np.ndarray:
+        values = []
+        for i, cell in enumerate(cells):
+            try:
+                values.append(float(cell))
+            except ValueError:
+                column = f"column {names[i]!r}" if names else f"column {i}"
+                raise ValueError(f"{column}: {cell!r} is not a number") from None
+        values = np.array(values, dtype=np.float32)
         if not np.isfinite(values).all():
             raise ValueError("non-finite feature value (nan/inf)")
         return values
