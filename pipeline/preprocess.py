@@ -705,6 +705,8 @@ def summary(result: PreprocessResult) -> str:
     per_split = ", ".join(f"{k} {v.num_examples}" for k, v in result.spec.splits.items())
     rate = result.num_examples / max(result.seconds, 1e-9)
     skipped = f"; skipped {len(result.bad_records)} bad records" if result.bad_records else ""
+    if result.spec.is_pretrain_only:  # e.g. a csv whose label column has another name
+        skipped += "; no labels found: pretrain-only (see the README on your own data)"
     stages = ""
     if result.stages:
         from pipeline import transforms

@@ -103,10 +103,14 @@ def processed(tmp_path_factory) -> dict[str, str]:
 
 
 def test_pretrain_only_trains_and_evaluates_on_a_labelled_set(processed, tmp_path, capsys):
+    assert cli.call_program(preprocess, ["--dataset", "custom", "--format", "npy", "--name", "mine",
+                                         "--raw_data_dir", processed["unlabelled_raw"],
+                                         "--data_dir", processed["data"], "--dry_run"]) == 0
+    assert "no labels, nothing to probe (pretrain-only)" in capsys.readouterr().out
     workdir = str(tmp_path / "run")
     assert cli.call_program(train, ["--dataset", "mine", "--data_dir", processed["data"],
                                     "--workdir", workdir, "--steps", "2", "--eval_every", "1",
-                                    *TINY_FLAGS]) == 0
+                                    "--export=false", *TINY_FLAGS]) == 0
     out = capsys.readouterr().out
     # Online evaluation is off, said once, and the evaluate hint asks for a labelled set.
     assert out.count("online eval") == 1 and "online eval              off (mine: a " \
@@ -122,7 +126,8 @@ def test_pretrain_only_trains_and_evaluates_on_a_labelled_set(processed, tmp_pat
     # The command the error suggests, with a labelled dataset of the same layout.
     suggested = shaped["todo"].split(": ", 1)[1].replace("LABELLED", "mine_labelled").split()
     assert suggested[:3] == ["python", "-m", "keras_metamae.evaluate"]
-    assert cli.call_program(evaluate, suggested[3:] + ["--epochs", "2"]) == 0
+    assert cli.call_program(evaluate, suggested[3:] + ["--epochs", "1", "--nobaseline",
+                                                       "--probe", "paper"]) == 0
     assert "mine_labelled: accuracy" in capsys.readouterr().out
 
 
@@ -255,6 +260,7 @@ def test_missing_custom_dataset_hint_is_a_working_command(processed, tmp_path, c
         "YOUR_FILES", processed["unlabelled_raw"]).split()
     assert command[:3] == ["python", "-m", "pipeline.preprocess"]
     assert cli.call_program(preprocess, command[3:] + ["--runner=FnApiRunner"]) == 0
+    assert "no labels found: pretrain-only" in capsys.readouterr().out
     assert load_spec(os.path.join(data_dir, "yours", PIPELINE_VERSION)).is_pretrain_only
 
 
@@ -344,7 +350,8 @@ def test_mixed_csv_pretrains_evaluates_and_serves_raw_rows(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.call_program(train, ["--dataset", "table", "--data_dir", out, "--workdir", workdir,
                                     "--steps", "2", "--eval_every", "0", *TINY_FLAGS]) == 0
-    assert cli.call_program(evaluate, ["--workdir", workdir, "--epochs", "2"]) == 0
+    assert cli.call_program(evaluate, ["--workdir", workdir, "--epochs", "1", "--nobaseline",
+                                       "--probe", "paper"]) == 0
     assert "table: accuracy" in capsys.readouterr().out
 
     # Serving takes the raw cells (numbers and strings) and gives what the stored tokens give.
