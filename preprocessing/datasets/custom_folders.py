@@ -77,7 +77,13 @@ class _FolderReader(DatasetReader):
         return [c for c in self._sub_folders() if c != POOL_SPLIT]
 
     def labelled(self) -> bool:
-        return bool(self.classes())
+        """Class folders, or nothing at all yet (`--list`): labelled. Files of the kind
+        directly in data_dir and no class folder: pretrain-only."""
+        if self.classes():
+            return True
+        d = self._data_dir()
+        files = os.listdir(d) if os.path.isdir(d) else []
+        return not any(f.lower().endswith(tuple("." + e for e in self.extensions)) for f in files)
 
     def has_pool(self) -> bool:
         return self.labelled() and POOL_SPLIT in self._sub_folders()
