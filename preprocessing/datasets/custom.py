@@ -186,9 +186,9 @@ class CustomReader(DatasetReader):
                 self._labelled = all(with_labels)
             elif self.format == "csv":
                 self._labelled = self.label_column in self._csv_header()
-            else:
-                first = next((line for _, line in _line_ranges.iter_lines(
-                    self._line_sources()[0]) if line.strip()), "") if self._line_sources() else ""
+            else:  # data.txt: `<label><TAB><sequence>` lines, or bare sequences
+                with _line_ranges.open_text(self._table_file()) as f:
+                    first = next((line for line in f if line.strip()), "")
                 self._labelled = "\t" in first
         return self._labelled
 
