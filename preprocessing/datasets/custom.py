@@ -12,7 +12,10 @@ Reader options (the pipeline forwards the flags of the same names as keyword arg
   3-D examples; required there), `label_column` (csv; default `label` when the header has
   it, else the table has no labels), `vocab` (text: the
   characters, the first one pads) and `seq_len` (text), `task` (`multiclass` default, or
-  `regression`), `name` (the dataset name written to spec.json; default `custom`).
+  `regression`), `name` (the dataset name written to spec.json; default `custom`),
+  `numeric_columns` / `categorical_columns` (csv: override which columns are which) and
+  `split_seed` (the job's --seed, which the pipeline passes: the csv vocabularies are built
+  on the train split).
 
 Layouts under `--raw_data_dir`:
 - npy:  `inputs.npy` `[N, *input_shape]` and `labels.npy` `[N]`; or `train/`, `val/`, `test/`
