@@ -93,7 +93,9 @@ def print_summary(summary: dict) -> None:
         f"encoder      {summary['export_dir']}",
         # The workdir, not its tensorboard/ folder: there HParams would find no metrics.
         f"tensorboard  tensorboard --logdir {summary['workdir']}",
-        f"evaluate     python -m keras_metamae.evaluate --workdir {summary['workdir']}",
+        f"evaluate     python -m keras_metamae.evaluate --workdir {summary['workdir']}"
+        + (" --transfer_dataset LABELLED  (a labelled dataset of the same token layout; "
+           f"{summary['dataset']} has no labels)" if summary.get("pretrain_only") else ""),
     ]
     print("\n".join(lines))
 

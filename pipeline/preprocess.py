@@ -104,6 +104,10 @@ READER_FLAGS = {
     "seq_len": "custom text sequence length",
     "vocab_size": "vocabulary size of integer custom npy sequences",
     "task": "custom task: multiclass (default) or regression",
+    "numeric_columns": "custom csv: columns read as numbers (continuous tokens), comma-separated; "
+                       "default: those whose every non-empty cell is a number",
+    "categorical_columns": "custom csv: columns read as categories (discrete tokens, a "
+                           "vocabulary per column), comma-separated; default: the others",
     "name": "dataset name written to spec.json and used as the output folder (custom)",
 }
 # `--dataset custom --format F` for the folder formats is served by its own reader.
@@ -534,8 +538,11 @@ def run(argv: list[str] | None = None) -> PreprocessResult | None:
 
 def _reader(job: JobOptions, data_dir: str):
     """The dataset's reader; a dataset or reader option it refuses is a UserError."""
+    options = dict(job.reader_options)
+    if job.reader_name == "custom":  # csv vocabularies come from the train split: its seed
+        options["split_seed"] = job.seed
     try:
-        reader = registry.get_reader(job.reader_name, data_dir=data_dir, **job.reader_options)
+        reader = registry.get_reader(job.reader_name, data_dir=data_dir, **options)
         reader.spec_template()  # a reader refuses bad options here, before looking for data
         return reader
     except KeyError as e:
@@ -591,6 +598,31 @@ def _check_old_data_dir_meaning(job: JobOptions) -> None:
             f"raw input as --raw_data_dir {folder}")
 
 
+def _check_inputs(reader, job: JobOptions) -> None:
+    """A reader's checks of its files that need the job's options (custom data: the share of
+    rows holding NaN or inf against --max_bad_fraction); before anything is written."""
+    check = getattr(reader, "check_inputs", None)
+    if check is None:
+        return
+    try:
+        check(job.max_bad_fraction)
+    except ValueError as e:
+        raise cli.UserError.wrap(e, f"--raw_data_dir {job.raw_data_dir}",
+                                 "fix the file it names") from e
+
+
+def _describe_protocol(spec: DatasetSpec) -> str:
+    """Which splits pretraining and the probe read (the spec's protocol, defaults filled)."""
+    roles = {role: "+".join(spec.protocol_splits(role)) for role in
+             ("pretrain", "probe_train", "probe_val", "probe_test")}
+    if spec.is_pretrain_only:
+        return f"pretrain on {roles['pretrain']}; no labels, nothing to probe (pretrain-only)"
+    # Before the job ran a spec has no splits: the default probe_val is `val` if it gets any.
+    val = roles["probe_val"] or ("val" if "probe_val" not in spec.protocol else "-")
+    return (f"pretrain on {roles['pretrain']}; probe trains on {roles['probe_train']}, "
+            f"selects on {val}, reports on {roles['probe_test']}")
+
+
 def describe_job(job: JobOptions) -> str:
     """What the job would do (--dry_run): nothing is downloaded or written."""
     reader = _reader(job, job.raw_data_dir)
@@ -605,11 +637,13 @@ def describe_job(job: JobOptions) -> str:
     version_dir = os.path.join(job.data_dir, spec.name, PIPELINE_VERSION)
     runner = runners.runner_name(job.beam_args) if job.beam_args else None
     note = getattr(reader, "input_size_note", lambda: None)() if raw == "present" else None
+    columns = getattr(reader, "columns_note", lambda: None)()
     lines = [
         f"dataset      {job.dataset} (reader {job.reader_name}"
         + (f"; options {job.reader_options}" if job.reader_options else "") + ")",
         f"raw input    {job.raw_data_dir} ({raw})",
         f"tokens       {_token_shape(spec)}, {spec.modality}, task {spec.task}",
+        f"protocol     {_describe_protocol(spec)}",
         f"output       {version_dir}"
         + (" (exists; would be replaced)" if os.path.isdir(version_dir) else " (new)"),
         f"shards       {job.num_shards} per split, split seed {job.seed}, "
@@ -617,6 +651,7 @@ def describe_job(job: JobOptions) -> str:
         f"runner       {runner or 'FnApiRunner (local)'}"
         + (f"; Beam options {' '.join(job.beam_args)}" if job.beam_args else ""),
         *([f"note         {note}"] if note else []),
+        *([f"{columns}"] if columns else []),
         "nothing was written (--dry_run)",
     ]
     return "\n".join(lines)
@@ -639,6 +674,7 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     ensure_raw(reader, job.reader_name, data_dir, job)
     reader.prepare()
     spec = reader.spec_template()  # now: label maps may come from downloaded/extracted files
+    _check_inputs(reader, job)
     sources = reader.list_sources()
     if not sources:
         raise RawDataMissing(f"{job.dataset}: no raw records found in {data_dir}; "
@@ -647,6 +683,9 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     note = getattr(reader, "input_size_note", lambda: None)()
     if note:
         logging.warning("%s", note)
+    columns = getattr(reader, "columns_note", lambda: None)()
+    if columns:  # a csv with categorical columns: which columns became which tokens
+        print(columns)
     beam_args = job.beam_args
     if runners.is_dask(beam_args):
         beam_args = runners.with_dask_defaults(beam_args, len(sources))
@@ -699,6 +738,8 @@ def summary(result: PreprocessResult) -> str:
     per_split = ", ".join(f"{k} {v.num_examples}" for k, v in result.spec.splits.items())
     rate = result.num_examples / max(result.seconds, 1e-9)
     skipped = f"; skipped {len(result.bad_records)} bad records" if result.bad_records else ""
+    if result.spec.is_pretrain_only:  # e.g. a csv whose label column has another name
+        skipped += "; no labels found: pretrain-only (see the README on your own data)"
     stages = ""
     if result.stages:
         from pipeline import transforms

@@ -371,6 +371,11 @@ def _discrete_ids(raw: Any, spec: DatasetSpec) -> np.ndarray:
         from preprocessing import tokenize
 
         return tokenize.wordpiece_to_tokens(np.stack([np.asarray(v) for v in raw]), spec).numpy()
+    if spec.tokenizer == "column_vocab":  # categorical cells: the op serving runs too
+        from preprocessing import tokenize
+
+        cells = np.stack([np.asarray(v, dtype=object) for v in raw]).astype(bytes)
+        return tokenize.column_vocab_to_tokens(cells, spec).numpy()
     return np.asarray(raw).astype(np.int64).reshape(len(raw), -1)
 
 

@@ -75,6 +75,14 @@ The evaluation protocol (`protocol`)
   `probe_train=["train"]`, `probe_val=["val"]` (if that split exists, else none),
   `probe_test=["test"]`. So EuroSAT pretrains on `pretrain` and probes on the held-out
   `transfer_train`/`transfer_test`, and AudioMNIST probes on `train` + `val` as DABS does.
+- An unlabelled pool beside labelled data (`custom` with an `unlabeled/` folder) is its own
+  split, `unlabeled`, read by pretraining only: `{"pretrain": ["train", "unlabeled"]}`.
+
+Pretrain-only datasets (`task == "none"`)
+- A dataset without labels (`custom` without labels.npy, a label column, ...): `metric`
+  "none", `num_classes` 0, every example's `label` UNLABELED (-1), and a protocol whose probe
+  roles are empty lists. Training runs on it without online evaluation; evaluating its
+  encoder needs a labelled dataset of the same token layout (`--transfer_dataset`).
 """
 
 from __future__ import annotations
@@ -101,15 +109,20 @@ MODALITIES = (
     "speech",
     "vision_language",
 )
-TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete", "segments")
+# "column_vocab": categorical csv columns, strings -> ids by per-column vocabularies
+# (preprocessing/datasets/_custom_table.py).
+TOKENIZERS = ("patch1d", "patch2d", "tabular", "discrete", "segments", "column_vocab")
 SEGMENT_KINDS = ("continuous", "discrete")
 _SEGMENT_KEYS = {"name", "kind", "num_tokens", "token_grid", "feature", "input_shape",
                  "tokenizer", "patch_shape", "token_dim", "vocab_size"}
 _RESERVED_FEATURES = ("label", "id")
 PROTOCOL_ROLES = ("pretrain", "probe_train", "probe_val", "probe_test")
 WINDOW_SAMPLINGS = ("group_label",)
-TASKS = ("multiclass", "binary", "multilabel", "regression", "per_token_multiclass")
-METRICS = ("accuracy", "weighted_f1", "spearman", "auroc")
+# "none": a pretrain-only dataset (no labels; see "Pretrain-only datasets" above).
+TASKS = ("multiclass", "binary", "multilabel", "regression", "per_token_multiclass", "none")
+METRICS = ("accuracy", "weighted_f1", "spearman", "auroc", "none")
+# The `label` an unlabelled example carries in the shards (never read by pretraining).
+UNLABELED = -1
 
 
 class SpecError(ValueError):
@@ -182,6 +195,11 @@ class DatasetSpec:
         return ["test"] if role == "probe_test" else ["train"]
 
     @property
+    def is_pretrain_only(self) -> bool:
+        """True for a dataset without labels: pretraining only, nothing to probe."""
+        return self.task == "none"
+
+    @property
     def probe_batch_size(self) -> int:
         """The probe's batch size fixed by the benchmark (0: use the pretraining batch)."""
         return int(self.protocol.get("probe_batch_size", 0))
@@ -246,6 +264,13 @@ class DatasetSpec:
             fail(f"task={self.task!r}, expected one of {TASKS}")
         if self.metric not in METRICS:
             fail(f"metric={self.metric!r}, expected one of {METRICS}")
+        if (self.task == "none") != (self.metric == "none"):
+            fail(f"task={self.task!r} with metric={self.metric!r}: a pretrain-only dataset "
+                 f"has both 'none', a labelled one neither")
+        if self.task == "none" and (self.num_classes or any(
+                self.protocol.get(role, None) != [] for role in PROTOCOL_ROLES[1:])):
+            fail("a pretrain-only dataset (task 'none') has num_classes 0 and empty probe "
+                 "splits in its protocol")
         if self.segments or self.tokenizer == "segments":
             self._validate_segments(fail)
         if (self.token_dim > 0) == (self.vocab_size > 0):

@@ -12,6 +12,9 @@ Token layouts (all channels-last, see `preprocessing/spec.py`):
   flattened in `(step, channel)` order.
 - `tabular`:  rows `[B, F]` -> `[B, F, 1]`, one token per feature.
 - `discrete`: token ids `[B, L]` -> `[B, L]` int64, unchanged.
+- `column_vocab`: categorical csv cells, strings `[B, F]` -> int64 ids `[B, F]` by one
+  vocabulary per column (`column_vocab_to_tokens`; a segment beside the numeric columns, or
+  the whole spec); the serving graph takes the raw strings too.
 - `wordpiece`: strings `[B]` (or pairs `[B, 2]`) -> BERT WordPiece ids `[B, num_tokens]` int64
   with the vocabulary in `spec.extra["vocabulary"]` (`preprocessing/wordpiece.py`); used as a
   segment (the mscoco captions), so raw caption strings are tokenized in the serving graph too.
@@ -161,6 +164,28 @@ def wordpiece_to_tokens(texts, spec: DatasetSpec) -> tf.Tensor:
     return wordpiece.encode(texts, vocabulary, int(spec.num_tokens))
 
 
+def column_vocab_to_tokens(values, spec: DatasetSpec) -> tf.Tensor:
+    """Categorical columns, strings `[B, F]` -> int64 ids `[B, F]` by the vocabularies in
+    `spec.extra["categorical"]` (one `{"name", "values"}` per column): per column, `offset + 0`
+    for an empty cell (missing), `offset + 1` for a value not in its vocabulary, `offset + 2 + i`
+    for its i-th value; each column's offset is the id count of the columns before it. Plain
+    comparisons against constants: no lookup table, so the serving graph needs no resource."""
+    columns = (spec.extra or {}).get("categorical") or []
+    values = tf.strings.strip(tf.convert_to_tensor(values, tf.string))
+    ids, offset = [], 0
+    for i, column in enumerate(columns):
+        cell = values[:, i]
+        local = tf.ones_like(cell, tf.int64)  # out of vocabulary
+        if column["values"]:
+            hits = tf.equal(cell[:, None], tf.constant(column["values"], tf.string)[None, :])
+            position = tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int64)
+            local = tf.where(tf.reduce_any(hits, axis=1), position + 2, local)
+        local = tf.where(tf.equal(cell, ""), tf.zeros_like(local), local)
+        ids.append(local + offset)
+        offset += 2 + len(column["values"])
+    return tf.stack(ids, axis=1)
+
+
 def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):
     expected = [int(s) for s in spec.input_shape]
     if x.shape.rank is None:
@@ -290,6 +315,8 @@ def raw_to_tokens(raw, spec: DatasetSpec) -> tf.Tensor:
         return discrete_to_tokens(raw)
     if spec.tokenizer == "wordpiece":
         return wordpiece_to_tokens(raw, spec)
+    if spec.tokenizer == "column_vocab":
+        return column_vocab_to_tokens(raw, spec)
     x = normalize(raw, spec)
     if spec.tokenizer == "patch2d":
         tokens = patchify_2d(x, spec.patch_shape)

@@ -45,6 +45,12 @@ _READ_BUFFER_BYTES = 64 << 20
 
 
 def _preprocess_hint(dataset: str, output_dir: str) -> str:
+    from preprocessing import registry
+
+    if dataset not in registry.names():  # one's own data, named with --name
+        return (f"python -m pipeline.preprocess --dataset custom --format npy|csv|text|"
+                f"image_folder|audio_folder --raw_data_dir YOUR_FILES --name {dataset} "
+                f"--data_dir {output_dir}")
     return f"python -m pipeline.preprocess --dataset {dataset} --data_dir {output_dir}"
 
 

@@ -57,6 +57,8 @@ def _labelled(spec, splits: list[str]) -> bool:
 def subset_splits(spec) -> tuple[list[str], list[str]]:
     """(bank splits, query splits) from the spec's linear protocol; ValueError saying why when
     the dataset has no labelled data to evaluate on."""
+    if spec.is_pretrain_only:
+        raise ValueError("a pretrain-only dataset, it has no labels to probe")
     if spec.task == "per_token_multiclass":
         raise ValueError("per-token labels (the probe needs every token's features; run "
                          "keras_metamae.evaluate)")

@@ -117,6 +117,12 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
         data_dir = cli.local_path(data_dir, "--data_dir")
     version_dir = data.find_dataset_dir(data_dir, dataset)
     spec = load_spec(version_dir)
+    if spec.is_pretrain_only:
+        raise cli.UserError(
+            f"{dataset} has no labels (pretrain-only), so there is nothing to probe",
+            f"{version_dir}/spec.json",
+            f"evaluate on a labelled dataset of the same token layout: python -m "
+            f"keras_metamae.evaluate --workdir {workdir} --transfer_dataset LABELLED")
     # The encoder's token contract must match the evaluated dataset's.
     for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
         # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).

@@ -126,6 +126,13 @@ class RunDir:
         if not os.path.exists(self.config_path):
             return
         previous = config_lib.TrainConfig.load(self.config_path)
+        # The dataset first: another dataset's preset differs in its architecture too, and
+        # "embed_dim=64 vs 256" would hide that the workdir belongs to another dataset.
+        if previous.dataset != config.dataset:
+            raise ValueError(
+                f"this workdir was trained on {previous.dataset!r}, not on {config.dataset!r} "
+                f"({self.config_path}): pass a new --workdir for {config.dataset}, or "
+                f"--dataset {previous.dataset} to resume it")
         for name in ARCHITECTURE_FIELDS:
             old, new = getattr(previous, name), getattr(config, name)
             if old != new:

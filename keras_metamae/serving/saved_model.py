@@ -118,7 +118,8 @@ def build_segmented_archive(encoder, spec):
     def dtype_of(seg, raw):
         if seg["kind"] == "discrete":
             # Raw text for a WordPiece segment: tokenized in the graph.
-            return tf.string if raw and seg.get("tokenizer") == "wordpiece" else tf.int64
+            text = seg.get("tokenizer") in ("wordpiece", "column_vocab")  # categorical cells
+            return tf.string if raw and text else tf.int64
         return tf.as_dtype(spec.input_dtype) if raw else tf.float32
 
     def token_shape(seg):

@@ -390,6 +390,7 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
     online = callbacks.online
     summary = {
         "dataset": run.dataset,
+        "pretrain_only": run.spec.is_pretrain_only,  # no labels: evaluated on another dataset
         "model": config.model,
         "workdir": config.workdir,
         "start_step": start_step,

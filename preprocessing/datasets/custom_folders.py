@@ -4,9 +4,14 @@
     <data_dir>/<class name>/<any name>.<wav|flac|ogg>                       (audio)
 
 Classes are the sorted sub-folder names; label = index in that list. Files directly in
-data_dir or in deeper folders are ignored (deeper folders belong to their top-level class).
+data_dir are ignored then (deeper folders belong to their top-level class).
 Splits: 80/10/10 train/val/test by a seeded hash of `<class>/<file>`. Per-channel normalization
 statistics are computed by the pipeline on the train split.
+
+Without labels: files directly in data_dir and no class sub-folder make a pretrain-only
+dataset (spec task "none", every file in `train`). An `unlabeled/` sub-folder beside the class
+folders is a pool that pretraining reads with the labelled training files (split `unlabeled`);
+the probe uses the labelled splits (so no class may be named `unlabeled`).
 
 Options (keyword arguments of the reader, `registry.get_reader(name, data_dir, **options)`):
 - images: `image_size` (default 32, square), `patch_size` (default 4; must divide image_size),
@@ -23,9 +28,12 @@ from typing import Iterator
 
 import numpy as np
 
+import dataclasses
+
 from preprocessing.datasets import _archives, _images, _speech
 from preprocessing.datasets.base import BadRecord, DatasetReader, RawDataMissing, RawExample
-from preprocessing.spec import DatasetSpec
+from preprocessing.datasets.custom import POOL_PROTOCOL, POOL_SPLIT, pretrain_only_labels
+from preprocessing.spec import UNLABELED, DatasetSpec
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "ppm", "bmp", "gif", "webp")
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg")
@@ -46,21 +54,54 @@ class _FolderReader(DatasetReader):
     def _data_dir(self) -> str:
         return self.data_dir or self.default_data_dir()
 
-    def pattern(self) -> str:
-        return r"^([^/]+)/(?:[^/]+/)*[^/]+\.(?i:" + "|".join(self.extensions) + r")$"
+    @property
+    def split_fractions(self) -> tuple[tuple[str, float], ...]:
+        """80/10/10 with classes; all `train` for a pretrain-only folder (nothing to probe)."""
+        return _FolderReader.labelled_split_fractions if self.labelled() else (("train", 1.0),)
 
-    def classes(self) -> list[str]:
+    labelled_split_fractions = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+    def pattern(self) -> str:
+        """Files of a class folder (group 1: the class), or of data_dir itself when it has no
+        class folder (group 1 empty: unlabelled)."""
+        files = r"[^/]+\.(?i:" + "|".join(self.extensions) + r")$"
+        return r"^([^/]+)/(?:[^/]+/)*" + files if self.labelled() else r"^()" + files
+
+    def _sub_folders(self) -> list[str]:
         d = self._data_dir()
         if not os.path.isdir(d):
             return []
         return sorted(e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e)) and not e.startswith("."))
+
+    def classes(self) -> list[str]:
+        return [c for c in self._sub_folders() if c != POOL_SPLIT]
+
+    def labelled(self) -> bool:
+        """Class folders, or nothing at all yet (`--list`): labelled. Files of the kind
+        directly in data_dir and no class folder: pretrain-only."""
+        if self.classes():
+            return True
+        d = self._data_dir()
+        files = os.listdir(d) if os.path.isdir(d) else []
+        return not any(f.lower().endswith(tuple("." + e for e in self.extensions)) for f in files)
+
+    def has_pool(self) -> bool:
+        return self.labelled() and POOL_SPLIT in self._sub_folders()
+
+    def with_labels_of_the_files(self, spec: DatasetSpec) -> DatasetSpec:
+        """`spec` as a pretrain-only one without classes, with the pool in its protocol."""
+        if not self.labelled():
+            return dataclasses.replace(spec, **pretrain_only_labels())
+        if self.has_pool():
+            return dataclasses.replace(spec, protocol=dict(POOL_PROTOCOL))
+        return spec
 
     def expected_files(self) -> list[str]:
         return [f"<class>/<file>.{{{','.join(self.extensions)}}} ({self.kind} folder per class)"]
 
     def check_raw(self) -> None:
         d = os.path.abspath(self._data_dir())
-        if not self.classes() or not _archives.walk_files(d, self.pattern()):
+        if not _archives.walk_files(d, self.pattern()):
             raise RawDataMissing(
                 f"{self.name}: no {self.kind} files in {d}; expected one sub-folder per class, "
                 f"holding files ending in {', '.join('.' + e for e in self.extensions)}, e.g. "
@@ -78,7 +119,10 @@ class _FolderReader(DatasetReader):
                 yield BadRecord(path=where, reason=str(data))
                 continue
             (cls,) = regex.search(rel).groups()
-            yield self.example(where, data, rel, index[cls])
+            record = self.example(where, data, rel, index.get(cls, UNLABELED))
+            if cls == POOL_SPLIT and isinstance(record, RawExample):
+                record.split = POOL_SPLIT
+            yield record
 
     def example(self, where: str, data: bytes, example_id: str, label: int) -> RawExample | BadRecord:
         raise NotImplementedError
@@ -103,7 +147,7 @@ class CustomImageFolderReader(_FolderReader):
     def spec_template(self) -> DatasetSpec:
         grid = self.image_size // self.patch_size
         classes = self.classes()
-        return DatasetSpec(
+        return self.with_labels_of_the_files(DatasetSpec(
             name=self.name, modality="image",
             input_shape=[self.image_size, self.image_size, self.channels], tokenizer="patch2d",
             patch_shape=[self.patch_size, self.patch_size], num_tokens=grid * grid,
@@ -111,7 +155,7 @@ class CustomImageFolderReader(_FolderReader):
             input_dtype="float32", task="multiclass", metric="accuracy", num_classes=len(classes),
             label_names=classes, label_shape=[], label_dtype="int64",
             extra={"pixel_scale": "[0, 1]", "resize": "bilinear, antialiased (aspect not kept)"},
-        )
+        ))
 
     def input_size_note(self) -> str | None:
         """One line saying how many images are not `image_size` square (each is resized, the
@@ -157,7 +201,7 @@ class CustomAudioFolderReader(_FolderReader):
         reader = _speech.SpeechReader()
         reader.name = self.name
         reader.label_names_ = tuple(self.classes())
-        return reader.spec_template()
+        return self.with_labels_of_the_files(reader.spec_template())
 
     def example(self, where, data, example_id, label):
         return _speech.speech_example(where, data, example_id, label)
