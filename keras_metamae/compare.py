@@ -6,7 +6,8 @@
 
 Pretrains every method with every seed on the same encoder (a difference between columns
 comes from the objective alone), probes each frozen encoder on the dataset's test split (the
-paper's probe, the converged probe, kNN), and writes into `--workdir`:
+paper's probe, the converged probe, kNN) or on `--transfer_dataset`'s (a labelled set of the
+same token layout, for a dataset preprocessed without labels), and writes into `--workdir`:
 `results.json`, `results.md` (per method the mean with a 95% Student-t interval over seeds,
 the per-seed values, and a verdict that says when the seeds cannot tell methods apart) and
 `comparison.png` (bars with intervals; online probe accuracy against pretraining step). Each
@@ -46,6 +47,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define("integer", "steps", None, "Pretraining steps per run (default: the dataset's preset).")
     define("integer", "epochs", 100, "Epochs of the paper's probe (DABS: 100).")
     define("enum", "probe", "both", "Which linear probe(s).", ["paper", "converged", "both"])
+    define("string", "transfer_dataset", None, "Labelled dataset of the same token layout to "
+           "probe on (default: --dataset itself); needed when --dataset is pretrain-only "
+           "(preprocessed without labels).")
     define("string", "workdir", None, "Where the runs and results go (default "
            "workdirs/compare-<dataset>).")
     define("string", "data_dir", None, "Root of processed datasets (default $KERAS_METAMAE_DATA "
@@ -76,13 +80,15 @@ def main(invocation: cli.Invocation):
     try:
         seeds, methods = parse_seeds(FLAGS.seeds), parse_methods(FLAGS.methods)
         if FLAGS.dry_run:
-            print(f"compares {', '.join(methods)} on {FLAGS.dataset}, seeds "
+            probe = f", probed on {FLAGS.transfer_dataset}" if FLAGS.transfer_dataset else ""
+            print(f"compares {', '.join(methods)} on {FLAGS.dataset}{probe}, seeds "
                   f"{', '.join(map(str, seeds))}, {FLAGS.steps or 'the preset'} steps each, "
                   f"into {workdir}\nnothing was written (--dry_run)")
             return 0
         cli.check_writable(workdir, "--workdir")
         _, paths = compare_methods(FLAGS.dataset, methods, seeds, FLAGS.steps, workdir,
-                                   data_dir, FLAGS.epochs, FLAGS.probe, overrides, verbose=1)
+                                   data_dir, FLAGS.epochs, FLAGS.probe, overrides,
+                                   probe_dataset=FLAGS.transfer_dataset, verbose=1)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--dataset {FLAGS.dataset}",
                                  "see `python -m keras_metamae.compare --help`") from e

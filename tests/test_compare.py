@@ -122,6 +122,38 @@ def test_dry_run_says_what_would_run(capsys, tmp_path):
     assert code == 0 and "random, metamae" in out and "seeds 0, 1" in out
 
 
+def test_a_pretrain_only_dataset_is_compared_on_a_labelled_transfer_dataset(
+        digits_data_dir, tmp_path, capsys):
+    """Unlabeled 8x8 images (digits' token layout): without --transfer_dataset the command
+    stops before training anything, with it every run is probed on digits."""
+    from pipeline import preprocess
+
+    raw, data_dir = tmp_path / "raw", tmp_path / "data"
+    raw.mkdir()
+    data_dir.mkdir()
+    os.symlink(os.path.join(digits_data_dir, "digits"), data_dir / "digits")
+    np.save(raw / "inputs.npy",
+            np.random.default_rng(0).uniform(0, 16, (64, 8, 8, 1)).astype(np.float32))
+    preprocess.run(["--dataset", "custom", "--format", "npy", "--raw_data_dir", str(raw),
+                    "--patch_shape", "2,2", "--name", "pool", "--data_dir", str(data_dir),
+                    "--runner=FnApiRunner"])
+    capsys.readouterr()
+    argv = ["--dataset", "pool", "--data_dir", str(data_dir), "--methods", "random,mae",
+            "--seeds", "0", "--steps", "1", "--epochs", "1", "--probe", "paper"]
+    argv += [f"--{key}={value}" for key, value in TINY_RUN.items()]
+    refused = str(tmp_path / "refused")
+    assert cli.call_program(compare, argv + ["--workdir", refused]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: pool has no labels (pretrain-only), so there is nothing to "
+                          "probe (") and "--transfer_dataset LABELLED" in err, err
+    assert not os.path.exists(refused)
+    workdir = str(tmp_path / "compared")
+    assert cli.call_program(compare, argv + ["--workdir", workdir,
+                                             "--transfer_dataset", "digits"]) == 0
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    assert results["probe_dataset"] == "digits", results
+
+
 def test_student_t_interval_and_welch_test_against_scipy():
     from scipy import stats
 

@@ -16,6 +16,8 @@ def compare_methods(dataset: str, methods: list[str], seeds: list[int], steps: i
     from preprocessing.spec import load_spec
 
     version_dir = locate_or_prepare_dataset(dataset, data_dir)
+    # Before any run trains for hours: the probe set must have labels and the same tokens.
+    check_probe_dataset(dataset, version_dir, probe_dataset or dataset, data_dir)
     overrides = dict(overrides or {})
     if steps is None:  # the preset's, resolved once so that every run uses the same budget
         spec = load_spec(version_dir)
@@ -27,3 +29,30 @@ def compare_methods(dataset: str, methods: list[str], seeds: list[int], steps: i
     runs = runner.run_comparison(comparison, verbose=verbose)
     results = report.summarize(comparison, runs, paper_row)
     return results, report.write(results, workdir)
+
+
+def check_probe_dataset(dataset: str, version_dir: str, probe_dataset: str,
+                        data_dir: str) -> None:
+    """ValueError (one line: what, where, what to do) when `probe_dataset` cannot probe
+    encoders pretrained on `dataset`: it has no labels, or other tokens."""
+    from keras_metamae import data
+    from preprocessing.spec import load_spec, token_segments
+
+    spec = load_spec(version_dir)
+    probe_dir = version_dir if probe_dataset == dataset else data.find_dataset_dir(
+        data_dir, probe_dataset)
+    probe_spec = spec if probe_dir == version_dir else load_spec(probe_dir)
+    if probe_spec.is_pretrain_only:
+        raise ValueError(
+            f"{probe_dataset} has no labels (pretrain-only), so there is nothing to probe "
+            f"({probe_dir}/spec.json): probe on a labelled dataset of the same token layout "
+            f"with --transfer_dataset LABELLED")
+    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
+        # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
+        same = (token_segments(spec.segments) == token_segments(probe_spec.segments)
+                if field == "segments" else getattr(spec, field) == getattr(probe_spec, field))
+        if not same:
+            raise ValueError(
+                f"{probe_dataset} has other tokens than {dataset} ({field} differs, "
+                f"{probe_dir}/spec.json): "
+                f"probe on a dataset preprocessed with the same token layout")
