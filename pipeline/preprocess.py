@@ -629,7 +629,7 @@ def describe_job(job: JobOptions) -> str:
     spec = reader.spec_template()
     try:
         reader.check_raw()
-        raw = "yes"
+        raw = "present"
     except RawDataMissing:
         files = official_files(job.reader_name)
         raw = ("missing; would download " + ", ".join(f.describe() for f in files)

@@ -43,8 +43,17 @@ def readme_commands() -> list[tuple[int, str, list[str]]]:
                 continue
             words = shlex.split(pending + line, comments=True)
             pending = ""
-            if words[:2] == ["python", "-m"] and len(words) > 2:
-                found.append((start, words[2], words[3:]))
+            # `a && b`, `a; b`, `a | b`: each command on its own.
+            commands, current = [], []
+            for word in words + ["&&"]:
+                if word in ("&&", ";", "|", "||"):
+                    commands.append(current)
+                    current = []
+                else:
+                    current.append(word)
+            for command in commands:
+                if command[:2] == ["python", "-m"] and len(command) > 2:
+                    found.append((start, command[2], command[3:]))
     return found
 
 
