@@ -7,7 +7,7 @@ one token sequence for `custom --format csv`.
 - Numeric columns are continuous tokens (one per column, normalized with the train split's
   statistics, as the plain tabular format). An empty numeric cell keeps its row: its value
   is the column's mean over the train split's numbers (computed in the scan that infers the
-  kinds; so it normalizes to ~0 and adds nothing to the statistics), and that it was missing
+  kinds; so it normalizes to ~0 and leaves the column's mean as it is), and that it was missing
   is a token of its own: each numeric column with an empty cell (in any split) gets a
   companion categorical column `<column>:missing` with the values `no`, `yes`, appended
   after the csv's categorical columns. `extra["missing_numeric"]` records the columns, their
@@ -20,7 +20,8 @@ one token sequence for `custom --format csv`.
   (out of vocabulary), then `offset + 2 + index` in the vocabulary; the offsets put the
   columns one after the other in one id space (`column_vocab_size`).
 - Both kinds (or numeric columns with companions): the numeric columns first, then the
-  categorical ones, as two segments of one sequence (spec.py, "Mixed-token sequences"); only categorical: a discrete spec.
+  categorical ones, as two segments of one sequence (spec.py, "Mixed-token sequences");
+  only categorical: a discrete spec.
   The tokenizer `column_vocab` (preprocessing/tokenize.py) maps the raw strings to ids, in the
   Beam job and inside the exported serving signature alike.
 """
