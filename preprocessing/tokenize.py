@@ -14,7 +14,9 @@ Token layouts (all channels-last, see `preprocessing/spec.py`):
 - `discrete`: token ids `[B, L]` -> `[B, L]` int64, unchanged.
 - `column_vocab`: categorical csv cells, strings `[B, F]` -> int64 ids `[B, F]` by one
   vocabulary per column (`column_vocab_to_tokens`; a segment beside the numeric columns, or
-  the whole spec); the serving graph takes the raw strings too.
+  the whole spec); the serving graph takes the raw strings too, and NaN for an empty
+  numeric cell (`complete_table_rows` fills in the train mean and the `<column>:missing`
+  companion cell the pipeline wrote for it).
 - `wordpiece`: strings `[B]` (or pairs `[B, 2]`) -> BERT WordPiece ids `[B, num_tokens]` int64
   with the vocabulary in `spec.extra["vocabulary"]` (`preprocessing/wordpiece.py`); used as a
   segment (the mscoco captions), so raw caption strings are tokenized in the serving graph too.
@@ -184,6 +186,39 @@ def column_vocab_to_tokens(values, spec: DatasetSpec) -> tf.Tensor:
         ids.append(local + offset)
         offset += 2 + len(column["values"])
     return tf.stack(ids, axis=1)
+
+
+def missing_numeric(spec: DatasetSpec) -> list[dict[str, Any]]:
+    """A csv table's numeric columns with empty cells (`spec.extra["missing_numeric"]`, one
+    `{"name", "index", "mean", "companion"}` each, in companion order); [] for other specs."""
+    return list((spec.extra or {}).get("missing_numeric") or [])
+
+
+def complete_table_rows(raw: Mapping[str, Any], spec: DatasetSpec) -> dict[str, tf.Tensor]:
+    """A csv table's rows as a user has them -> the raw batch the pipeline tokenized
+    (preprocessing/datasets/_custom_table.py): NaN in a numeric column of `missing_numeric`
+    becomes that column's train-split mean, and per such column a companion cell (`no`, or
+    `yes` where it was NaN) is appended to the categorical cells, which are the csv's own
+    categorical columns (no input at all when it has none). Other specs: `raw` unchanged."""
+    imputed = missing_numeric(spec)
+    if not imputed:
+        return dict(raw)
+    (numeric,) = [s for s in spec.segments if s["kind"] == "continuous"]
+    (categorical,) = [s["name"] for s in spec.segments if s.get("tokenizer") == "column_vocab"]
+    means = [0.0] * int(numeric["input_shape"][0])
+    imputable = [False] * len(means)
+    for column in imputed:
+        means[column["index"]], imputable[column["index"]] = column["mean"], True
+    x = tf.cast(tf.convert_to_tensor(raw[numeric["name"]]), tf.float32)
+    empty = tf.logical_and(tf.math.is_nan(x), tf.constant(imputable)[tf.newaxis, :])
+    vocab = {c["name"]: c["values"] for c in spec.extra["categorical"]}
+    no, yes = vocab[imputed[0]["companion"]]  # every companion's vocabulary
+    companions = tf.where(tf.gather(empty, [c["index"] for c in imputed], axis=1), yes, no)
+    cells = [tf.convert_to_tensor(raw[categorical], tf.string)] if categorical in raw else []
+    out = dict(raw)
+    out[numeric["name"]] = tf.where(empty, tf.constant(means)[tf.newaxis, :], x)
+    out[categorical] = tf.concat(cells + [companions], axis=1)
+    return out
 
 
 def _check_batch_shape(x: tf.Tensor, spec: DatasetSpec):

@@ -369,3 +369,95 @@ def test_mixed_csv_pretrains_evaluates_and_serves_raw_rows(tmp_path, capsys):
     stored = served.signatures["embed_tokens"](tokens=parts["numeric"],
                                                category_tokens=parts["categorical"])
     np.testing.assert_allclose(raw["embedding"].numpy(), stored["embedding"].numpy(), atol=1e-5)
+
+
+def _csv_with_empty_numbers(folder: str, rows: int = 40, categorical: bool = True) -> list[str]:
+    """Columns `size` (numbers, every 5th cell empty), `colour` (red, blue; left out when not
+    `categorical`) and `n` (numbers, complete); label `y`. Returns the `size` cells by line
+    number - 2 (the first data line is line 2)."""
+    rng = np.random.default_rng(1)
+    sizes = ["" if i % 5 == 0 else f"{rng.normal() + 3:.3f}" for i in range(rows)]
+    colour = ("colour,", lambda i: f"{('red', 'blue')[i % 2]},") if categorical else ("", lambda i: "")
+    lines = [f"size,{colour[0]}n,y"] + [f"{sizes[i]},{colour[1](i)}{i % 7},{i % 2}" for i in range(rows)]
+    _write(os.path.join(folder, "data.csv"), "\n".join(lines) + "\n")
+    return sizes
+
+
+def _line(example_id: str) -> int:
+    return int(example_id.split("-")[1])
+
+
+def test_csv_empty_numeric_cells_are_the_train_mean_and_a_missing_token(tmp_path):
+    from preprocessing import tokenize
+
+    folder = str(tmp_path / "t")
+    sizes = _csv_with_empty_numbers(folder)
+    reader = _reader_of(folder)
+    spec = reader.spec_template()
+    records = list(reader.read_all())
+    assert not [r for r in records if isinstance(r, BadRecord)] and len(records) == 40
+    size_of = {ex.id: sizes[_line(ex.id) - 2] for ex in records}
+    train = [float(size_of[ex.id]) for ex in records
+             if size_of[ex.id] and reader.split_of(ex, 42) == "train"]
+    assert spec.extra["missing_numeric"] == [{"name": "size", "index": 0, "companion": "size:missing",
+                                              "mean": pytest.approx(np.mean(train))}]
+    mean = np.float32(spec.extra["missing_numeric"][0]["mean"])
+    assert spec.extra["categorical"][-1] == {"name": "size:missing", "values": ["no", "yes"]}
+    assert spec.segments[1]["num_tokens"] == 2  # colour, size:missing; `n` is complete
+    for ex in records:
+        empty = not size_of[ex.id]
+        assert ex.input["numeric"][0] == (mean if empty else np.float32(size_of[ex.id]))
+        assert ex.input["categorical"][-1] == ("yes" if empty else "no")
+    assert "numeric columns with empty cells, kept: size: 8 empty cells -> the train mean" \
+        in reader.columns_note()
+
+    # Numbers only: the companions are the categorical segment, and serving has no input for it.
+    _csv_with_empty_numbers(str(tmp_path / "n"), categorical=False)
+    numbers = _reader_of(str(tmp_path / "n")).spec_template()
+    assert [s["num_tokens"] for s in numbers.segments] == [2, 1]
+    mean = numbers.extra["missing_numeric"][0]["mean"]
+    completed = tokenize.complete_table_rows({"numeric": [[np.nan, 1.0], [2.0, np.nan]]}, numbers)
+    np.testing.assert_array_equal(completed["numeric"].numpy(),
+                                  np.float32([[mean, 1.0], [2.0, np.nan]]))  # `n` had no gap
+    assert completed["categorical"].numpy().tolist() == [[b"yes"], [b"no"]]
+
+
+def test_csv_empty_numeric_cells_preprocess_and_serve_nan(tmp_path, capsys):
+    import tensorflow as tf
+
+    from keras_metamae import data
+    from preprocessing import tokenize
+
+    folder = str(tmp_path / "raw")
+    sizes = _csv_with_empty_numbers(folder)
+    out = str(tmp_path / "processed")
+    assert cli.call_program(preprocess, [
+        "--dataset", "custom", "--format", "csv", "--raw_data_dir", folder, "--label_column", "y",
+        "--name", "gaps", "--data_dir", out, "--num_shards", "1", "--runner=FnApiRunner"]) == 0
+    assert "numeric columns with empty cells, kept: size" in capsys.readouterr().out
+    version_dir = os.path.join(out, "gaps", PIPELINE_VERSION)
+    spec = load_spec(version_dir)
+    assert sum(s.num_examples for s in spec.splits.values()) == 40  # no bad records
+    workdir = str(tmp_path / "run")
+    assert cli.call_program(train, ["--dataset", "gaps", "--data_dir", out, "--workdir", workdir,
+                                    "--steps", "1", "--eval_every", "0", *TINY_FLAGS]) == 0
+
+    rows = spec.splits["train"].num_examples  # all of them: some have an empty `size`
+    batch = next(iter(data.make_dataset(spec, version_dir, "train", rows, shuffle=False, repeat=False)))
+    lines = [_line(i.decode()) for i in batch["id"].numpy()]
+    empty = np.array([not sizes[line - 2] for line in lines])
+    parts = tokenize.unpack_segments(batch["tokens"], spec)
+    assert empty.any() and np.abs(parts["numeric"].numpy()[empty, 0, 0]).max() < 1e-4  # the mean
+    # colour: ids 0..3; size:missing: missing 4, oov 5, no 6, yes 7.
+    assert parts["categorical"].numpy()[:, 1].tolist() == np.where(empty, 7, 6).tolist()
+
+    # Serving takes NaN for the empty cell and gives what the stored tokens give.
+    served = tf.saved_model.load(os.path.join(workdir, "export", "encoder", "1"))
+    raw = served.signatures["serving_default"](
+        numeric=tf.constant([[float(sizes[line - 2] or "nan"), (line - 2) % 7] for line in lines],
+                            tf.float32),
+        categorical=tf.constant([[("red", "blue")[(line - 2) % 2]] for line in lines]))
+    stored = served.signatures["embed_tokens"](tokens=parts["numeric"],
+                                               category_tokens=parts["categorical"])
+    assert raw["valid"].numpy().all()
+    np.testing.assert_allclose(raw["embedding"].numpy(), stored["embedding"].numpy(), atol=1e-5)

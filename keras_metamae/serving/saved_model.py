@@ -106,6 +106,10 @@ def build_segmented_archive(encoder, spec):
       `text_tokens` int64 [batch, 32] WordPiece ids); returns `embedding` and `valid`.
     - `tokens(image, text)`: raw inputs; returns `token_features` [batch, num_tokens, embed_dim]
       (the image tokens first, then the text tokens).
+    A csv table (`custom --format csv`) takes `numeric` float32 and `categorical` string
+    cells; NaN in a numeric column that had empty cells gets the pipeline's imputation and
+    `<column>:missing` token in the graph (`categorical` is absent when the csv has no
+    categorical column).
     """
     import keras
     import tensorflow as tf
@@ -127,8 +131,20 @@ def build_segmented_archive(encoder, spec):
             return [int(seg["num_tokens"])]
         return [int(seg["num_tokens"]), int(seg["token_dim"])]
 
-    raw_specs = [tf.TensorSpec([None, *seg.get("input_shape", token_shape(seg))],
-                               dtype_of(seg, True), name=seg["name"]) for seg in segments]
+    companions = len(tokenize.missing_numeric(spec))
+
+    def raw_shape(seg):
+        shape = list(seg.get("input_shape", token_shape(seg)))
+        if companions and seg.get("tokenizer") == "column_vocab":
+            # A csv table: the companions of empty numeric cells come from the NaNs in the
+            # numeric input (tokenize.complete_table_rows), not from the caller.
+            shape = [shape[0] - companions]
+        return shape
+
+    raw_segments = [seg for seg in segments if raw_shape(seg) != [0]]
+    raw_names = [seg["name"] for seg in raw_segments]
+    raw_specs = [tf.TensorSpec([None, *raw_shape(seg)], dtype_of(seg, True), name=seg["name"])
+                 for seg in raw_segments]
     token_specs = [tf.TensorSpec([None, *token_shape(seg)], dtype_of(seg, False),
                                  name=seg["feature"]) for seg in segments]
 
@@ -149,9 +165,9 @@ def build_segmented_archive(encoder, spec):
         return {"embedding": tf.cast(embedding, tf.float32), "valid": valid_of(parts)}
 
     def raw_tokens(parts):
-        parts = [check_shape(x, list(seg.get("input_shape", token_shape(seg))), seg["name"])
-                 for x, seg in zip(parts, segments)]
-        return parts, tokenize.raw_to_tokens(dict(zip(names, parts)), spec)
+        parts = [check_shape(x, raw_shape(seg), seg["name"]) for x, seg in zip(parts, raw_segments)]
+        raw = tokenize.complete_table_rows(dict(zip(raw_names, parts)), spec)
+        return list(raw.values()), tokenize.raw_to_tokens(raw, spec)
 
     def serve_raw(*parts):
         parts, packed = raw_tokens(parts)

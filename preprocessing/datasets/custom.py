@@ -27,7 +27,8 @@ Layouts under `--raw_data_dir`:
 - csv:  `data.csv`, a header row, the label column and feature columns: numeric ones only
         (tabular `[F]`), or numeric and categorical ones (continuous + discrete tokens with a
         vocabulary per column from the train split; `_custom_table.py`; `numeric_columns` /
-        `categorical_columns` override which is which).
+        `categorical_columns` override which is which). An empty numeric cell is the
+        column's train mean plus a `<column>:missing` = `yes` token (`_custom_table.py`).
 - text: `data.txt`, one example per line: `<label><TAB><sequence>`; one token per character of
         `vocab`, truncated / right-padded to `seq_len` with `vocab[0]`.
 Labels are optional: without `labels.npy`, a label column or tabs in data.txt the dataset is
@@ -309,7 +310,7 @@ class CustomReader(DatasetReader):
             features = [c for c in header if c != self.label_column or not self.labelled()]
             columns = self.table_columns(features)
             f = len(features)
-            fields = (table.spec_fields(columns) if columns.categorical else
+            fields = (table.spec_fields(columns) if columns.mixed else
                       dict(modality="tabular", input_shape=[f], tokenizer="tabular",
                            patch_shape=[1], num_tokens=f, token_dim=1, token_grid=[f],
                            extra={"feature_names": features}))
@@ -452,26 +453,35 @@ class CustomReader(DatasetReader):
         return self._columns
 
     def columns_note(self) -> str | None:
-        """csv with categorical columns: one line saying which columns became which tokens."""
-        if self.format != "csv" or self._columns is None or not self._columns.categorical:
+        """csv with categorical columns or empty numeric cells: one line saying which columns
+        became which tokens."""
+        if self.format != "csv" or self._columns is None or not self._columns.mixed:
             return None
         return self._columns.note()
 
     def _parse_features(self, fields: Sequence[str]) -> Any:
         columns = self._columns
-        if columns is not None and columns.categorical:
-            numeric = self._numbers([fields[columns.index(n)] for n in columns.numeric],
-                                    columns.numeric)
-            cells = np.array([fields[columns.index(n)].strip() for n in columns.categorical],
-                             dtype=object)
+        if columns is not None and columns.mixed:
+            numbers = [fields[columns.index(n)] for n in columns.numeric]
+            numeric = self._numbers(numbers, columns.numeric, columns.missing)
+            cells = [fields[columns.index(n)].strip() for n in columns.categorical]
+            # The companions of numeric columns with empty cells: was this row's cell empty?
+            cells += [table.MISSING_VALUES[not numbers[columns.numeric.index(n)].strip()]
+                      for n in columns.imputed]
+            cells = np.array(cells, dtype=object)
             return {table.NUMERIC: numeric, table.CATEGORICAL: cells} if columns.numeric \
                 else cells
         return self._numbers(fields, columns.names if columns else None)
 
     @staticmethod
-    def _numbers(cells: Sequence[str], names: Sequence[str] | None) -> np.ndarray:
+    def _numbers(cells: Sequence[str], names: Sequence[str] | None,
+                 missing: dict[str, tuple[int, float]] | None = None) -> np.ndarray:
+        """The cells as float32; an empty cell of a column in `missing` is its train mean."""
         values = []
         for i, cell in enumerate(cells):
+            if missing and not cell.strip() and names[i] in missing:
+                values.append(missing[names[i]][1])
+                continue
             try:
                 values.append(float(cell))
             except ValueError:
