@@ -47,7 +47,6 @@ below and add the name to FORMATS, or register a separate dataset module of your
 from __future__ import annotations
 
 import csv
-import glob
 import math
 import os
 from typing import Any, Iterator, Sequence
