@@ -95,7 +95,7 @@ def read_text(path: str) -> str:
 
 def write_object(path: str, data: str | bytes) -> None:
     """Writes `path` in one piece: on an object store it appears whole or not at all."""
-    with _gfile().GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+    with open_file(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
 
 
@@ -137,6 +137,31 @@ def rename(source: str, destination: str) -> None:
         _gfile().rename(source, destination, overwrite=True)
     else:
         os.replace(source, destination)
+
+
+def files_under(prefix: str) -> list[str]:
+    """Every file under folder `prefix`, as names relative to it (folders left out)."""
+    if not is_url(prefix):
+        return sorted(os.path.relpath(os.path.join(folder, name), prefix)
+                      for folder, _, names in os.walk(prefix) for name in names)
+    found = []
+    for folder, _, names in _gfile().walk(prefix):
+        relative = folder[len(prefix):].strip("/")
+        found += [f"{relative}/{name}" if relative else name for name in names]
+    return sorted(found)
+
+
+def move_files(source: str, destination: str, last: tuple[str, ...] = ()) -> None:
+    """Moves every file under `source` to the same name under `destination`, one by one, the
+    names in `last` (relative, if present) after all others and in that order; then removes
+    what is left of `source`. On an object store each move is a copy and a delete: whoever
+    lists `destination` meanwhile sees some files and not others, and the ones in `last` show
+    that the others are complete."""
+    names = files_under(source)
+    ordered = [name for name in names if name not in last] + [n for n in last if n in names]
+    for name in ordered:
+        rename(f"{source}/{name}", f"{destination}/{name}")
+    rmtree(source)
 
 
 def _not_found():

@@ -25,25 +25,11 @@ from commandline import filesystem
 from preprocessing.spec import SPEC_FILENAME
 
 
-def _objects(prefix: str) -> list[str]:
-    """Every object under `prefix` (relative names), folder placeholders left out."""
-    import tensorflow as tf
-
-    found = []
-    for folder, _, names in tf.io.gfile.walk(prefix):
-        relative = folder[len(prefix):].strip("/")
-        found += [f"{relative}/{name}" if relative else name for name in names]
-    return sorted(found)
-
-
 def publish(work_dir: str, version_dir: str) -> None:
     """Moves the finished build `work_dir` to `version_dir`, its spec.json last (see above)."""
     filesystem.remove(os.path.join(version_dir, SPEC_FILENAME))
     filesystem.rmtree(version_dir)
-    data = [name for name in _objects(work_dir) if name != SPEC_FILENAME]
-    for name in data + [SPEC_FILENAME]:  # one object copy each: spec.json appears whole, last
-        filesystem.rename(f"{work_dir}/{name}", f"{version_dir}/{name}")
-    filesystem.rmtree(work_dir)
+    filesystem.move_files(work_dir, version_dir, last=(SPEC_FILENAME,))
 
 
 def recover(dataset_dir: str, version_dir: str, process_alive) -> list[str]:
