@@ -89,8 +89,15 @@ def open_file(path: str, mode: str = "r"):
 
 
 def read_text(path: str) -> str:
-    with open_file(path) as f:
-        return f.read()
+    """The text of file `path`; FileNotFoundError when there is none (also for a URL)."""
+    if not is_url(path):
+        with open(path) as f:
+            return f.read()
+    try:
+        with _gfile().GFile(path) as f:
+            return f.read()
+    except _not_found():
+        raise FileNotFoundError(f"no such object: {path}") from None
 
 
 def write_object(path: str, data: str | bytes) -> None:

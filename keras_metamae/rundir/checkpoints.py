@@ -107,8 +107,6 @@ class CheckpointManager:
 
     def latest_record(self) -> dict | None:
         path = os.path.join(self.directory, LATEST)
-        if filesystem.is_url(path) and not filesystem.exists(path):
-            return None
         try:
             return json.loads(filesystem.read_text(path))
         except (FileNotFoundError, json.JSONDecodeError):

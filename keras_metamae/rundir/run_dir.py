@@ -218,6 +218,6 @@ class RunDir:
             try:
                 if json.loads(filesystem.read_text(path)).get("step") == step:
                     return os.path.dirname(path)
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # FileNotFoundError included
                 continue  # an export from before export_info.json, or unreadable: not a match
         return None
