@@ -149,3 +149,14 @@ def test_a_publish_killed_midway_on_gcs_leaves_no_version_and_a_rerun_completes(
     # The rerun publishes the same bytes as the local job.
     local = load_spec(data_records.find_dataset_dir(digits_data_dir, "digits"))
     assert lines[-2:] == [f"hash {local.content_hash}", "after: ['3/']"], lines
+
+
+def test_a_bucket_that_cannot_be_written_is_one_error_line(gcs):
+    done = subprocess.run([sys.executable, "-m", "pipeline.preprocess", "--dataset", "digits",
+                           "--data_dir", "gs://no-such-bucket/processed"], cwd=REPO,
+                          env=gcs.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: cannot write in gs://no-such-bucket/processed: "), done.stderr[-3000:]
+    assert "(--data_dir gs://no-such-bucket/processed): pass a bucket" in errors[0]
