@@ -41,8 +41,6 @@ EXIT_USER_ERROR = 2
 PASSTHROUGH_SEPARATOR = "--"
 HELP_ARGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
 HELPFULL_ARGS = ("--helpfull", "-helpfull")
-# `gs://bucket/x`, `s3://...`, `hdfs://...`: not a local path.
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # A message already in the shape `<what> (<where>): <what to do>`.
 _SHAPED = re.compile(r"^(?P<what>.+?) \((?P<where>[^()]+)\): (?P<todo>.+)$")
 # "--flag: message" or "--flag=value: message".
@@ -133,9 +131,9 @@ def local_path(value: str | None, flag: str) -> str | None:
     """
     if value is None:
         return None
-    scheme = _URL_SCHEME.match(value)
+    scheme = filesystem.scheme(value)
     if scheme:
-        raise UserError(f"{scheme.group(1)}:// paths are not supported here", f"{flag} {value}",
+        raise UserError(f"{scheme}:// paths are not supported here", f"{flag} {value}",
                         "pass a local or mounted folder (e.g. a bucket mounted with gcsfuse); "
                         "these files are read through the local file system")
     return storage_path(value, flag)
