@@ -51,8 +51,9 @@ def _command(gcs, module: str, *args: str, timeout: int = 240) -> str:
 
 
 def test_digits_end_to_end_on_gcs_with_a_resume(gcs):
-    """preprocess -> train -> train resumed -> evaluate -> the exported SavedModel loaded from
-    gs://, in a fresh process; nothing temporary left behind."""
+    """preprocess -> train -> train resumed -> evaluate -> export over what a killed export
+    left -> the exported SavedModel loaded from gs:// in a fresh process; nothing temporary
+    left behind."""
     root = gcs.url("digits")
     data_dir, workdir = f"{root}/processed", f"{root}/run"
     out = _command(gcs, "pipeline.preprocess", "--dataset", "digits", "--data_dir", data_dir,
@@ -71,7 +72,17 @@ def test_digits_end_to_end_on_gcs_with_a_resume(gcs):
 import json, sys
 import numpy as np
 import tensorflow as tf
+from commandline import cli
+from keras_metamae import export as export_command
 workdir = sys.argv[1]
+# What an export killed while moving its files leaves: a version without export_info.json.
+base = workdir + "/export/encoder"
+for name in ("2/variables/variables.index", ".tmp-0123/saved_model.pb"):
+    with tf.io.gfile.GFile(f"{base}/{name}", "w") as f:
+        f.write("partial")
+assert cli.call_program(export_command, ["--workdir", workdir, "--step", "2"]) == 0
+assert json.loads(tf.io.gfile.GFile(base + "/2/export_info.json").read()) == {"step": 2}
+assert sorted(tf.io.gfile.listdir(base)) == ["1/", "2/"], tf.io.gfile.listdir(base)
 export = workdir + "/export/encoder/1"
 spec = json.loads(tf.io.gfile.GFile(export + "/spec.json").read())
 loaded = tf.saved_model.load(export)
@@ -84,8 +95,9 @@ for folder, _, names in tf.io.gfile.walk(root):
     for name in names:
         print(folder.rstrip("/")[len(root):] + "/" + name)
 """, workdir, root).split("\n")
-    assert listing[0] == "4"
-    objects = [name for name in listing[1:] if name]
+    assert listing[0] == f"Exported the encoder at step 2 to {workdir}/export/encoder/2"
+    assert listing[2] == "4"  # version 1: train's export of its last step
+    objects = [name for name in listing[3:] if name]
     assert "/run/checkpoints/ckpt-000000004.weights.h5" in objects
     assert "/run/eval/digits.json" in objects
     assert "/processed/digits/3/spec.json" in objects

@@ -203,6 +203,20 @@ class RunDir:
                         if filesystem.exists(os.path.join(self.export_dir(v), EXPORT_INFO))]
         return versions
 
+    def remove_unfinished_exports(self) -> list[str]:
+        """On an object store: removes what a killed export left (a `.tmp-*` build, a version
+        folder without its export_info.json); returns the folders removed. Nothing locally,
+        where a version appears by one rename."""
+        base = self.export_base
+        if not filesystem.is_url(base) or not filesystem.isdir(base):
+            return []
+        complete = set(self.export_versions())
+        unfinished = [os.path.join(base, name) for name in filesystem.listdir(base)
+                      if name.startswith(".tmp-") or (name.isdigit() and int(name) not in complete)]
+        for folder in unfinished:
+            filesystem.rmtree(folder)
+        return unfinished
+
     def next_export_version(self) -> int:
         return max(self.export_versions(), default=0) + 1
 

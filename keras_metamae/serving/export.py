@@ -9,6 +9,7 @@ signatures), `encoder.keras` (the encoder as a Keras model on tokens, for fine-t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 
@@ -31,13 +32,17 @@ def export_encoder(model, spec, workdir: str, version: int | None = None,
     where that rename is a copy per file, the files are moved with `saved_model.pb` and then
     `export_info.json` last: a poller that lists the version early finds no SavedModel yet
     (TF Serving retries a failed load), and `RunDir.export_versions` counts a version only
-    once its export_info.json is there.
+    once its export_info.json is there; what a killed export left is removed here first.
     """
     run_dir = RunDir(workdir)
     base = run_dir.export_base
+    for folder in run_dir.remove_unfinished_exports():
+        logging.warning("removed %s, left by an interrupted export", folder)
     filesystem.makedirs(base)
     final = run_dir.export_dir(version or run_dir.next_export_version())
-    if filesystem.exists(final):
+    # On an object store a version is its export_info.json (and TensorFlow's stat cache may
+    # still see a folder just removed above).
+    if filesystem.exists(os.path.join(final, EXPORT_INFO) if filesystem.is_url(final) else final):
         raise FileExistsError(f"{final} already exists; versions are never overwritten")
     tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}")
     try:
