@@ -17,11 +17,11 @@ import time
 from typing import Any
 
 from commandline import cli
-from preprocessing.atomic_files import write_text_atomically
 from keras_metamae import config as config_lib
 from keras_metamae.rundir import RunDir
 from keras_metamae.training.build import apply_host_settings, build_model, materialize
 from keras_metamae.training.strategy import build_strategy, uses_multiworker
+from preprocessing.atomic_files import write_text_atomically
 
 
 class TrainingInterrupted(RuntimeError):
