@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Test-only tools stay out of the installed package's dependencies.
-_DEV_ONLY = ("pytest", "import-linter")
+_DEV_ONLY = ("pytest", "import-linter", "gcp-storage-emulator")
 
 
 def requirements() -> list[str]:

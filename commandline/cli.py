@@ -16,9 +16,10 @@ is a module with `define_flags(flag_values)` and `main(invocation)`, started by
 - `--dry_run` (alias `--print_config`) is defined for every program: it prints what the command
   would do (the resolved config, inputs and outputs) and exits 0 without writing anything.
 
-Path flags go through `local_path` (absolute, so that a workdir's config.json stays valid from
-any directory; remote URLs are refused: the code reads and writes through the local file
-system) and output folders through `check_writable` before anything is computed.
+Path flags go through `storage_path` (absolute, so that a workdir's config.json stays valid from
+any directory; a URL such as `gs://bucket/x` as it is, its scheme checked), or `local_path`
+where only a local file system will do (raw data), and output folders through `check_writable`
+before anything is computed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ from typing import Any, Callable, NoReturn
 from absl import app, flags
 from absl import logging as absl_logging
 
-from commandline import native_logs
+from commandline import filesystem, native_logs
 
 EXIT_USER_ERROR = 2
 PASSTHROUGH_SEPARATOR = "--"
 HELP_ARGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
 HELPFULL_ARGS = ("--helpfull", "-helpfull")
-# `gs://bucket/x`, `s3://...`, `hdfs://...`: not a local path.
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # A message already in the shape `<what> (<where>): <what to do>`.
 _SHAPED = re.compile(r"^(?P<what>.+?) \((?P<where>[^()]+)\): (?P<todo>.+)$")
 # "--flag: message" or "--flag=value: message".
@@ -132,23 +131,36 @@ def _wants_logs() -> bool:
 
 # === paths ===
 def local_path(value: str | None, flag: str) -> str | None:
-    """`value` as an absolute local path (None stays None).
+    """`value` as an absolute local path (None stays None), for flags whose readers need a
+    local file system (raw data); `storage_path` for those that also take a URL.
 
     Absolute so that what a run records (config.json) means the same from any directory.
-    URLs (`gs://`, `s3://`, ...) are refused: this code reads and writes through the local file
-    system (os, h5py checkpoints, atomic renames), and would otherwise create a local folder
-    named `gs:`.
+    URLs (`gs://`, `s3://`, ...) are refused (they would otherwise create a local folder named
+    `gs:`).
     """
     if value is None:
         return None
-    scheme = _URL_SCHEME.match(value)
+    scheme = filesystem.scheme(value)
     if scheme:
-        raise UserError(f"{scheme.group(1)}:// paths are not supported", f"{flag} {value}",
+        raise UserError(f"{scheme}:// paths are not supported here", f"{flag} {value}",
                         "pass a local or mounted folder (e.g. a bucket mounted with gcsfuse); "
-                        "keras-metamae reads and writes through the local file system")
+                        "these files are read through the local file system")
+    return storage_path(value, flag)
+
+
+def storage_path(value: str | None, flag: str) -> str | None:
+    """`value` as an absolute local path, or a URL of a scheme TensorFlow's file system knows
+    (`gs://bucket/folder`; None stays None). Another scheme is a UserError naming the flag."""
+    if value is None:
+        return None
     if not value:
         raise UserError("empty path", flag, f"pass a folder, e.g. {flag}=some/folder")
-    return os.path.abspath(os.path.expanduser(value))
+    scheme = filesystem.scheme(value)
+    if scheme is not None and scheme not in filesystem.known_schemes():
+        raise UserError(f"{scheme}:// paths are not supported", f"{flag} {value}",
+                        f"pass a local folder or a URL of one of: "
+                        f"{', '.join(s + '://' for s in filesystem.known_schemes())}")
+    return filesystem.absolute(value)
 
 
 def _nearest_existing(path: str) -> str:
@@ -163,12 +175,23 @@ def _nearest_existing(path: str) -> str:
 def check_writable(path: str, flag: str) -> None:
     """Raises UserError unless folder `path` exists and takes new files, or can be created.
 
-    Checked by creating and removing a file in `path` or its nearest existing ancestor, so
-    nothing is left behind whatever the answer (and root, for whom os.access always says yes,
-    gets the real answer of a read-only mount).
+    Checked by creating and removing a file in `path` or its nearest existing ancestor (for a
+    URL: an object under `path`), so nothing is left behind whatever the answer (and root, for
+    whom os.access always says yes, gets the real answer of a read-only mount).
     """
-    existing = _nearest_existing(path)
     where = f"{flag} {path}" if flag else path
+    if filesystem.is_url(path):
+        probe = f"{path.rstrip('/')}/.write-check-{os.getpid()}"
+        try:
+            filesystem.write_object(probe, b"")
+            filesystem.remove(probe)
+        except Exception as e:  # tf.errors.*: no bucket, no permission, unreachable
+            first = str(e).strip().split("\n")[0]
+            raise UserError(f"cannot write in {path}: {first}", where,
+                            "pass a bucket and folder you can write to (and check the "
+                            "credentials: gcloud auth application-default login)") from None
+        return
+    existing = _nearest_existing(path)
     if not os.path.isdir(existing):
         raise UserError(f"{existing} is a file, not a folder", where,
                         "pass a folder that can be created there, or move that file away")
@@ -183,7 +206,10 @@ def check_writable(path: str, flag: str) -> None:
 
 def make_dirs(path: str) -> list[str]:
     """`os.makedirs(path, exist_ok=True)`; returns the folders it created, outermost first,
-    for `remove_if_empty` to take back after a failure."""
+    for `remove_if_empty` to take back after a failure. A URL needs none (an object store has
+    no folders, only name prefixes)."""
+    if filesystem.is_url(path):
+        return []
     missing = []
     while not os.path.isdir(path):
         missing.append(path)

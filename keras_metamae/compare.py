@@ -74,8 +74,8 @@ def main(invocation: cli.Invocation):
                                 "expected a positive integer")
     overrides = {field: FLAGS[field].value for field in config_lib.TrainConfig.__dataclass_fields__
                  if field not in _NOT_FLAGS and field in FLAGS and FLAGS[field].present}
-    data_dir = cli.local_path(FLAGS.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
-    workdir = cli.local_path(FLAGS.workdir, "--workdir") or os.path.abspath(
+    data_dir = cli.storage_path(FLAGS.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
+    workdir = cli.storage_path(FLAGS.workdir, "--workdir") or os.path.abspath(
         os.path.join("workdirs", f"compare-{FLAGS.dataset}"))
     try:
         seeds, methods = parse_seeds(FLAGS.seeds), parse_methods(FLAGS.methods)

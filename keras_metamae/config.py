@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any
 
+from commandline import filesystem
 from keras_metamae import methods
 from preprocessing.atomic_files import write_text_atomically
 
@@ -214,13 +215,12 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
+        filesystem.makedirs(directory)
         return write_text_atomically(os.path.join(directory, "config.json"), self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(filesystem.read_text(path))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

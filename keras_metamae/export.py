@@ -14,7 +14,6 @@ fine-tuning in Keras (`keras.saving.load_model` after `import keras_metamae.mode
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
@@ -49,7 +48,7 @@ def plan_export(workdir: str, step: int | None, version: int | None):
     config, spec = run_dir.load()
     step = run_dir.check_step(step)
     existing = run_dir.export_of_step(step)
-    if existing is None and version is not None and os.path.exists(run_dir.export_dir(version)):
+    if existing is None and version is not None and version in run_dir.export_versions():
         raise cli.UserError("that version exists; versions are never overwritten",
                             f"--version {version}", f"omit --version to write the next free "
                             f"one ({run_dir.next_export_version()})")
@@ -74,7 +73,7 @@ def describe_export(workdir: str, step: int | None, version: int | None) -> str:
 def main(invocation: cli.Invocation):
     """The command (absl): `cli.run_program` parses the flags into FLAGS first."""
     cli.quiet_tensorflow_logs()
-    workdir = cli.local_path(FLAGS.workdir, "--workdir")
+    workdir = cli.storage_path(FLAGS.workdir, "--workdir")
     if FLAGS.dry_run:
         print(describe_export(workdir, FLAGS.step, FLAGS.version))
         return 0

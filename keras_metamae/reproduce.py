@@ -35,7 +35,7 @@ import sys
 
 from absl import flags
 
-from commandline import cli
+from commandline import cli, filesystem
 from keras_metamae.evaluation import paper_rows
 from preprocessing.atomic_files import write_text_atomically
 
@@ -172,9 +172,8 @@ def results_row(record: dict, row: paper_rows.PaperRow | None, method: str, step
 
 def append_result(path: str, line: str) -> None:
     """Appends one row to results.md (header on first use), replacing the file atomically."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    old = open(path).read() if os.path.exists(path) else RESULTS_HEADER
+    filesystem.makedirs(os.path.dirname(path) or ".")
+    old = filesystem.read_text(path) if filesystem.exists(path) else RESULTS_HEADER
     write_text_atomically(path, old + line)
 
 
@@ -337,7 +336,7 @@ def main(invocation: cli.Invocation):
         try:
             print(describe_row(FLAGS.domain, FLAGS.transfer, FLAGS.method, FLAGS.methods,
                                FLAGS.seeds, FLAGS.steps,
-                               cli.local_path(FLAGS.workdir_root, "--workdir_root")))
+                               cli.storage_path(FLAGS.workdir_root, "--workdir_root")))
         except ValueError as e:
             raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
                                      "see `python -m keras_metamae.reproduce --plan`") from e
@@ -346,8 +345,8 @@ def main(invocation: cli.Invocation):
         return _main_comparison()
     try:
         record = reproduce(FLAGS.domain, FLAGS.method, FLAGS.transfer, FLAGS.steps, FLAGS.epochs,
-                           FLAGS.probe, cli.local_path(FLAGS.workdir_root, "--workdir_root"),
-                           cli.local_path(FLAGS.data_dir, "--data_dir"),
+                           FLAGS.probe, cli.storage_path(FLAGS.workdir_root, "--workdir_root"),
+                           cli.storage_path(FLAGS.data_dir, "--data_dir"),
                            cli.local_path(FLAGS.raw_root, "--raw_root"))
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",
@@ -371,8 +370,8 @@ def _main_comparison():
         methods, seeds = parse_methods(FLAGS.methods), parse_seeds(FLAGS.seeds)
         _, paths = reproduce_comparison(
             FLAGS.domain, methods, seeds, FLAGS.transfer, FLAGS.steps, FLAGS.epochs, FLAGS.probe,
-            cli.local_path(FLAGS.workdir_root, "--workdir_root"),
-            cli.local_path(FLAGS.data_dir, "--data_dir"),
+            cli.storage_path(FLAGS.workdir_root, "--workdir_root"),
+            cli.storage_path(FLAGS.data_dir, "--data_dir"),
             cli.local_path(FLAGS.raw_root, "--raw_root"))
     except (FileNotFoundError, ValueError) as e:
         raise cli.UserError.wrap(e, f"--domain {FLAGS.domain}",

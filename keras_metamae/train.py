@@ -129,8 +129,8 @@ def main(invocation: cli.Invocation):
         raise cli.UserError(f"invalid value {FLAGS.worker_timeout_s}",
                             f"--worker_timeout_s {FLAGS.worker_timeout_s}",
                             "expected a positive number of seconds")
-    data_dir = cli.local_path(FLAGS.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
-    workdir = cli.local_path(FLAGS.workdir, "--workdir")
+    data_dir = cli.storage_path(FLAGS.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
+    workdir = cli.storage_path(FLAGS.workdir, "--workdir")
     raw_data_dir = cli.local_path(FLAGS.raw_data_dir, "--raw_data_dir")
     if FLAGS.dry_run:
         try:

@@ -33,7 +33,8 @@ of them. The summary line gives the seconds per stage (`PreprocessResult.stages`
 Output: `<data_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-of-NNNNN.tfrecord}`.
 The version is built in `<data_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
 every check passed, so an interrupted or failed run never leaves a partial version behind.
-Paths are local (or mounted) folders: the atomic rename needs one, and `gs://` URLs are refused.
+`--data_dir` may be a `gs://` URL (pipeline/object_store.py: how a version is published there);
+`--raw_data_dir` is a local (or mounted) folder.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from typing import Any
 
 from absl import flags
 
-from commandline import cli
-from pipeline import job_progress, runners
+from commandline import cli, filesystem
+from pipeline import job_progress, object_store, runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
 from preprocessing.official_files import official_files
@@ -226,7 +227,7 @@ def options_from_flags(values: flags.FlagValues, invocation: cli.Invocation) -> 
         except KeyError:
             folder = reader_name  # an unknown --dataset is reported with the reader list
         raw_data_dir = os.path.abspath(os.path.join(DEFAULT_RAW_ROOT, folder))
-    data_dir = cli.local_path(values.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
+    data_dir = cli.storage_path(values.data_dir, "--data_dir") or os.path.abspath(default_data_dir())
     try:
         runners.check_beam_options(invocation.passthrough)
     except runners.RunnerError as e:
@@ -397,8 +398,7 @@ def build_graph(p, reader, spec: DatasetSpec, sources: list[Any], work_dir: str,
 
 # === publishing ===
 def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(filesystem.read_text(path))
 
 
 def _read_manifest(work_dir: str) -> dict[str, list[Any]]:
@@ -494,6 +494,8 @@ def recover_interrupted(dataset_dir: str, version_dir: str) -> list[str]:
     - `.old-<hex>`: a previous version set aside by `_publish`; put back if the kill landed
       between the two renames (so no version is lost), otherwise removed.
     """
+    if filesystem.is_url(dataset_dir):
+        return object_store.recover(dataset_dir, version_dir, _process_alive)
     actions = []
     if not os.path.isdir(dataset_dir):
         return actions
@@ -517,6 +519,9 @@ def recover_interrupted(dataset_dir: str, version_dir: str) -> list[str]:
 
 def _publish(work_dir: str, version_dir: str) -> None:
     """Renames the finished temp dir into place, replacing an older copy of the version."""
+    if filesystem.is_url(version_dir):  # no atomic rename there: pipeline/object_store.py
+        object_store.publish(work_dir, version_dir)
+        return
     old = None
     if os.path.exists(version_dir):
         old = os.path.join(os.path.dirname(version_dir), f".old-{uuid.uuid4().hex}")
@@ -645,7 +650,7 @@ def describe_job(job: JobOptions) -> str:
         f"tokens       {_token_shape(spec)}, {spec.modality}, task {spec.task}",
         f"protocol     {_describe_protocol(spec)}",
         f"output       {version_dir}"
-        + (" (exists; would be replaced)" if os.path.isdir(version_dir) else " (new)"),
+        + (" (exists; would be replaced)" if filesystem.isdir(version_dir) else " (new)"),
         f"shards       {job.num_shards} per split, split seed {job.seed}, "
         f"--max_bad_fraction {job.max_bad_fraction}",
         f"runner       {runner or 'FnApiRunner (local)'}"
@@ -700,7 +705,7 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
         logging.warning("%s (left by an interrupted run)", action)
     # The pid in the name lets a later run tell a dead build from one still in progress.
     work_dir = os.path.join(dataset_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-    os.makedirs(os.path.join(work_dir, _MANIFEST_DIR))
+    filesystem.makedirs(os.path.join(work_dir, _MANIFEST_DIR))
     published = False
     try:
         logging.info("%s: %d sources from %s -> %s", job.dataset, len(sources), data_dir, version_dir)
@@ -716,13 +721,13 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
         _check_bad_records(job.dataset, bad, num_good, job.max_bad_fraction)
         if num_good == 0:
             raise PreprocessError(f"{job.dataset}: no readable examples in {data_dir}")
-        shutil.rmtree(os.path.join(work_dir, _MANIFEST_DIR))
+        filesystem.rmtree(os.path.join(work_dir, _MANIFEST_DIR))
         final.save(work_dir)
         _publish(work_dir, version_dir)
         published = True
     finally:
         if not published:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            filesystem.rmtree(work_dir)
             cli.remove_if_empty(created)  # a failed first run leaves no empty folders behind
     from pipeline import transforms
 

@@ -446,12 +446,19 @@ def _check_series_split(record: Any, split: str, spec: DatasetSpec) -> None:
                          f"and only series there")
 
 
-# === spill files: runs of (order key, serialized Example) sorted by key ===
+# === files: local ones through os, a URL (`gs://...`) through Beam's FileSystems ===
+def _beam_files():
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    return FileSystems, CompressionTypes.UNCOMPRESSED
+
+
 def _open(path: str, mode: str):
     if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, mode)
+        files, uncompressed = _beam_files()
+        if "w" in mode:
+            return files.create(path, compression_type=uncompressed)
+        return files.open(path, compression_type=uncompressed)
     return open(path, mode, buffering=1 << 20)
 
 
@@ -461,19 +468,15 @@ def _temporary_name(path: str) -> str:
 
 
 def _rename_into_place(tmp: str, path: str) -> None:
-    if "://" in path:
-        import tensorflow as tf
-
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+    if "://" in path:  # a copy and a delete: the job's manifest, not this, publishes files
+        _beam_files()[0].rename([tmp], [path])
     else:
         os.replace(tmp, path)
 
 
 def _file_size(path: str) -> int:
     if "://" in path:
-        import tensorflow as tf
-
-        return int(tf.io.gfile.stat(path).length)
+        return int(_beam_files()[0].match([path])[0].metadata_list[0].size_in_bytes)
     return os.path.getsize(path)
 
 
@@ -481,9 +484,7 @@ def _remove_quietly(path: str) -> None:
     """Best effort: the build folder is removed with a failed run anyway."""
     try:
         if "://" in path:
-            import tensorflow as tf
-
-            tf.io.gfile.remove(path)
+            _beam_files()[0].delete([path])
         else:
             os.remove(path)
     except Exception:
@@ -729,8 +730,8 @@ def _native_record_io():
 
 def _record_writer(path: str, compression: str):
     """A TFRecord writer (`write(bytes)`, `close()`) for a local `path` without importing
-    TensorFlow when possible; `tf.io.TFRecordWriter` otherwise (and for remote paths)."""
-    record_io = None if "://" in path else _native_record_io()
+    TensorFlow when possible; `tf.io.TFRecordWriter` otherwise."""
+    record_io = _native_record_io()
     if record_io is not None:
         return record_io.RecordWriter(path.encode(),
                                       record_io.RecordWriterOptions(compression.encode()))
@@ -743,13 +744,10 @@ def write_records(path: str, records: Iterable[bytes],
                   compression: str = storage.SHARD_COMPRESSION) -> str:
     """Writes a TFRecord file (`compression` "" or "GZIP"), whole or not at all; returns the
     sha256 of the uncompressed records."""
-    digest = hashlib.sha256()
     if "://" in path:
-        import tensorflow as tf
-
-        tf.io.gfile.makedirs(os.path.dirname(path))
-    else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return _write_records_remotely(path, records, compression)
+    digest = hashlib.sha256()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _temporary_name(path)
     try:
         writer = _record_writer(tmp, compression)
@@ -815,6 +813,26 @@ class MergeShards(beam.PTransform):
         )
         return {"shards": out | "ShardsOnly" >> beam.Filter(_is_run),
                 TIMINGS_TAG: out | "TimingsOnly" >> beam.FlatMap(_timing_of)}
+
+
+def _write_records_remotely(path: str, records: Iterable[bytes], compression: str) -> str:
+    """`write_records` for a URL: written locally (TensorFlow's record writer needs a local
+    file), then copied up under a temporary name and renamed."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="keras-metamae-shard-") as local_dir:
+        local = os.path.join(local_dir, os.path.basename(path))
+        digest = write_records(local, records, compression)
+        tmp = _temporary_name(path)
+        try:
+            with open(local, "rb") as source, _open(tmp, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            _rename_into_place(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+    return digest
 
 
 def _tagged(kind: str):

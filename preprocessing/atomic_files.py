@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from commandline import filesystem
+
 
 def current_umask() -> int:
     mask = os.umask(0o022)
@@ -18,7 +20,11 @@ def current_umask() -> int:
 
 
 def write_text_atomically(path: str, text: str, *, fsync: bool = False) -> str:
-    """Writes `text` to a temp file beside `path` and renames it over `path`; returns `path`."""
+    """Writes `text` to a temp file beside `path` and renames it over `path`; returns `path`.
+    On an object store (`gs://...`) one object write is already all or nothing."""
+    if filesystem.is_url(path):
+        filesystem.write_object(path, text)
+        return path
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}-", suffix=".tmp")
     try:

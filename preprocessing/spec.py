@@ -474,16 +474,17 @@ def segment_feature_lengths(segments: list[dict[str, Any]]) -> dict[str, int]:
 
 def load_spec(path: str) -> DatasetSpec:
     """Loads a spec from `spec.json` or from the dataset version directory holding it."""
-    if os.path.isdir(path):
+    from commandline import filesystem
+
+    if not path.endswith(SPEC_FILENAME) and filesystem.isdir(path):
         path = os.path.join(path, SPEC_FILENAME)
-    if not os.path.exists(path):
+    if not filesystem.exists(path):
         raise SpecError(
             f"{path}: no dataset spec here. Run `python -m pipeline.preprocess --dataset NAME "
             f"--data_dir DIR` first, and pass the version directory that holds spec.json."
         )
     try:
-        with open(path) as f:
-            d = json.load(f)
+        d = json.loads(filesystem.read_text(path))
     except json.JSONDecodeError as e:
         raise SpecError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(d, dict):

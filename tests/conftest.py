@@ -45,3 +45,42 @@ def pytest_xdist_auto_num_workers(config):
     already use every core, and several tests start training subprocesses of their own, so more
     workers than that only add memory and contention."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+class LocalCloudStorage:
+    """The `gcs` fixture: a Cloud Storage emulator (and, for TensorFlow, its TLS proxy) on free
+    ports of 127.0.0.1 (tests/fixtures/gcs_emulator.py). `env` is os.environ plus what points
+    Beam and TensorFlow at it: give it to the subprocesses that use `gs://`; `url(name)` is a
+    fresh `gs://` folder."""
+
+    def __init__(self, env: dict, bucket: str):
+        self.env, self.bucket = env, bucket
+        self._count = 0
+
+    def url(self, name: str) -> str:
+        self._count += 1
+        return f"gs://{self.bucket}/{name}-{os.getpid()}-{self._count}"
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """One emulator per pytest process (each xdist worker has its own session)."""
+    import json
+    import subprocess
+
+    from tests.fixtures import gcs_emulator
+
+    folder = str(tmp_path_factory.mktemp("gcs"))
+    server = subprocess.Popen([sys.executable, "-m", "tests.fixtures.gcs_emulator", folder],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        ready = json.loads(server.stdout.readline() or "null")
+        if not ready:
+            raise RuntimeError(f"the storage emulator did not start (exit {server.wait()})")
+        env = dict(os.environ, PYTHONPATH=REPO, **gcs_emulator.environment(
+            ready["emulator_port"], ready["proxy_port"], ready["ca_file"], folder))
+        yield LocalCloudStorage(env, gcs_emulator.BUCKET)
+    finally:
+        server.kill()
+        server.wait()

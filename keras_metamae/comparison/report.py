@@ -6,9 +6,11 @@ with intervals; probe accuracy against pretraining step from the online evaluati
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 
+from commandline import filesystem
 from keras_metamae.evaluation import intervals
 from preprocessing.atomic_files import write_text_atomically
 
@@ -195,6 +197,12 @@ def plot(results: dict, path: str) -> None:
         curves.text(0.5, 0.5, "no online evaluation in these runs", ha="center",
                     transform=curves.transAxes)
     fig.tight_layout()
+    if filesystem.is_url(path):  # one object, written whole
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        filesystem.write_object(path, buffer.getvalue())
+        return
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -203,13 +211,13 @@ def plot(results: dict, path: str) -> None:
 
 def closing_text(paths: dict) -> str:
     """What a command prints at the end: the table and where the files are."""
-    return (open(paths["markdown"]).read()
+    return (filesystem.read_text(paths["markdown"])
             + f"\nWritten: {paths['markdown']}, {paths['json']}, {paths['plot']}")
 
 
 def write(results: dict, workdir: str) -> dict:
     """Writes results.json, results.md and comparison.png into `workdir`; returns their paths."""
-    os.makedirs(workdir, exist_ok=True)
+    filesystem.makedirs(workdir)
     paths = {"json": os.path.join(workdir, "results.json"),
              "markdown": os.path.join(workdir, "results.md"),
              "plot": os.path.join(workdir, "comparison.png")}

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 
+from commandline import filesystem
 from keras_metamae import methods
 from keras_metamae.evaluation.run import run_evaluation
 from keras_metamae.rundir import RunDir
@@ -93,14 +94,13 @@ class Comparison:
 
 def _json(path: str) -> dict | None:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(filesystem.read_text(path))
     except (OSError, ValueError):
         return None
 
 
 def _write_json(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    filesystem.makedirs(os.path.dirname(path))
     write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -128,7 +128,7 @@ def _evaluate(run_dir: RunDir, comparison: Comparison, encoder_kind: str, step: 
 def run_random(comparison: Comparison, seed: int, spec, version_dir: str) -> dict:
     """The randomly initialised encoder of the shared architecture, seeded by `seed`."""
     run_dir = comparison.run_dir(RANDOM, seed)
-    if not os.path.exists(run_dir.config_path):
+    if not filesystem.exists(run_dir.config_path):
         config = resolve_config(comparison.dataset, comparison.train_overrides(RANDOM, seed),
                                 spec, comparison.data_dir, run_dir.path)
         run_dir.record_spec(spec, version_dir)

@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 
 import tensorflow as tf
 
+from commandline import filesystem
 from keras_metamae.data.errors import DataError
 from preprocessing.spec import SPEC_FILENAME, DatasetSpec, SpecError, load_spec, segment_spec
 
@@ -57,6 +58,8 @@ def _preprocess_hint(dataset: str, output_dir: str) -> str:
 def _version_key(path: str):
     name = os.path.basename(path)
     # Numeric versions compare as numbers ("10" > "9"); ties and names fall back to age.
+    if filesystem.is_url(path):  # no folder times on an object store
+        return (name.isdigit(), int(name) if name.isdigit() else 0, 0)
     return (name.isdigit(), int(name) if name.isdigit() else 0, os.path.getmtime(path))
 
 
@@ -64,11 +67,12 @@ def find_dataset_dir(output_dir: str, dataset: str) -> str:
     """The newest complete version directory (one holding spec.json) of `dataset`."""
     dataset_dir = os.path.join(output_dir, dataset)
     candidates = []
-    if os.path.isdir(dataset_dir):
-        for name in os.listdir(dataset_dir):
+    if filesystem.isdir(dataset_dir):
+        for name in filesystem.listdir(dataset_dir):
             path = os.path.join(dataset_dir, name)
-            # Dot-directories are the pipeline's unfinished temp builds.
-            if not name.startswith(".") and os.path.isfile(os.path.join(path, SPEC_FILENAME)):
+            # Dot-directories are the pipeline's unfinished temp builds; on an object store
+            # spec.json is written last, so a version without it is not (yet) one.
+            if not name.startswith(".") and filesystem.isfile(os.path.join(path, SPEC_FILENAME)):
                 candidates.append(path)
     if not candidates:
         raise DataError(
@@ -85,7 +89,11 @@ def split_files(spec: DatasetSpec, version_dir: str, split: str) -> list[str]:
                         f"the spec has {sorted(spec.splits)}")
     info = spec.splits[split]
     pattern = os.path.join(version_dir, info.file_pattern)
-    files = sorted(glob.glob(pattern))
+    if filesystem.is_url(pattern):  # exactly the shards spec.json names, no listing
+        files = [pattern.replace("*", f"{shard:05d}") for shard in range(info.num_shards)
+                 if filesystem.exists(pattern.replace("*", f"{shard:05d}"))]
+    else:
+        files = sorted(glob.glob(pattern))
     if not files:
         raise DataError(f"{pattern}: no shard files for split {split!r}. Re-run "
                         f"`{_preprocess_hint(spec.name, os.path.dirname(os.path.dirname(version_dir)))}`.")
@@ -97,10 +105,14 @@ def split_files(spec: DatasetSpec, version_dir: str, split: str) -> list[str]:
     return files
 
 
+def _file_size(path: str) -> int:
+    return tf.io.gfile.stat(path).length if filesystem.is_url(path) else os.path.getsize(path)
+
+
 def _check_size(path: str, expected: int, spec: DatasetSpec, version_dir: str) -> None:
     """An uncompressed shard cut at a record boundary reads as a shorter valid file: its size
     (recorded in spec.json) is what tells."""
-    size = os.path.getsize(path)
+    size = _file_size(path)
     if size != expected:
         raise DataError(
             f"{path}: {size} bytes, spec.json says {expected}: the shard is truncated or was "
@@ -285,8 +297,8 @@ def find_corrupt_shards(spec: DatasetSpec, files: list[str]) -> list[tuple[str, 
     broken = []
     for path in files:
         expected = _recorded_size(spec, path)
-        if expected is not None and os.path.getsize(path) != expected:
-            broken.append((path, f"{os.path.getsize(path)} bytes, spec.json says {expected} "
+        if expected is not None and _file_size(path) != expected:
+            broken.append((path, f"{_file_size(path)} bytes, spec.json says {expected} "
                                  f"(truncated or changed)"))
             continue
         try:

@@ -15,7 +15,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from commandline import cli
+from commandline import cli, filesystem
 from keras_metamae.evaluation.probes import linear_eval
 from keras_metamae.rundir import RunDir
 from preprocessing.atomic_files import write_text_atomically
@@ -37,7 +37,7 @@ def random_encoder(config, spec):
 
 
 def write_json(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    filesystem.makedirs(os.path.dirname(path))
     write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -98,7 +98,7 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
     from keras_metamae import data
     from preprocessing.spec import load_spec, token_segments
 
-    workdir = cli.local_path(workdir, "--workdir")
+    workdir = cli.storage_path(workdir, "--workdir")
     run_dir = RunDir(workdir)
     config, train_spec = run_dir.load()
     if step is not None:
@@ -108,13 +108,13 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
     dataset = dataset or config.dataset
     if data_dir is None:
         # Absolute as train records it (an older workdir's relative path: from here).
-        data_dir = os.path.abspath(config.data_dir)
-        if not os.path.isdir(data_dir):
+        data_dir = filesystem.absolute(config.data_dir)
+        if not filesystem.isdir(data_dir):
             raise cli.UserError(
                 "the processed data this run was trained on is gone", data_dir,
                 f"pass --data_dir, the root of processed datasets that holds {dataset}")
     else:
-        data_dir = cli.local_path(data_dir, "--data_dir")
+        data_dir = cli.storage_path(data_dir, "--data_dir")
     version_dir = data.find_dataset_dir(data_dir, dataset)
     spec = load_spec(version_dir)
     if spec.is_pretrain_only:

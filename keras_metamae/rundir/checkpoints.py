@@ -6,6 +6,10 @@ written to a temporary file, flushed to disk and renamed, so a kill at any insta
 either the previous checkpoint or the new one, never a half-written file under a real name.
 Loading falls back to the newest readable checkpoint if the named one is damaged.
 
+On an object store (`gs://...`) each checkpoint is one object, uploaded whole by Keras (it
+writes the file locally and copies it): an object appears complete or not at all, so it is
+written under its final name, and `latest.json` after it.
+
 The record also keeps the state of every random generator of the model (masking, dropout):
 the weights file holds variables only, and a resumed run must draw what the uninterrupted run
 would have drawn.
@@ -13,7 +17,6 @@ would have drawn.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ import time
 
 import numpy as np
 
+from commandline import filesystem
 from preprocessing.atomic_files import write_text_atomically
 
 CHECKPOINT_GLOB = "ckpt-*.weights.h5"
@@ -56,11 +60,11 @@ class CheckpointManager:
         self.directory = directory
         self.keep = keep
         if create:
-            os.makedirs(directory, exist_ok=True)
+            filesystem.makedirs(directory)
 
     def steps(self) -> list[int]:
         found = []
-        for path in glob.glob(os.path.join(self.directory, CHECKPOINT_GLOB)):
+        for path in filesystem.glob(os.path.join(self.directory, CHECKPOINT_GLOB)):
             m = _STEP_RE.search(os.path.basename(path))
             if m:
                 found.append(int(m.group(1)))
@@ -71,13 +75,10 @@ class CheckpointManager:
 
     def save(self, model, step: int, extra: dict | None = None) -> str:
         final = self.path_for(step)
-        # Keras picks the format from the suffix, so the temporary name keeps `.weights.h5`.
-        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{step}.weights.h5")
-        model.save_weights(tmp, overwrite=True)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        if filesystem.is_url(final):
+            model.save_weights(final, overwrite=True)
+        else:
+            self._save_local(model, final, step)
         record = {"step": step, "file": os.path.basename(final), "time": time.time()}
         if getattr(model, "weights_format", None) is not None:
             record["weights_format"] = model.weights_format
@@ -88,15 +89,23 @@ class CheckpointManager:
         self._prune()
         return final
 
+    def _save_local(self, model, final: str, step: int) -> None:
+        # Keras picks the format from the suffix, so the temporary name keeps `.weights.h5`.
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{step}.weights.h5")
+        model.save_weights(tmp, overwrite=True)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+
     def _prune(self) -> None:
         steps = self.steps()
         for step in steps[: max(0, len(steps) - self.keep)]:
-            try:
-                os.remove(self.path_for(step))
-            except FileNotFoundError:
-                pass
+            filesystem.remove(self.path_for(step))
+        if filesystem.is_url(self.directory):
+            return  # no temporary files there
         # Temporary files left by a process that was killed mid-save.
-        for tmp in glob.glob(os.path.join(self.directory, ".tmp-*")):
+        for tmp in filesystem.glob(os.path.join(self.directory, ".tmp-*")):
             if str(os.getpid()) not in os.path.basename(tmp):
                 try:
                     os.remove(tmp)
@@ -106,8 +115,7 @@ class CheckpointManager:
     def latest_record(self) -> dict | None:
         path = os.path.join(self.directory, LATEST)
         try:
-            with open(path) as f:
-                return json.load(f)
+            return json.loads(filesystem.read_text(path))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from commandline import cli
+from commandline import cli, filesystem
 from keras_metamae import config as config_lib
 from keras_metamae.rundir.checkpoints import CheckpointManager
 from preprocessing.atomic_files import write_text_atomically
@@ -99,7 +99,7 @@ class RunDir:
     # === config and spec ===
     def load_config(self) -> config_lib.TrainConfig:
         """The run's TrainConfig; cli.UserError when this is not a training workdir."""
-        if not os.path.isfile(self.config_path):
+        if not filesystem.isfile(self.config_path):
             raise cli.UserError("not a training workdir, it has no config.json",
                                 self.config_path, "pass the --workdir of a training run "
                                 "(python -m keras_metamae.train --workdir DIR)")
@@ -112,18 +112,18 @@ class RunDir:
         from preprocessing.spec import load_spec
 
         config = self.load_config()
-        if os.path.isfile(self.spec_path):
+        if filesystem.isfile(self.spec_path):
             return config, load_spec(self.spec_path)
         from keras_metamae import data
 
         # Absolute as train records it (an older workdir's relative path: from here).
-        return config, load_spec(data.find_dataset_dir(os.path.abspath(config.data_dir),
+        return config, load_spec(data.find_dataset_dir(filesystem.absolute(config.data_dir),
                                                        config.dataset))
 
     def check_config(self, config: config_lib.TrainConfig) -> None:
         """ValueError when the run recorded here has another architecture than `config`
         (its checkpoints would not load)."""
-        if not os.path.exists(self.config_path):
+        if not filesystem.exists(self.config_path):
             return
         previous = config_lib.TrainConfig.load(self.config_path)
         # The dataset first: another dataset's preset differs in its architecture too, and
@@ -143,7 +143,7 @@ class RunDir:
     def record_spec(self, spec, version_dir: str) -> None:
         """Records the dataset's spec here; refuses (ValueError) to resume on a different
         token contract."""
-        if os.path.exists(self.spec_path):
+        if filesystem.exists(self.spec_path):
             from preprocessing.spec import load_spec
 
             previous = load_spec(self.spec_path)  # defaults filled in for older specs
@@ -155,7 +155,7 @@ class RunDir:
                         f"{name}={old} ({self.spec_path} vs {version_dir}/spec.json): use a "
                         f"new --workdir, or the data it was trained on")
             return
-        os.makedirs(self.path, exist_ok=True)
+        filesystem.makedirs(self.path)
         write_text_atomically(self.spec_path, spec.to_json())
 
     # === checkpoints and the model ===
@@ -199,8 +199,30 @@ class RunDir:
 
     # === exports ===
     def export_versions(self) -> list[int]:
+        """The exported versions. On an object store a version folder is complete only once
+        its export_info.json, written last, is there (serving/export.py)."""
         base = self.export_base
-        return sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+        if not filesystem.isdir(base):
+            return []
+        versions = sorted(int(d) for d in filesystem.listdir(base) if d.isdigit())
+        if filesystem.is_url(base):
+            versions = [v for v in versions
+                        if filesystem.exists(os.path.join(self.export_dir(v), EXPORT_INFO))]
+        return versions
+
+    def remove_unfinished_exports(self) -> list[str]:
+        """On an object store: removes what a killed export left (a `.tmp-*` build, a version
+        folder without its export_info.json); returns the folders removed. Nothing locally,
+        where a version appears by one rename."""
+        base = self.export_base
+        if not filesystem.is_url(base) or not filesystem.isdir(base):
+            return []
+        complete = set(self.export_versions())
+        unfinished = [os.path.join(base, name) for name in filesystem.listdir(base)
+                      if name.startswith(".tmp-") or (name.isdigit() and int(name) not in complete)]
+        for folder in unfinished:
+            filesystem.rmtree(folder)
+        return unfinished
 
     def next_export_version(self) -> int:
         return max(self.export_versions(), default=0) + 1
@@ -215,9 +237,8 @@ class RunDir:
         for version in reversed(self.export_versions()):
             path = os.path.join(self.export_dir(version), EXPORT_INFO)
             try:
-                with open(path) as f:
-                    if json.load(f).get("step") == step:
-                        return os.path.dirname(path)
-            except (OSError, ValueError):
+                if json.loads(filesystem.read_text(path)).get("step") == step:
+                    return os.path.dirname(path)
+            except (OSError, ValueError):  # FileNotFoundError included
                 continue  # an export from before export_info.json, or unreadable: not a match
         return None

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from commandline import progress
+from commandline import filesystem, progress
 from keras_metamae import methods
 from keras_metamae.methods.nonfinite import NonFiniteGuard
 from keras_metamae.rundir import CheckpointManager
@@ -326,8 +326,6 @@ def write_run_description(logdir: str, config, spec, step: int) -> None:
     runs below it. TensorBoard finds those only when its `--logdir` is above `logdir` (the
     workdir or a folder of workdirs): it names the metrics' runs `<session>/<group>`, which
     for a session at its own root is `./train`, a run it does not have."""
-    import os
-
     from tensorboard.plugins.hparams import api as hp
 
     writer = tf.summary.create_file_writer(logdir)
@@ -338,7 +336,7 @@ def write_run_description(logdir: str, config, spec, step: int) -> None:
             _experiment_summary(hparam_values(config), hparam_metrics(spec)), step=step)
         # The session group is the workdir: two runs with the same folder name elsewhere must
         # not be averaged as repeats of one trial.
-        hp.hparams(hparam_values(config), trial_id=os.path.abspath(config.workdir or logdir))
+        hp.hparams(hparam_values(config), trial_id=filesystem.absolute(config.workdir or logdir))
     writer.flush()
     writer.close()
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
+
+from commandline import filesystem
 
 # Exit code of a user-caused startup failure (a peer that never connected), as other errors.
 EXIT_USAGE = 2
@@ -196,7 +197,7 @@ def make_scratch_dir(workdir: str, task_type: str, task_index: int) -> str:
     `workdir`, and remembers it for `remove_scratch_dir`."""
     global _scratch_in_use
     path = os.path.join(workdir, f".scratch-{task_type}-{task_index}")
-    os.makedirs(path, exist_ok=True)
+    filesystem.makedirs(path)
     _scratch_in_use = path
     return path
 
@@ -205,5 +206,5 @@ def remove_scratch_dir() -> None:
     """Removes this process's scratch folder, if it made one."""
     global _scratch_in_use
     if _scratch_in_use:
-        shutil.rmtree(_scratch_in_use, ignore_errors=True)
+        filesystem.rmtree(_scratch_in_use)
         _scratch_in_use = None

@@ -22,6 +22,7 @@ from keras_metamae import config as config_lib
 from keras_metamae.rundir import RunDir
 from keras_metamae.training.build import apply_host_settings, build_model, materialize
 from keras_metamae.training.strategy import build_strategy, uses_multiworker
+from preprocessing.atomic_files import write_text_atomically
 
 
 class TrainingInterrupted(RuntimeError):
@@ -81,7 +82,7 @@ def resolve_config(dataset: str, overrides: dict, spec, data_dir: str,
     (config.json then means the same from any directory)."""
     config = config_lib.resolve(dataset, overrides, spec.pretrain_dataset)
     config.data_dir = data_dir
-    config.workdir = (cli.local_path(workdir, "--workdir") if workdir else
+    config.workdir = (cli.storage_path(workdir, "--workdir") if workdir else
                       os.path.abspath(os.path.join("workdirs", f"{dataset}-{config.model}")))
     return config
 
@@ -155,7 +156,7 @@ def prepare_run(dataset: str, overrides: dict, data_dir: str | None, workdir: st
     if multi_worker:
         cluster, task_type, task_index = multiworker.cluster_from_tf_config()
         chief, task = multiworker.is_chief(task_type, task_index, cluster), (task_type, task_index)
-    data_dir = cli.local_path(data_dir or default_data_dir(), "--data_dir")
+    data_dir = cli.storage_path(data_dir or default_data_dir(), "--data_dir")
     raw_data_dir = cli.local_path(raw_data_dir, "--raw_data_dir")
     if multi_worker:  # workers must not race to preprocess into the same folder
         version_dir = data.find_dataset_dir(data_dir, dataset)
@@ -405,8 +406,7 @@ def finish(run: PreparedRun, model, manager, callbacks: RunCallbacks, history, s
         "tensorboard": run.run_dir.tensorboard_dir,  # the chief's
         "completed": history is not None or start_step >= config.steps,
     }
-    with open(run.out.train_summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_text_atomically(run.out.train_summary_path, json.dumps(summary, indent=2))
     multiworker.remove_scratch_dir()
     return summary
 
