@@ -62,7 +62,8 @@ def test_digits_end_to_end_on_gcs_with_a_resume(gcs):
     train = ["keras_metamae.train", "--dataset", "digits", "--data_dir", data_dir,
              "--workdir", workdir, *TINY_FLAGS]
     _command(gcs, *train, "--steps=2", "--noexport")
-    out = _command(gcs, *train, "--steps=4")
+    # Online evaluation at steps 2 and 4: its projector files go to the bucket too.
+    out = _command(gcs, *train, "--steps=4", "--eval_every=2", "--online_eval_examples=64")
     assert f"Resumed from step 2 of 4 ({workdir}/checkpoints)" in out
     assert f"encoder      {workdir}/export/encoder/1" in out
     out = _command(gcs, "keras_metamae.evaluate", "--workdir", workdir, "--epochs=1",
@@ -100,6 +101,8 @@ for folder, _, names in tf.io.gfile.walk(root):
     objects = [name for name in listing[3:] if name]
     assert "/run/checkpoints/ckpt-000000004.weights.h5" in objects
     assert "/run/eval/digits.json" in objects
+    assert "/run/tensorboard/online_eval/projector_config.pbtxt" in objects
+    assert "/run/tensorboard/online_eval/queries.sprite.png" in objects
     assert "/processed/digits/3/spec.json" in objects
     assert not [name for name in objects if ".tmp-" in name or ".write-check-" in name], objects
 

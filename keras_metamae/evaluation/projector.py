@@ -7,15 +7,18 @@ encoder's (step 0, kept) and the newest (replaced at each evaluation), each a TS
 data, a sprite of thumbnails; `projector_config.pbtxt` lists them. PCA, t-SNE or UMAP of the
 two in TensorBoard's Projector tab shows whether classes separate as pretraining goes on.
 
-Every file is written under a temporary name and renamed: TensorBoard may read at any time.
+Every file is written under a temporary name and renamed (locally), or as one whole object (on
+an object store): TensorBoard may read at any time.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 
+from commandline import filesystem
 from preprocessing.atomic_files import write_text_atomically
 
 CONFIG_FILE = "projector_config.pbtxt"
@@ -65,8 +68,15 @@ def _sprite(images: np.ndarray) -> np.ndarray:
 
 
 def _replace(path: str, write) -> None:
+    """`write(file object)` into `path`, whole: a renamed temporary file, or one object."""
+    buffer = io.BytesIO()
+    write(buffer)
+    if filesystem.is_url(path):
+        filesystem.write_object(path, buffer.getvalue())
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
     os.replace(tmp, path)
 
 
@@ -83,8 +93,8 @@ class ProjectorWriter:
     def __init__(self, logdir: str, spec, labels, images=None):
         self.logdir = logdir
         self.entries: dict[str, int] = {}  # file stem -> step
-        os.makedirs(logdir, exist_ok=True)
-        if os.path.exists(os.path.join(logdir, "queries.step0.tsv")):  # a resumed run's
+        filesystem.makedirs(logdir)
+        if filesystem.exists(os.path.join(logdir, "queries.step0.tsv")):  # a resumed run's
             self.entries["queries.step0"] = 0
         self.metadata = "queries.labels.tsv"
         write_text_atomically(os.path.join(logdir, self.metadata),
