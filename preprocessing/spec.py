@@ -466,6 +466,20 @@ def token_segments(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for s in segments]
 
 
+def token_layout_difference(spec, other) -> str | None:
+    """The first token-contract field (num_tokens, token_dim, vocab_size, segments) in which two
+    specs differ, None when an encoder of one reads the other's tokens. Segments compare as the
+    encoder sees them (`token_segments`)."""
+    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
+        if field == "segments":
+            same = token_segments(spec.segments or []) == token_segments(other.segments or [])
+        else:
+            same = getattr(spec, field) == getattr(other, field)
+        if not same:
+            return field
+    return None
+
+
 def segment_feature_lengths(segments: list[dict[str, Any]]) -> dict[str, int]:
     """TFRecord feature name -> flat length per example, for each segment."""
     return {s["feature"]: int(s["num_tokens"]) * (int(s["token_dim"]) if s["kind"] == "continuous" else 1)

@@ -76,3 +76,16 @@ def test_eurosat_and_digits_contracts():
     digits = registry.get_reader("digits").spec_template()
     assert (digits.input_shape, digits.num_tokens, digits.token_dim, digits.token_grid) == (
         [8, 8, 1], 16, 4, [4, 4])
+
+
+def test_token_layout_difference_names_the_first_field_and_ignores_raw_caption_shapes():
+    from preprocessing import registry
+    from preprocessing.spec import token_layout_difference
+
+    def template(name):
+        return registry.get_reader(name, data_dir="/nonexistent").spec_template()
+
+    assert token_layout_difference(template("digits"), template("cifar10")) == "num_tokens"
+    assert token_layout_difference(template("cifar10"), template("dtd")) is None
+    # vqa's raw text is a question + answer pair where mscoco's is one caption: same tokens.
+    assert token_layout_difference(template("mscoco"), template("vqa")) is None

@@ -36,7 +36,7 @@ def check_probe_dataset(dataset: str, version_dir: str, probe_dataset: str,
     """ValueError (one line: what, where, what to do) when `probe_dataset` cannot probe
     encoders pretrained on `dataset`: it has no labels, or other tokens."""
     from keras_metamae import data
-    from preprocessing.spec import load_spec, token_segments
+    from preprocessing.spec import load_spec, token_layout_difference
 
     spec = load_spec(version_dir)
     probe_dir = version_dir if probe_dataset == dataset else data.find_dataset_dir(
@@ -47,12 +47,8 @@ def check_probe_dataset(dataset: str, version_dir: str, probe_dataset: str,
             f"{probe_dataset} has no labels (pretrain-only), so there is nothing to probe "
             f"({probe_dir}/spec.json): probe on a labelled dataset of the same token layout "
             f"with --transfer_dataset LABELLED")
-    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
-        # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
-        same = (token_segments(spec.segments) == token_segments(probe_spec.segments)
-                if field == "segments" else getattr(spec, field) == getattr(probe_spec, field))
-        if not same:
-            raise ValueError(
-                f"{probe_dataset} has other tokens than {dataset} ({field} differs, "
-                f"{probe_dir}/spec.json): "
-                f"probe on a dataset preprocessed with the same token layout")
+    field = token_layout_difference(spec, probe_spec)
+    if field is not None:
+        raise ValueError(f"{probe_dataset} has other tokens than {dataset} ({field} differs, "
+                         f"{probe_dir}/spec.json): probe on a dataset preprocessed with the "
+                         f"same token layout")

@@ -96,7 +96,7 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
     and token contract) and that the outputs can be written. Raises UserError (or the data
     module's DataError)."""
     from keras_metamae import data
-    from preprocessing.spec import load_spec, token_segments
+    from preprocessing.spec import load_spec, token_layout_difference
 
     workdir = cli.storage_path(workdir, "--workdir")
     run_dir = RunDir(workdir)
@@ -124,16 +124,13 @@ def plan_evaluation(workdir: str, dataset: str | None = None, data_dir: str | No
             f"evaluate on a labelled dataset of the same token layout: python -m "
             f"keras_metamae.evaluate --workdir {workdir} --transfer_dataset LABELLED")
     # The encoder's token contract must match the evaluated dataset's.
-    for field in ("num_tokens", "token_dim", "vocab_size", "segments"):
-        # Segments: token layout only (vqa's raw text is a pair where mscoco's is a caption).
-        same = (token_segments(spec.segments) == token_segments(train_spec.segments)
-                if field == "segments" else getattr(spec, field) == getattr(train_spec, field))
-        if not same:
-            raise cli.UserError(
-                f"{dataset} has {field}={getattr(spec, field)} but the encoder was trained on "
-                f"{config.dataset} with {field}={getattr(train_spec, field)}",
-                f"{version_dir}/spec.json",
-                "transfer needs a dataset of the same modality and tokens")
+    field = token_layout_difference(spec, train_spec)
+    if field is not None:
+        raise cli.UserError(
+            f"{dataset} has {field}={getattr(spec, field)} but the encoder was trained on "
+            f"{config.dataset} with {field}={getattr(train_spec, field)}",
+            f"{version_dir}/spec.json",
+            "transfer needs a dataset of the same modality and tokens")
     output_path = run_dir.eval_path(dataset, encoder_kind)
     # Before the probe runs (minutes): a result that cannot be written is refused now.
     cli.check_writable(os.path.dirname(output_path), "--workdir")
