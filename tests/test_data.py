@@ -136,8 +136,12 @@ def test_input_context_shards_files(tmp_path):
 
 def test_find_dataset_dir(tmp_path):
     root = str(tmp_path)
-    with pytest.raises(data.DataError, match="python -m pipeline.preprocess --dataset toy"):
+    # Not a registered dataset: the hint is the custom-data command that makes one.
+    with pytest.raises(data.DataError, match=r"python -m pipeline.preprocess --dataset custom "
+                                             r"--format .* --name toy --data_dir"):
         data.find_dataset_dir(root, "toy")
+    with pytest.raises(data.DataError, match="python -m pipeline.preprocess --dataset eurosat"):
+        data.find_dataset_dir(root, "eurosat")
     write_version(root, version="2")
     write_version(root, version="10")
     os.makedirs(os.path.join(root, "toy", "11"))  # incomplete: no spec.json

@@ -169,8 +169,11 @@ def test_list_and_unknown_dataset():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
-    assert "16 x 4" in lines["digits"] and " yes " in lines["digits"]
-    assert "64 x 832" in lines["eurosat"] and "EuroSATallBands.zip" in lines["eurosat"]
+    assert "16 x 4" in lines["digits"] and lines["digits"].endswith(" yes")
+    assert "64 x 832" in lines["eurosat"] and "no: download" in lines["eurosat"]
+    details = subprocess.run([sys.executable, "-m", "pipeline.preprocess", "--list", "eurosat"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert details.returncode == 0 and "EuroSATallBands.zip" in details.stdout, details.stderr
     assert cli.call_program(preprocess, ["--dataset", "no_such_set"]) == 2
 
 
