@@ -120,20 +120,21 @@ def eurosat_versions(out: str, images: int) -> dict[str, tuple]:
     from bench.preprocess_bench import preprocess_argv, synthetic_eurosat_folder
     from keras_metamae import data
     from pipeline import preprocess
+    from preprocessing.spec import load_spec
 
     raw_dir = synthetic_eurosat_folder(out, images)
     processed = os.path.join(out, f"eurosat-processed-{images}")
     try:
         current = data.find_dataset_dir(processed, "eurosat")
-        if data.load_spec(current).pipeline_version != preprocess.PIPELINE_VERSION:
+        if load_spec(current).pipeline_version != preprocess.PIPELINE_VERSION:
             raise data.DataError("an older version")
     except data.DataError:
         shutil.rmtree(processed, ignore_errors=True)
         current = preprocess.run(preprocess_argv("eurosat", raw_dir, processed)).version_dir
-    spec = data.load_spec(current)
+    spec = load_spec(current)
     old_dir = write_version_2_copy(spec, current, os.path.join(out, f"eurosat-v2-{images}"))
     return {f"version {spec.pipeline_version}: {spec.storage_dtype}, uncompressed": (spec, current),
-            "version 2: normalized float32, GZIP": (data.load_spec(old_dir), old_dir)}
+            "version 2: normalized float32, GZIP": (load_spec(old_dir), old_dir)}
 
 
 def load() -> str:
