@@ -814,7 +814,8 @@ def main(invocation: cli.Invocation) -> int:
                 for stop in _STOP_STATUS}
     # On the handlers: a logger's own filters do not see its children's records.
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_NoInterruptTracebacks())
+        if not any(isinstance(f, _NoInterruptTracebacks) for f in handler.filters):
+            handler.addFilter(_NoInterruptTracebacks())
     try:
         run_job(job)
     except (RawDataMissing, PreprocessError, SpecError, download.DownloadError,
