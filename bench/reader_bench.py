@@ -72,6 +72,18 @@ class ReaderTimer:
         return examples / wall, examples / max(cpu, 1e-9)
 
 
+def time_in_turns(timers: dict, rounds: int, batches: int) -> dict[str, list[tuple[float, float]]]:
+    """{variant: [(examples/s, examples per CPU-second) per round]}, the variants timed in
+    turns (A B A B ...) so that a shared machine's load weighs on all of them alike."""
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in timers}
+    for r in range(rounds):
+        for name, timer in timers.items():
+            measured[name].append(timer.time(batches))
+            print(f"round {r + 1}: {name}: {measured[name][-1][0]:,.0f} examples/s, "
+                  f"{measured[name][-1][1]:,.0f} per CPU-second", flush=True)
+    return measured
+
+
 def reader_rate(spec, version_dir: str, split, batch_size: int, batches: int = 50) -> tuple[float, float]:
     """(examples/s, examples per CPU-second) of one timed stretch of the training reader."""
     return ReaderTimer(spec, version_dir, split, batch_size).time(batches)
@@ -183,12 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     timers = {name: ReaderTimer(spec, version_dir, spec.protocol_splits("pretrain"), args.batch)
               for name, (spec, version_dir) in versions.items()}
     load_start = load()
-    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in timers}
-    for r in range(args.rounds):
-        for name, timer in timers.items():
-            measured[name].append(timer.time(args.batches))
-            print(f"round {r + 1}: {name}: {measured[name][-1][0]:,.0f} examples/s, "
-                  f"{measured[name][-1][1]:,.0f} per CPU-second", flush=True)
+    measured = time_in_turns(timers, args.rounds, args.batches)
     rows = [{"variant": name, "wall": statistics.median(w for w, _ in values),
              "cpu": statistics.median(c for _, c in values)} for name, values in measured.items()]
     table = render(rows, args, load_start, load(), malloc)

@@ -22,7 +22,8 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.markdown_section import replace_section  # noqa: E402
-from bench.reader_bench import ReaderTimer, eurosat_versions, load  # noqa: E402
+from bench.reader_bench import (ReaderTimer, eurosat_versions, load,  # noqa: E402
+                                time_in_turns)
 
 SECTION = "reader_shuffle_bench"
 
@@ -68,12 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     timers = {"epoch-seeded block permutation (now; exact resume)": now,
               "sliding shuffle buffer (before)": before}
     load_start = load()
-    measured: dict[str, list[tuple[float, float]]] = {variant: [] for variant in timers}
-    for r in range(args.rounds):
-        for variant, timer in timers.items():
-            measured[variant].append(timer.time(args.batches))
-            print(f"round {r + 1}: {variant}: {measured[variant][-1][0]:,.0f} examples/s, "
-                  f"{measured[variant][-1][1]:,.0f} per CPU-second", flush=True)
+    measured = time_in_turns(timers, args.rounds, args.batches)
     lines = [
         "## Reader shuffle: exact resumption's cost (`python -m bench.reader_shuffle_bench`)",
         "",
