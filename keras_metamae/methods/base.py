@@ -25,11 +25,11 @@ from keras_metamae.models.segments import packed_width
 # 2: neither (the reference's timm blocks with qkv_bias=False; logits = h @ E^T).
 WEIGHTS_FORMAT = 2
 
-# Constructor arguments that describe the data, not the method: they come from the dataset
-# spec (`from_spec`), every other argument from the training config.
 # Offset of the evaluation generator's seed from the model's: its masks differ from training's.
 EVALUATION_SEED = 7919
 
+# Constructor arguments that describe the data, not the method: they come from the dataset
+# spec (`from_spec`), every other argument from the training config.
 TOKEN_CONTRACT = ("num_tokens", "token_grid", "token_dim", "vocab_size", "segments")
 
 
