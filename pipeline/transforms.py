@@ -5,7 +5,7 @@ One pass over the raw data: TokenizeAndSpill reads each source (through the read
 storage dtype (DatasetSpec.storage: un-normalized, so nothing waits for the statistics), then
 writes id-sorted runs to spill files, at most SPILL_BUDGET_BYTES of examples in memory at a
 time. When the pipeline computes the normalization, the same read also yields each source's
-moments of its train examples, which MergeStats merges in source order (so the floats are the
+moments of its train (and unlabelled pool) examples, which MergeStats merges in source order (so the floats are the
 same on every runner). MergeShards merges each (split, shard)'s runs into its TFRecord shard.
 The dataset-specific parts come from a `DatasetReader`; the token layout and the record format
 from `preprocessing.storage` (NumPy; no per-example TensorFlow call, no `tf.train.Example`
@@ -63,6 +63,9 @@ from preprocessing.spec import DatasetSpec
 BAD_TAG = "bad"
 RUNS_TAG = "runs"
 MOMENTS_TAG = "moments"
+# The splits normalization statistics come from: the training split, and an unlabelled pool
+# beside it (custom data), which pretraining reads as much as the training split.
+STATISTICS_SPLITS = ("train", "unlabeled")
 TIMINGS_TAG = "timings"
 _METRICS_NAMESPACE = "keras_metamae.preprocess"
 # A worker logs one progress line per this many tokenized examples.
@@ -634,7 +637,7 @@ class _ReadTokenizeSpill(beam.DoFn):
         self._read.inc(len(batch))
         encoded, bad, exact = encode_batch(batch, splits, spec, self._num_shards, self._seed)
         if moments is not None:
-            train = np.flatnonzero((np.asarray(splits) == "train") & exact)
+            train = np.flatnonzero(np.isin(splits, STATISTICS_SPLITS) & exact)
             if len(train):
                 moments.add(_continuous_inputs(batch, spec)[train])
         size = 0

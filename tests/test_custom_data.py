@@ -137,7 +137,8 @@ def test_unlabelled_pool_is_pretrained_on_and_never_probed(tmp_path, capsys):
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
         x = _rows(n, seed=n)
         _save(os.path.join(raw, split), inputs=x, labels=(x[:, 0] > 0).astype(np.int64))
-    _save(os.path.join(raw, "unlabeled"), inputs=_rows(100, seed=5))
+    pool = _rows(100, seed=5) + 3.0  # shifted: the statistics must see it
+    _save(os.path.join(raw, "unlabeled"), inputs=pool)
     argv = ["--dataset", "custom", "--format", "npy", "--raw_data_dir", raw, "--name", "pooled",
             "--data_dir", str(tmp_path / "out"), "--num_shards", "1", "--runner=FnApiRunner"]
     assert cli.call_program(preprocess, argv + ["--dry_run"]) == 0
@@ -158,6 +159,10 @@ def test_unlabelled_pool_is_pretrained_on_and_never_probed(tmp_path, capsys):
     labels = [int(b["label"].numpy()) for b in data.make_dataset(
         spec, version_dir, "unlabeled", 1, shuffle=False, repeat=False).unbatch()]
     assert labels == [UNLABELED] * 100
+    # Normalization statistics over what pretraining reads: train and the pool.
+    pretrain_inputs = np.concatenate([_rows(24, seed=24), pool])
+    np.testing.assert_allclose(np.ravel(spec.normalization["mean"]),
+                               np.ravel(pretrain_inputs.mean(axis=0)), rtol=1e-4, atol=1e-4)
 
 
 def test_image_folder_pool_beside_the_class_folders(tmp_path):
