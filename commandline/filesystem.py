@@ -84,6 +84,11 @@ def glob(pattern: str) -> list[str]:
     return sorted(local_glob.glob(pattern))
 
 
+def size(path: str) -> int:
+    """Bytes in file `path`."""
+    return _gfile().stat(path).length if is_url(path) else os.path.getsize(path)
+
+
 def open_file(path: str, mode: str = "r"):
     return _gfile().GFile(path, mode) if is_url(path) else open(path, mode)
 

@@ -34,7 +34,7 @@ Output: `<data_dir>/<dataset>/<pipeline_version>/{spec.json,<split>/data-SSSSS-o
 The version is built in `<data_dir>/<dataset>/.tmp-<uuid>` and renamed into place only after
 every check passed, so an interrupted or failed run never leaves a partial version behind.
 `--data_dir` may be a `gs://` URL (pipeline/object_store.py: how a version is published there);
-`--raw_data_dir` is a local (or mounted) folder.
+a `gs://` `--raw_data_dir` is copied to a local folder first (pipeline/raw_staging.py).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from typing import Any
 from absl import flags
 
 from commandline import cli, filesystem
-from pipeline import job_progress, object_store, runners
+from pipeline import job_progress, object_store, raw_staging, runners
 from preprocessing import download, registry
 from preprocessing.datasets.base import RawDataMissing
 from preprocessing.official_files import official_files
@@ -144,7 +144,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
            f"Registered dataset name (default {DEFAULT_DATASET}; see --list).")
     define("string", "raw_data_dir", None,
            "Folder holding the raw files (default data/raw/<dataset>; datasets made from the same "
-           "files share one, e.g. vqa -> data/raw/mscoco).")
+           "files share one, e.g. vqa -> data/raw/mscoco). A gs:// folder is copied to "
+           "--raw_cache_dir first (what is already there with the same size is kept).")
+    define("string", "raw_cache_dir", raw_staging.DEFAULT_CACHE,
+           "Where a remote --raw_data_dir is copied before it is read: "
+           "<raw_cache_dir>/gs/<bucket>/<folder>.")
     define("string", "data_dir", None,
            f"Root of processed datasets: <data_dir>/<dataset>/<version>/ is written there, where "
            f"train and evaluate --data_dir read it (default ${DATA_DIR_ENV} or data/processed).")
@@ -178,7 +182,7 @@ class JobOptions:
     reader_name: str  # the registered reader (`custom --format image_folder` has its own)
     reader_options: dict[str, str]
     reader_option_flags: dict[str, str]  # option -> how it was given, for error messages
-    raw_data_dir: str
+    raw_data_dir: str  # local: the folder the readers open
     raw_data_dir_given: bool
     data_dir: str
     seed: int
@@ -191,6 +195,8 @@ class JobOptions:
     dry_run: bool
     beam_args: list[str]
     command: str
+    # The remote --raw_data_dir that `raw_data_dir` mirrors (pipeline/raw_staging.py), or None.
+    raw_source: str | None = None
 
 
 def options_from_flags(values: flags.FlagValues, invocation: cli.Invocation) -> JobOptions:
@@ -220,7 +226,12 @@ def options_from_flags(values: flags.FlagValues, invocation: cli.Invocation) -> 
         given[key] = value
         option_flags[key] = f"--reader_option {item}"
     reader_name, given = _reader_name(values.dataset, given)
-    raw_data_dir = cli.local_path(values.raw_data_dir, "--raw_data_dir")
+    raw_data_dir = cli.storage_path(values.raw_data_dir, "--raw_data_dir")
+    raw_source = None
+    if raw_data_dir is not None and filesystem.is_url(raw_data_dir):
+        raw_source = raw_data_dir
+        raw_data_dir = raw_staging.local_mirror(
+            raw_source, cli.local_path(values.raw_cache_dir, "--raw_cache_dir"))
     if raw_data_dir is None:
         try:
             folder = registry.raw_folder(reader_name)
@@ -235,7 +246,8 @@ def options_from_flags(values: flags.FlagValues, invocation: cli.Invocation) -> 
     return JobOptions(
         dataset=values.dataset, reader_name=reader_name, reader_options=given,
         reader_option_flags=option_flags, raw_data_dir=raw_data_dir,
-        raw_data_dir_given=values.raw_data_dir is not None, data_dir=data_dir, seed=values.seed,
+        raw_data_dir_given=values.raw_data_dir is not None, raw_source=raw_source,
+        data_dir=data_dir, seed=values.seed,
         num_shards=values.num_shards, max_bad_fraction=values.max_bad_fraction, list=values.list,
         download=download_mode, download_mirror=values.download_mirror,
         download_timeout=values.download_timeout, dry_run=values.dry_run,
@@ -629,23 +641,38 @@ def _describe_protocol(spec: DatasetSpec) -> str:
 
 
 def describe_job(job: JobOptions) -> str:
-    """What the job would do (--dry_run): nothing is downloaded or written."""
-    reader = _reader(job, job.raw_data_dir)
-    spec = reader.spec_template()
+    """What the job would do (--dry_run): nothing is downloaded, copied or written."""
+    dataset_line = (f"dataset      {job.dataset} (reader {job.reader_name}"
+                    + (f"; options {job.reader_options}" if job.reader_options else "") + ")")
+    if job.raw_source:
+        names = filesystem.files_under(job.raw_source)
+        total = sum(filesystem.size(f"{job.raw_source.rstrip('/')}/{n}") for n in names)
+        raw = f"would be copied from {job.raw_source}: {len(names)} files, {total / 1e6:.1f} MB"
     try:
-        reader.check_raw()
-        raw = "present"
-    except RawDataMissing:
-        files = official_files(job.reader_name)
-        raw = ("missing; would download " + ", ".join(f.describe() for f in files)
-               if files and job.download == "auto" else "missing (the job would stop there)")
+        reader = _reader(job, job.raw_data_dir)
+        spec = reader.spec_template()
+    except (cli.UserError, RawDataMissing):
+        if not job.raw_source:
+            raise
+        # A reader that looks at its files (custom data) can say more once they are copied.
+        return "\n".join([dataset_line, f"raw input    {job.raw_data_dir} ({raw})",
+                          f"output       under {job.data_dir}",
+                          "tokens and protocol: known once the raw files are copied",
+                          "nothing was written (--dry_run)"])
+    if not job.raw_source:
+        try:
+            reader.check_raw()
+            raw = "present"
+        except RawDataMissing:
+            files = official_files(job.reader_name)
+            raw = ("missing; would download " + ", ".join(f.describe() for f in files)
+                   if files and job.download == "auto" else "missing (the job would stop there)")
     version_dir = os.path.join(job.data_dir, spec.name, PIPELINE_VERSION)
     runner = runners.runner_name(job.beam_args) if job.beam_args else None
     note = getattr(reader, "input_size_note", lambda: None)() if raw == "present" else None
     columns = getattr(reader, "columns_note", lambda: None)()
     lines = [
-        f"dataset      {job.dataset} (reader {job.reader_name}"
-        + (f"; options {job.reader_options}" if job.reader_options else "") + ")",
+        dataset_line,
         f"raw input    {job.raw_data_dir} ({raw})",
         f"tokens       {_token_shape(spec)}, {spec.modality}, task {spec.task}",
         f"protocol     {_describe_protocol(spec)}",
@@ -673,6 +700,10 @@ def run_job(job: JobOptions) -> PreprocessResult | None:
     start = time.time()
     _check_old_data_dir_meaning(job)
     data_dir = job.raw_data_dir
+    if job.raw_source:
+        copied, size = raw_staging.stage(job.raw_source, data_dir)
+        print(f"raw files: {copied} copied ({size / 1e6:.1f} MB) from {job.raw_source} to "
+              f"{data_dir}" + ("" if copied else " (all there already)"))
     reader = _reader(job, data_dir)
     # Before anything is downloaded or written: the output must be writable.
     cli.check_writable(job.data_dir, "--data_dir")
@@ -758,6 +789,8 @@ def summary(result: PreprocessResult) -> str:
 def _user_error(error: Exception, job: JobOptions) -> cli.UserError:
     """An expected failure of the job as the one-line error the command prints."""
     raw = f"--raw_data_dir {job.raw_data_dir}"
+    if isinstance(error, raw_staging.RawStagingError):
+        return cli.UserError.wrap(error, raw, "put the raw files there")
     if isinstance(error, RawDataMissing):
         return cli.UserError.wrap(error, raw, "put the raw files there (`--list` names them), or "
                                   "pass the folder that holds them as --raw_data_dir")
@@ -819,7 +852,7 @@ def main(invocation: cli.Invocation) -> int:
     try:
         run_job(job)
     except (RawDataMissing, PreprocessError, SpecError, download.DownloadError,
-            runners.RunnerError) as e:
+            runners.RunnerError, raw_staging.RawStagingError) as e:
         raise _user_error(e, job) from e
     except KeyboardInterrupt as e:
         # The build's own `finally` has removed its temporary folder by now.

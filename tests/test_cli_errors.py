@@ -150,7 +150,7 @@ BAD_INVOCATIONS = [
     ("preprocess", ["--", "--runnr", "DirectRunner"], "--runnr"),
     # gs:// is taken (tests/test_cloud_storage.py); a scheme TensorFlow does not know is not.
     ("preprocess", ["--data_dir", "s3://bucket/processed"], "--data_dir s3://bucket/processed"),
-    ("preprocess", ["--raw_data_dir", "gs://bucket/raw"], "--raw_data_dir gs://bucket/raw"),
+    ("preprocess", ["--raw_data_dir", "s3://bucket/raw"], "--raw_data_dir s3://bucket/raw"),
     ("preprocess", ["digits"], "digits"),
     ("preprocess", ["--dataset", "eurosat", "--raw_data_dir", "{empty}", "--data_dir",
                     "{root}/out", "--download", "never"], "--raw_data_dir {empty}"),

@@ -175,3 +175,37 @@ def test_a_bucket_that_cannot_be_written_is_one_error_line(gcs):
     assert len(errors) == 1 and errors[0].startswith(
         "error: cannot write in gs://no-such-bucket/processed: "), done.stderr[-3000:]
     assert "(--data_dir gs://no-such-bucket/processed): pass a bucket" in errors[0]
+
+
+def test_a_raw_folder_on_gcs_is_copied_once_then_read(gcs, tmp_path):
+    """`--raw_data_dir gs://...`: the dry run says what it would copy; the job copies the raw
+    files into --raw_cache_dir and reads them there; a rerun copies nothing again."""
+    import numpy as np
+
+    local = tmp_path / "arrays"
+    local.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(local / "inputs.npy", rng.normal(size=(40, 8)).astype(np.float32))
+    np.save(local / "labels.npy", rng.integers(0, 2, 40))
+    raw = gcs.url("raw") + "/arrays"
+    _python(gcs, """
+import sys
+import tensorflow as tf
+for name in ("inputs.npy", "labels.npy"):
+    tf.io.gfile.copy(f"{sys.argv[1]}/{name}", f"{sys.argv[2]}/{name}")
+""", str(local), raw)
+    cache, out = tmp_path / "cache", tmp_path / "processed"
+    job = ["pipeline.preprocess", "--dataset", "custom", "--format", "npy", "--raw_data_dir",
+           raw, "--raw_cache_dir", str(cache), "--name", "arrays", "--data_dir", str(out),
+           "--num_shards", "1", "--runner=FnApiRunner"]
+    mirror = cache / "gs" / raw[len("gs://"):]
+    dry = _command(gcs, *job, "--dry_run")
+    assert f"raw input    {mirror} (would be copied from {raw}: 2 files" in dry, dry
+    assert not cache.exists()
+    first = _command(gcs, *job)
+    assert f"raw files: 2 copied" in first and f"from {raw} to {mirror}" in first, first
+    assert sorted(p.name for p in mirror.iterdir()) == ["inputs.npy", "labels.npy"]
+    spec = load_spec(str(out / "arrays" / "3"))
+    assert sum(s.num_examples for s in spec.splits.values()) == 40
+    again = _command(gcs, *job)
+    assert "raw files: 0 copied (0.0 MB)" in again and "(all there already)" in again, again
